@@ -1,0 +1,166 @@
+//! The admin listener (loopback by default).
+//!
+//! | Endpoint | Auth | What |
+//! |---|---|---|
+//! | `GET /metrics` | none | Prometheus text format |
+//! | `GET /status` | none | JSON: each instance's health, role, flow state, last probe and error; the active; recent failovers |
+//! | `GET /healthz` | none | 200 while flowgate runs |
+//! | `GET /ready` | none | 200 while an active instance receives traffic, else 503 |
+//! | `POST /switchover[?to=ID]` | bearer token | planned move of the active role (break-before-make); without `to`, the best standby |
+//!
+//! Mutating endpoints need `Authorization: Bearer <admin.token>`, compared in constant time.
+//! Without a configured token they answer 403.
+
+use std::convert::Infallible;
+use std::sync::Arc;
+
+use http::header::{AUTHORIZATION, CONTENT_TYPE, HeaderValue};
+use http::{Method, Request, Response, StatusCode};
+use hyper::body::Incoming;
+use tokio::sync::oneshot;
+
+use crate::backend::BackendId;
+use crate::body::Body;
+use crate::state::Shared;
+use crate::supervisor::Command;
+
+fn reply(
+    status: StatusCode,
+    content_type: &'static str,
+    body: impl Into<bytes::Bytes>,
+) -> Response<Body> {
+    let mut r = Response::new(Body::full(body));
+    *r.status_mut() = status;
+    r.headers_mut()
+        .insert(CONTENT_TYPE, HeaderValue::from_static(content_type));
+    r
+}
+
+fn json(status: StatusCode, v: serde_json::Value) -> Response<Body> {
+    reply(status, "application/json", v.to_string())
+}
+
+/// Equal-length comparison that does not stop at the first difference.
+pub fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+fn authorised(shared: &Shared, req: &Request<Incoming>) -> Result<(), Box<Response<Body>>> {
+    let Some(token) = &shared.config.admin_token else {
+        return Err(Box::new(json(
+            StatusCode::FORBIDDEN,
+            serde_json::json!({"error": "mutating admin endpoints are disabled: set admin.token in the config"}),
+        )));
+    };
+    let given = req
+        .headers()
+        .get(AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .unwrap_or("");
+    if constant_time_eq(given.as_bytes(), token.expose().as_bytes()) {
+        Ok(())
+    } else {
+        let mut r = json(
+            StatusCode::UNAUTHORIZED,
+            serde_json::json!({"error": "missing or wrong bearer token"}),
+        );
+        r.headers_mut().insert(
+            "www-authenticate",
+            HeaderValue::from_static("Bearer realm=\"flowgate\""),
+        );
+        Err(Box::new(r))
+    }
+}
+
+fn query_param<'a>(req: &'a Request<Incoming>, key: &str) -> Option<&'a str> {
+    req.uri()
+        .query()?
+        .split('&')
+        .find_map(|kv| kv.strip_prefix(key)?.strip_prefix('='))
+}
+
+pub async fn serve(
+    shared: Arc<Shared>,
+    req: Request<Incoming>,
+) -> Result<Response<Body>, Infallible> {
+    let resp = match (req.method(), req.uri().path()) {
+        (&Method::GET, "/metrics") => reply(
+            StatusCode::OK,
+            "text/plain; version=0.0.4",
+            shared.metrics.encode(),
+        ),
+        (&Method::GET, "/status") => {
+            let status = shared.status.load();
+            reply(
+                StatusCode::OK,
+                "application/json",
+                serde_json::to_vec(&**status).expect("status serialises"),
+            )
+        }
+        (&Method::GET, "/healthz") => reply(StatusCode::OK, "text/plain", "ok\n"),
+        (&Method::GET, "/ready") => match &shared.view.load().active {
+            Some(a) => reply(
+                StatusCode::OK,
+                "text/plain",
+                format!("active: {}\n", a.backend.id),
+            ),
+            None => reply(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "text/plain",
+                "no active instance\n",
+            ),
+        },
+        (&Method::POST, "/switchover") => match authorised(&shared, &req) {
+            Err(r) => *r,
+            Ok(()) => {
+                let to = query_param(&req, "to").map(BackendId::from);
+                let (tx, rx) = oneshot::channel();
+                if shared
+                    .commands
+                    .send(Command::Switchover { to, reply: tx })
+                    .await
+                    .is_err()
+                {
+                    json(
+                        StatusCode::SERVICE_UNAVAILABLE,
+                        serde_json::json!({"error": "shutting down"}),
+                    )
+                } else {
+                    match rx.await {
+                        Ok(Ok(msg)) => json(StatusCode::OK, serde_json::json!({"result": msg})),
+                        Ok(Err(msg)) => {
+                            json(StatusCode::CONFLICT, serde_json::json!({"error": msg}))
+                        }
+                        Err(_) => json(
+                            StatusCode::SERVICE_UNAVAILABLE,
+                            serde_json::json!({"error": "shutting down"}),
+                        ),
+                    }
+                }
+            }
+        },
+        (_, "/metrics" | "/status" | "/healthz" | "/ready" | "/switchover") => json(
+            StatusCode::METHOD_NOT_ALLOWED,
+            serde_json::json!({"error": "method not allowed"}),
+        ),
+        _ => json(
+            StatusCode::NOT_FOUND,
+            serde_json::json!({"error": "not found"}),
+        ),
+    };
+    Ok(resp)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::constant_time_eq;
+
+    #[test]
+    fn token_comparison() {
+        assert!(constant_time_eq(b"abc", b"abc"));
+        assert!(!constant_time_eq(b"abc", b"abd"));
+        assert!(!constant_time_eq(b"abc", b"abcd"));
+        assert!(!constant_time_eq(b"", b"a"));
+    }
+}

@@ -1,0 +1,381 @@
+//! One Node-RED instance: its identity, addresses, and the admin API calls flowgate makes
+//! (`GET/POST <admin>/flows/state`, `GET <admin>/settings`, the canary). Flow-state changes to
+//! one instance are serialised by a per-instance lock (Node-RED's own API mutex does not
+//! cover `setState`).
+
+use std::fmt;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::header::{AUTHORIZATION, CONTENT_TYPE, HeaderValue};
+use http::{Method, Request, StatusCode, Uri};
+use http_body_util::{BodyExt, Limited};
+use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::TokioExecutor;
+
+use crate::body::Body;
+use crate::config::{BackendConfig, NodeRedPaths};
+
+/// The configured name of an instance; the same value in logs, metrics and the admin API.
+#[derive(Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct BackendId(Arc<str>);
+
+impl From<&str> for BackendId {
+    fn from(s: &str) -> Self {
+        BackendId(Arc::from(s))
+    }
+}
+
+impl BackendId {
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Display for BackendId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl fmt::Debug for BackendId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{:?}", &*self.0)
+    }
+}
+
+/// Node-RED's flow state as `GET /flows/state` reports it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FlowState {
+    Start,
+    Stop,
+    Safe,
+}
+
+impl FlowState {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            FlowState::Start => "start",
+            FlowState::Stop => "stop",
+            FlowState::Safe => "safe",
+        }
+    }
+
+    fn parse(body: &[u8]) -> Result<Self, CallError> {
+        #[derive(serde::Deserialize)]
+        struct S {
+            state: String,
+        }
+        let s: S = serde_json::from_slice(body).map_err(|_| CallError::BadBody(snippet(body)))?;
+        match s.state.as_str() {
+            "start" => Ok(FlowState::Start),
+            "stop" => Ok(FlowState::Stop),
+            "safe" => Ok(FlowState::Safe),
+            _ => Err(CallError::BadBody(snippet(body))),
+        }
+    }
+}
+
+/// Why an admin API call failed.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum CallError {
+    /// Nothing listens: the process is gone. Definitive.
+    #[error("connection refused")]
+    Refused,
+    #[error("connect failed: {0}")]
+    Connect(String),
+    /// No complete answer in time: a hung event loop looks like this.
+    #[error("no answer within {0:?}")]
+    Timeout(Duration),
+    #[error("401 unauthorized: set this backend's token to one of the instance's adminAuth.tokens")]
+    Unauthorized,
+    /// `POST /flows/state` is not registered.
+    #[error(
+        "POST flows/state is missing: set `runtimeState: {{ enabled: true, ui: false }}` in this instance's settings.js"
+    )]
+    RuntimeStateDisabled,
+    #[error("unexpected status {0}: {1}")]
+    Status(u16, String),
+    #[error("unexpected body: {0}")]
+    BadBody(String),
+    #[error("{0}")]
+    Transport(String),
+}
+
+impl CallError {
+    /// A short, bounded label for metrics.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            CallError::Refused => "refused",
+            CallError::Connect(_) => "connect",
+            CallError::Timeout(_) => "timeout",
+            CallError::Unauthorized => "unauthorized",
+            CallError::RuntimeStateDisabled => "runtime_state_disabled",
+            CallError::Status(..) => "status",
+            CallError::BadBody(_) => "bad_body",
+            CallError::Transport(_) => "transport",
+        }
+    }
+
+    /// Classifies a client error by walking its source chain.
+    pub fn from_client(err: &hyper_util::client::legacy::Error) -> Self {
+        let mut src: Option<&(dyn std::error::Error + 'static)> = Some(err);
+        while let Some(e) = src {
+            if let Some(io) = e.downcast_ref::<std::io::Error>() {
+                if io.kind() == std::io::ErrorKind::ConnectionRefused {
+                    return CallError::Refused;
+                }
+                if err.is_connect() {
+                    return CallError::Connect(io.to_string());
+                }
+            }
+            src = e.source();
+        }
+        if err.is_connect() {
+            CallError::Connect(err.to_string())
+        } else {
+            CallError::Transport(chain(err))
+        }
+    }
+}
+
+/// An error and its causes on one line.
+pub fn chain(err: &dyn std::error::Error) -> String {
+    let mut out = err.to_string();
+    let mut src = err.source();
+    while let Some(e) = src {
+        out.push_str(": ");
+        out.push_str(&e.to_string());
+        src = e.source();
+    }
+    out
+}
+
+fn snippet(body: &[u8]) -> String {
+    let s = String::from_utf8_lossy(&body[..body.len().min(120)]);
+    s.trim().replace('\n', " ")
+}
+
+/// The client for admin calls and probes: its own pool, so probes never queue behind traffic.
+pub type AdminClient = Client<HttpConnector, Body>;
+
+pub fn admin_client() -> AdminClient {
+    let mut conn = HttpConnector::new();
+    conn.set_nodelay(true);
+    conn.set_connect_timeout(Some(Duration::from_secs(5)));
+    Client::builder(TokioExecutor::new())
+        .pool_idle_timeout(Duration::from_secs(30))
+        .pool_max_idle_per_host(4)
+        .build(conn)
+}
+
+/// One configured Node-RED instance.
+pub struct Backend {
+    pub id: BackendId,
+    pub authority: http::uri::Authority,
+    pub priority: i64,
+    token: Option<HeaderValue>,
+    flows_state: Uri,
+    settings: Uri,
+    canary: Option<Uri>,
+    /// Serialises flow-state changes to this instance.
+    control: tokio::sync::Mutex<()>,
+}
+
+impl fmt::Debug for Backend {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Backend")
+            .field("id", &self.id)
+            .field("authority", &self.authority)
+            .finish()
+    }
+}
+
+const MAX_ADMIN_BODY: usize = 1 << 20;
+
+impl Backend {
+    pub fn new(cfg: &BackendConfig, paths: &NodeRedPaths, canary: Option<&str>) -> Self {
+        let uri = |path: &str| -> Uri {
+            Uri::builder()
+                .scheme("http")
+                .authority(cfg.authority.clone())
+                .path_and_query(path)
+                .build()
+                .expect("validated authority and path")
+        };
+        let token = cfg.token.as_ref().map(|t| {
+            let mut v = HeaderValue::from_str(&format!("Bearer {}", t.expose()))
+                .expect("validated as printable ASCII");
+            v.set_sensitive(true);
+            v
+        });
+        Backend {
+            id: cfg.id.clone(),
+            authority: cfg.authority.clone(),
+            priority: cfg.priority,
+            token,
+            flows_state: uri(&format!("{}flows/state", paths.admin_root)),
+            settings: uri(&format!("{}settings", paths.admin_root)),
+            canary: canary.map(uri),
+            control: tokio::sync::Mutex::new(()),
+        }
+    }
+
+    pub fn has_canary(&self) -> bool {
+        self.canary.is_some()
+    }
+
+    async fn call(
+        &self,
+        client: &AdminClient,
+        method: Method,
+        uri: &Uri,
+        body: Option<&'static str>,
+        timeout: Duration,
+    ) -> Result<(StatusCode, Bytes), CallError> {
+        let mut req = Request::builder().method(method).uri(uri.clone());
+        if let Some(t) = &self.token {
+            req = req.header(AUTHORIZATION, t.clone());
+        }
+        let req = match body {
+            Some(b) => req
+                .header(CONTENT_TYPE, "application/json")
+                .body(Body::full(b)),
+            None => req.body(Body::empty()),
+        }
+        .expect("valid request");
+        let exchange = async {
+            let resp = client
+                .request(req)
+                .await
+                .map_err(|e| CallError::from_client(&e))?;
+            let status = resp.status();
+            let bytes = Limited::new(resp.into_body(), MAX_ADMIN_BODY)
+                .collect()
+                .await
+                .map_err(|e| CallError::Transport(e.to_string()))?
+                .to_bytes();
+            Ok((status, bytes))
+        };
+        tokio::time::timeout(timeout, exchange)
+            .await
+            .unwrap_or(Err(CallError::Timeout(timeout)))
+    }
+
+    /// `GET <admin>/flows/state`. Not proof that flows run (see the canary).
+    pub async fn flow_state(
+        &self,
+        client: &AdminClient,
+        timeout: Duration,
+    ) -> Result<FlowState, CallError> {
+        let (status, body) = self
+            .call(client, Method::GET, &self.flows_state, None, timeout)
+            .await?;
+        match status {
+            StatusCode::OK => FlowState::parse(&body),
+            StatusCode::UNAUTHORIZED | StatusCode::FORBIDDEN => Err(CallError::Unauthorized),
+            s => Err(CallError::Status(s.as_u16(), snippet(&body))),
+        }
+    }
+
+    /// `POST <admin>/flows/state`, confirmed from the response body (a 200 can say the
+    /// opposite of what was asked, NODE-RED.md §1.4).
+    pub async fn set_flow_state(
+        &self,
+        client: &AdminClient,
+        want: FlowState,
+        timeout: Duration,
+    ) -> Result<(), CallError> {
+        let body = match want {
+            FlowState::Start => r#"{"state":"start"}"#,
+            _ => r#"{"state":"stop"}"#,
+        };
+        let _serial = self.control.lock().await;
+        let (status, bytes) = self
+            .call(client, Method::POST, &self.flows_state, Some(body), timeout)
+            .await?;
+        match status {
+            StatusCode::OK => {
+                let got = FlowState::parse(&bytes)?;
+                if got == want {
+                    Ok(())
+                } else {
+                    Err(CallError::BadBody(format!(
+                        "asked for {} but the instance answered {} (is runtimeFlowState set in settings.js? remove it)",
+                        want.as_str(),
+                        got.as_str()
+                    )))
+                }
+            }
+            StatusCode::NOT_FOUND | StatusCode::METHOD_NOT_ALLOWED => {
+                Err(CallError::RuntimeStateDisabled)
+            }
+            StatusCode::UNAUTHORIZED | StatusCode::FORBIDDEN => Err(CallError::Unauthorized),
+            s => Err(CallError::Status(s.as_u16(), snippet(&bytes))),
+        }
+    }
+
+    /// Whether `GET <admin>/settings` reports `runtimeState.enabled: true`.
+    pub async fn runtime_state_enabled(
+        &self,
+        client: &AdminClient,
+        timeout: Duration,
+    ) -> Result<bool, CallError> {
+        let (status, body) = self
+            .call(client, Method::GET, &self.settings, None, timeout)
+            .await?;
+        match status {
+            StatusCode::OK => {
+                let v: serde_json::Value = serde_json::from_slice(&body)
+                    .map_err(|_| CallError::BadBody(snippet(&body)))?;
+                Ok(v.pointer("/runtimeState/enabled").and_then(|e| e.as_bool()) == Some(true))
+            }
+            StatusCode::UNAUTHORIZED | StatusCode::FORBIDDEN => Err(CallError::Unauthorized),
+            s => Err(CallError::Status(s.as_u16(), snippet(&body))),
+        }
+    }
+
+    /// `GET <node root><canary>` must answer 200: flows are processing messages.
+    pub async fn canary(&self, client: &AdminClient, timeout: Duration) -> Result<(), CallError> {
+        let Some(uri) = &self.canary else {
+            return Ok(());
+        };
+        let (status, body) = self.call(client, Method::GET, uri, None, timeout).await?;
+        if status == StatusCode::OK {
+            Ok(())
+        } else {
+            Err(CallError::Status(status.as_u16(), snippet(&body)))
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn flow_state_parses_node_red_bodies() {
+        assert_eq!(
+            FlowState::parse(br#"{"state":"start"}"#),
+            Ok(FlowState::Start)
+        );
+        assert_eq!(
+            FlowState::parse(br#"{"state":"stop"}"#),
+            Ok(FlowState::Stop)
+        );
+        assert_eq!(
+            FlowState::parse(br#"{"state":"safe"}"#),
+            Ok(FlowState::Safe)
+        );
+        assert!(matches!(
+            FlowState::parse(b"<pre>Cannot POST</pre>"),
+            Err(CallError::BadBody(_))
+        ));
+        assert!(matches!(
+            FlowState::parse(br#"{"state":"bogus"}"#),
+            Err(CallError::BadBody(_))
+        ));
+    }
+}

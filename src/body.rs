@@ -1,0 +1,117 @@
+//! One body type for both directions, so that no request or response is boxed.
+//!
+//! `Body::reclaimable` wraps a client's request body so that, when the upstream connection
+//! fails before hyper polled the body (nothing was sent), the body can be taken back and the
+//! request retried on another instance.
+
+use std::pin::Pin;
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
+
+use bytes::Bytes;
+use http_body::{Frame, SizeHint};
+use hyper::body::Incoming;
+
+pub struct Body(Kind);
+
+enum Kind {
+    Empty,
+    Full(Option<Bytes>),
+    Incoming(Incoming),
+    Reclaim {
+        slot: Slot,
+        taken: Option<Incoming>,
+        hint: SizeHint,
+        end: bool,
+    },
+}
+
+/// Holds a request body until its first poll; see [`Body::reclaimable`].
+#[derive(Clone)]
+pub struct Slot(Arc<Mutex<Option<Incoming>>>);
+
+impl Slot {
+    /// The body, if the request that carried it never started sending it.
+    pub fn reclaim(&self) -> Option<Incoming> {
+        self.0.lock().unwrap_or_else(|e| e.into_inner()).take()
+    }
+}
+
+impl Body {
+    pub fn empty() -> Self {
+        Body(Kind::Empty)
+    }
+
+    pub fn full(bytes: impl Into<Bytes>) -> Self {
+        Body(Kind::Full(Some(bytes.into())))
+    }
+
+    pub fn incoming(inc: Incoming) -> Self {
+        Body(Kind::Incoming(inc))
+    }
+
+    /// A body that can be taken back through the returned slot until it is first polled.
+    pub fn reclaimable(inc: Incoming) -> (Self, Slot) {
+        let hint = http_body::Body::size_hint(&inc);
+        let end = http_body::Body::is_end_stream(&inc);
+        let slot = Slot(Arc::new(Mutex::new(Some(inc))));
+        (
+            Body(Kind::Reclaim {
+                slot: slot.clone(),
+                taken: None,
+                hint,
+                end,
+            }),
+            slot,
+        )
+    }
+}
+
+impl http_body::Body for Body {
+    type Data = Bytes;
+    type Error = hyper::Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+        match &mut self.0 {
+            Kind::Empty => Poll::Ready(None),
+            Kind::Full(b) => Poll::Ready(b.take().map(|b| Ok(Frame::data(b)))),
+            Kind::Incoming(inc) => Pin::new(inc).poll_frame(cx),
+            Kind::Reclaim { slot, taken, .. } => {
+                if taken.is_none() {
+                    *taken = slot.reclaim();
+                }
+                match taken {
+                    Some(inc) => Pin::new(inc).poll_frame(cx),
+                    None => Poll::Ready(None),
+                }
+            }
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        match &self.0 {
+            Kind::Empty => true,
+            Kind::Full(b) => b.is_none(),
+            Kind::Incoming(inc) => inc.is_end_stream(),
+            Kind::Reclaim {
+                taken: Some(inc), ..
+            } => inc.is_end_stream(),
+            Kind::Reclaim { end, .. } => *end,
+        }
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match &self.0 {
+            Kind::Empty => SizeHint::with_exact(0),
+            Kind::Full(b) => SizeHint::with_exact(b.as_ref().map_or(0, |b| b.len() as u64)),
+            Kind::Incoming(inc) => inc.size_hint(),
+            Kind::Reclaim {
+                taken: Some(inc), ..
+            } => inc.size_hint(),
+            Kind::Reclaim { hint, .. } => *hint,
+        }
+    }
+}

@@ -1,0 +1,131 @@
+//! Serde mirror of the YAML file. Every struct rejects unknown keys, so a typo such as
+//! `intervall` fails loudly instead of silently using a default. Values stay as written
+//! (strings for durations and addresses); `validate.rs` turns them into typed values.
+
+use serde::Deserialize;
+
+/// The whole file.
+#[derive(Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct RawConfig {
+    /// Where flowgate listens.
+    #[serde(default)]
+    pub listen: RawListen,
+    /// The admin listener's token for mutating endpoints.
+    #[serde(default)]
+    pub admin: RawAdmin,
+    /// The Node-RED instances (at least one; two or more for failover).
+    #[serde(default)]
+    pub backends: Vec<RawBackend>,
+    /// The instances' `httpAdminRoot` and `httpNodeRoot` (the same on every instance).
+    #[serde(default)]
+    pub node_red: RawNodeRed,
+    /// Health checks.
+    #[serde(default)]
+    pub health: RawHealth,
+    /// Election and failover behaviour.
+    #[serde(default)]
+    pub failover: RawFailover,
+    /// Proxy behaviour towards clients.
+    #[serde(default)]
+    pub proxy: RawProxy,
+    /// Logging.
+    #[serde(default)]
+    pub log: RawLog,
+}
+
+#[derive(Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct RawListen {
+    /// Client-facing HTTP listener, e.g. "0.0.0.0:1880".
+    pub proxy: Option<String>,
+    /// Admin listener (metrics, status, switchover), loopback by default.
+    pub admin: Option<String>,
+}
+
+#[derive(Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct RawAdmin {
+    /// Bearer token that mutating admin endpoints require. Without it they answer 403.
+    pub token: Option<RawSecret>,
+}
+
+/// A secret read from an environment variable or a file; never written in the YAML itself.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawSecret {
+    pub env: Option<String>,
+    pub file: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawBackend {
+    /// Stable name used in logs, metrics, cookies and the admin API.
+    pub id: String,
+    /// Base URL of the instance, e.g. "http://127.0.0.1:1881".
+    pub url: String,
+    /// Higher wins when there is no active instance (default 100; ties: file order).
+    pub priority: Option<i64>,
+    /// flowgate's own bearer token for this instance (Node-RED `adminAuth.tokens`).
+    pub token: Option<RawSecret>,
+}
+
+#[derive(Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct RawNodeRed {
+    /// `httpAdminRoot` of the instances (default "/").
+    pub admin_root: Option<String>,
+    /// `httpNodeRoot` of the instances (default "/").
+    pub node_root: Option<String>,
+}
+
+#[derive(Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct RawHealth {
+    /// Time between probes of one instance (default 500ms).
+    pub interval: Option<String>,
+    /// A probe that has no complete answer by then failed (default 400ms).
+    pub timeout: Option<String>,
+    /// Consecutive good probes before a down instance is up (default 2).
+    pub rise: Option<u32>,
+    /// Consecutive failed probes before an up instance is down (default 2).
+    pub fall: Option<u32>,
+    /// Path under `httpNodeRoot` served by a flow (http-in → http response 200); probed on the
+    /// active instance only. Proves that flows really process messages.
+    pub canary: Option<String>,
+    /// After a promotion, probe time-outs on the new active are not counted for this long
+    /// (Node-RED's latency spikes right after flows start). Default 2s.
+    pub promotion_grace: Option<String>,
+}
+
+#[derive(Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct RawFailover {
+    /// Return to the highest-priority instance once it is back (default false).
+    pub failback: Option<bool>,
+    /// How long that instance must be healthy before failback (default 60s).
+    pub failback_delay: Option<String>,
+    /// How long a request waits for an active instance before 503 (default 5s).
+    pub hold: Option<String>,
+    /// Limit for `POST /flows/state {"state":"stop"}` (default 20s: Node-RED's nodeCloseTimeout is 15s).
+    pub stop_timeout: Option<String>,
+    /// Limit for `POST /flows/state {"state":"start"}` (default 15s).
+    pub start_timeout: Option<String>,
+}
+
+#[derive(Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct RawProxy {
+    /// Peers whose X-Forwarded-For is kept and appended to; from anyone else it is replaced.
+    pub trusted_proxies: Option<Vec<String>>,
+}
+
+#[derive(Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct RawLog {
+    /// Level filter, e.g. "info" or "flowgate=debug" (RUST_LOG wins when set).
+    pub level: Option<String>,
+    /// "text" (default) or "json".
+    pub format: Option<String>,
+}

@@ -1,0 +1,347 @@
+//! `RawConfig` → `Config`. Collects every problem (not just the first) with its field path.
+
+use std::collections::HashMap;
+use std::net::{IpAddr, SocketAddr};
+use std::time::Duration;
+
+use super::raw::{RawConfig, RawSecret};
+use super::units::parse_duration;
+use super::{
+    BackendConfig, Cidr, Config, FailoverConfig, HealthConfig, Listen, LogConfig, NodeRedPaths,
+    Problem, Secret,
+};
+use crate::backend::BackendId;
+
+pub const DEFAULT_PROXY_ADDR: &str = "0.0.0.0:1880";
+pub const DEFAULT_ADMIN_ADDR: &str = "127.0.0.1:9901";
+pub const DEFAULT_PRIORITY: i64 = 100;
+pub const DEFAULT_INTERVAL: Duration = Duration::from_millis(500);
+pub const DEFAULT_TIMEOUT: Duration = Duration::from_millis(400);
+pub const DEFAULT_RISE: u32 = 2;
+pub const DEFAULT_FALL: u32 = 2;
+pub const DEFAULT_PROMOTION_GRACE: Duration = Duration::from_secs(2);
+pub const DEFAULT_FAILBACK_DELAY: Duration = Duration::from_secs(60);
+pub const DEFAULT_HOLD: Duration = Duration::from_secs(5);
+pub const DEFAULT_STOP_TIMEOUT: Duration = Duration::from_secs(20);
+pub const DEFAULT_START_TIMEOUT: Duration = Duration::from_secs(15);
+
+/// Reads secrets from the process environment and the file system; a seam for tests.
+pub trait SecretSource {
+    fn env(&self, name: &str) -> Option<String>;
+    fn file(&self, path: &str) -> std::io::Result<String>;
+}
+
+/// The real environment and file system.
+pub struct System;
+
+impl SecretSource for System {
+    fn env(&self, name: &str) -> Option<String> {
+        std::env::var(name).ok()
+    }
+    fn file(&self, path: &str) -> std::io::Result<String> {
+        std::fs::read_to_string(path)
+    }
+}
+
+struct Problems(Vec<Problem>);
+
+impl Problems {
+    fn add(&mut self, field: impl Into<String>, message: impl Into<String>) {
+        self.0.push(Problem {
+            field: field.into(),
+            line: None,
+            message: message.into(),
+        });
+    }
+
+    fn duration(&mut self, field: &str, value: &Option<String>, default: Duration) -> Duration {
+        match value.as_deref().map(parse_duration) {
+            None => default,
+            Some(Ok(d)) => d,
+            Some(Err(e)) => {
+                self.add(field, e);
+                default
+            }
+        }
+    }
+
+    fn addr(&mut self, field: &str, value: &Option<String>, default: &str) -> SocketAddr {
+        let text = value.as_deref().unwrap_or(default);
+        text.parse().unwrap_or_else(|_| {
+            self.add(
+                field,
+                format!("\"{text}\" is not an address; write IP:PORT, e.g. \"127.0.0.1:1880\""),
+            );
+            default.parse().expect("default address parses")
+        })
+    }
+
+    fn secret(
+        &mut self,
+        field: &str,
+        raw: &Option<RawSecret>,
+        src: &dyn SecretSource,
+    ) -> Option<Secret> {
+        let raw = raw.as_ref()?;
+        let value = match (&raw.env, &raw.file) {
+            (Some(var), None) => match src.env(var) {
+                Some(v) => v,
+                None => {
+                    self.add(
+                        format!("{field}.env"),
+                        format!("environment variable {var} is not set"),
+                    );
+                    return None;
+                }
+            },
+            (None, Some(path)) => match src.file(path) {
+                Ok(v) => v,
+                Err(e) => {
+                    self.add(format!("{field}.file"), format!("cannot read {path}: {e}"));
+                    return None;
+                }
+            },
+            _ => {
+                self.add(field, "give exactly one of `env: VAR` or `file: PATH`");
+                return None;
+            }
+        };
+        let value = value.trim().to_string();
+        if value.is_empty() {
+            self.add(field, "the secret is empty");
+            return None;
+        }
+        if !value.bytes().all(|b| (0x21..0x7f).contains(&b)) {
+            self.add(
+                field,
+                "the secret must be printable ASCII without spaces (it is sent as a bearer token)",
+            );
+            return None;
+        }
+        Some(Secret::new(value))
+    }
+}
+
+/// Normalises a Node-RED root ("/", "/admin", "admin/") to "/…/".
+fn root(problems: &mut Problems, field: &str, value: &Option<String>) -> String {
+    let text = value.as_deref().unwrap_or("/").trim();
+    if text.contains(['?', '#', ' ']) {
+        problems.add(field, format!("\"{text}\" is not a path prefix"));
+        return "/".into();
+    }
+    let mut r = String::from("/");
+    r.push_str(text.trim_matches('/'));
+    if !r.ends_with('/') {
+        r.push('/');
+    }
+    r
+}
+
+pub fn validate(raw: RawConfig, secrets: &dyn SecretSource) -> Result<Config, Vec<Problem>> {
+    let mut p = Problems(Vec::new());
+
+    let listen = Listen {
+        proxy: p.addr("listen.proxy", &raw.listen.proxy, DEFAULT_PROXY_ADDR),
+        admin: p.addr("listen.admin", &raw.listen.admin, DEFAULT_ADMIN_ADDR),
+    };
+    if raw.listen.proxy.is_some() && listen.proxy == listen.admin {
+        p.add("listen.admin", "must differ from listen.proxy");
+    }
+    let admin_token = p.secret("admin.token", &raw.admin.token, secrets);
+
+    if raw.backends.is_empty() {
+        p.add(
+            "backends",
+            "at least one backend is needed (two or more for failover)",
+        );
+    }
+    let mut seen: HashMap<String, usize> = HashMap::new();
+    let mut backends = Vec::new();
+    for (i, b) in raw.backends.iter().enumerate() {
+        let field = format!("backends[{i}]");
+        let id_ok = !b.id.is_empty()
+            && b.id.len() <= 64
+            && b.id
+                .bytes()
+                .all(|c| c.is_ascii_alphanumeric() || b"-_.".contains(&c));
+        if !id_ok {
+            p.add(
+                format!("{field}.id"),
+                format!("\"{}\" must be 1-64 characters of A-Z a-z 0-9 - _ .", b.id),
+            );
+        } else if let Some(first) = seen.insert(b.id.clone(), i) {
+            p.add(
+                format!("{field}.id"),
+                format!(
+                    "duplicate id \"{}\" (first defined at backends[{first}])",
+                    b.id
+                ),
+            );
+        }
+        let url: Option<http::Uri> = match b.url.parse::<http::Uri>() {
+            Ok(u) if u.scheme_str() == Some("http") && u.authority().is_some() => {
+                if u.path_and_query().is_some_and(|pq| pq.as_str() != "/") {
+                    p.add(format!("{field}.url"), "give only scheme, host and port; set paths with node_red.admin_root / node_root");
+                    None
+                } else {
+                    Some(u)
+                }
+            }
+            Ok(u) if u.scheme_str() == Some("https") => {
+                p.add(
+                    format!("{field}.url"),
+                    "https to instances is not supported yet; use http:// on a trusted network",
+                );
+                None
+            }
+            _ => {
+                p.add(
+                    format!("{field}.url"),
+                    format!(
+                        "\"{}\" is not an http URL like \"http://127.0.0.1:1880\"",
+                        b.url
+                    ),
+                );
+                None
+            }
+        };
+        let token = p.secret(&format!("{field}.token"), &b.token, secrets);
+        if let (true, Some(url)) = (id_ok, url) {
+            backends.push(BackendConfig {
+                id: BackendId::from(b.id.as_str()),
+                authority: url.authority().expect("checked above").clone(),
+                priority: b.priority.unwrap_or(DEFAULT_PRIORITY),
+                token,
+            });
+        }
+    }
+
+    let node_red = NodeRedPaths {
+        admin_root: root(&mut p, "node_red.admin_root", &raw.node_red.admin_root),
+        node_root: root(&mut p, "node_red.node_root", &raw.node_red.node_root),
+    };
+
+    let h = &raw.health;
+    let interval = p.duration("health.interval", &h.interval, DEFAULT_INTERVAL);
+    let timeout = p.duration("health.timeout", &h.timeout, DEFAULT_TIMEOUT);
+    if interval < Duration::from_millis(10) {
+        p.add("health.interval", "must be at least 10ms");
+    }
+    if timeout < Duration::from_millis(10) {
+        p.add("health.timeout", "must be at least 10ms");
+    }
+    let rise = h.rise.unwrap_or(DEFAULT_RISE);
+    let fall = h.fall.unwrap_or(DEFAULT_FALL);
+    if rise == 0 {
+        p.add("health.rise", "must be at least 1");
+    }
+    if fall == 0 {
+        p.add("health.fall", "must be at least 1");
+    }
+    let canary = match h.canary.as_deref().map(str::trim) {
+        None => None,
+        Some(c) if c.is_empty() || c.contains(['?', '#', ' ']) => {
+            p.add("health.canary", format!("\"{c}\" is not a path"));
+            None
+        }
+        Some(c) => Some(format!(
+            "{}{}",
+            node_red.node_root,
+            c.trim_start_matches('/')
+        )),
+    };
+    let health = HealthConfig {
+        interval,
+        timeout,
+        rise: rise.max(1),
+        fall: fall.max(1),
+        canary,
+        promotion_grace: p.duration(
+            "health.promotion_grace",
+            &h.promotion_grace,
+            DEFAULT_PROMOTION_GRACE,
+        ),
+    };
+
+    let f = &raw.failover;
+    let failover = FailoverConfig {
+        failback: f.failback.unwrap_or(false),
+        failback_delay: p.duration(
+            "failover.failback_delay",
+            &f.failback_delay,
+            DEFAULT_FAILBACK_DELAY,
+        ),
+        hold: p.duration("failover.hold", &f.hold, DEFAULT_HOLD),
+        stop_timeout: p.duration(
+            "failover.stop_timeout",
+            &f.stop_timeout,
+            DEFAULT_STOP_TIMEOUT,
+        ),
+        start_timeout: p.duration(
+            "failover.start_timeout",
+            &f.start_timeout,
+            DEFAULT_START_TIMEOUT,
+        ),
+    };
+
+    let mut trusted_proxies = Vec::new();
+    for (i, t) in raw.proxy.trusted_proxies.iter().flatten().enumerate() {
+        match t.parse::<Cidr>() {
+            Ok(c) => trusted_proxies.push(c),
+            Err(e) => p.add(format!("proxy.trusted_proxies[{i}]"), e),
+        }
+    }
+
+    let json = match raw.log.format.as_deref() {
+        None | Some("text") => false,
+        Some("json") => true,
+        Some(other) => {
+            p.add(
+                "log.format",
+                format!("\"{other}\" is not a format; use \"text\" or \"json\""),
+            );
+            false
+        }
+    };
+
+    if p.0.is_empty() {
+        Ok(Config {
+            listen,
+            admin_token,
+            backends,
+            node_red,
+            health,
+            failover,
+            trusted_proxies,
+            log: LogConfig {
+                level: raw.log.level,
+                json,
+            },
+        })
+    } else {
+        Err(p.0)
+    }
+}
+
+impl std::str::FromStr for Cidr {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        let bad = || format!("\"{s}\" is not an IP address or CIDR block like \"10.0.0.0/8\"");
+        let (ip, len) = match s.split_once('/') {
+            Some((ip, len)) => (ip, Some(len)),
+            None => (s, None),
+        };
+        let addr: IpAddr = ip.trim().parse().map_err(|_| bad())?;
+        let max = if addr.is_ipv4() { 32 } else { 128 };
+        let prefix = match len {
+            None => max,
+            Some(l) => l
+                .trim()
+                .parse::<u8>()
+                .ok()
+                .filter(|&l| l <= max)
+                .ok_or_else(bad)?,
+        };
+        Ok(Cidr { addr, prefix })
+    }
+}

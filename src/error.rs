@@ -1,0 +1,88 @@
+//! Errors of the request path and their one mapping to HTTP responses. Every synthetic
+//! response carries `x-flowgate-error` and a one-line text body, so operators can tell
+//! flowgate's answers from Node-RED's.
+
+use http::header::{CONTENT_TYPE, HeaderValue, RETRY_AFTER};
+use http::{Response, StatusCode};
+
+use crate::body::Body;
+
+pub const ERROR_HEADER: &str = "x-flowgate-error";
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum ProxyError {
+    #[error("no active Node-RED instance (failover in progress or none healthy); retry shortly")]
+    NoActiveInstance,
+    #[error("could not connect to the active Node-RED instance")]
+    UpstreamConnect,
+    #[error("the active Node-RED instance failed while answering; the request was not replayed")]
+    UpstreamFailed,
+    #[error(
+        "the Node-RED instance handling this request was declared failed; the request was not replayed"
+    )]
+    InstanceFailed,
+    #[error("malformed request")]
+    BadRequest,
+}
+
+impl ProxyError {
+    pub fn status(self) -> StatusCode {
+        match self {
+            ProxyError::NoActiveInstance => StatusCode::SERVICE_UNAVAILABLE,
+            ProxyError::UpstreamConnect => StatusCode::BAD_GATEWAY,
+            ProxyError::UpstreamFailed => StatusCode::BAD_GATEWAY,
+            ProxyError::InstanceFailed => StatusCode::BAD_GATEWAY,
+            ProxyError::BadRequest => StatusCode::BAD_REQUEST,
+        }
+    }
+
+    pub fn code(self) -> &'static str {
+        match self {
+            ProxyError::NoActiveInstance => "no-active-instance",
+            ProxyError::UpstreamConnect => "upstream-connect",
+            ProxyError::UpstreamFailed => "upstream-failed",
+            ProxyError::InstanceFailed => "instance-failed",
+            ProxyError::BadRequest => "bad-request",
+        }
+    }
+
+    pub fn response(self) -> Response<Body> {
+        let mut resp = Response::new(Body::full(format!("flowgate: {self}\n")));
+        *resp.status_mut() = self.status();
+        let h = resp.headers_mut();
+        h.insert(
+            CONTENT_TYPE,
+            HeaderValue::from_static("text/plain; charset=utf-8"),
+        );
+        h.insert(ERROR_HEADER, HeaderValue::from_static(self.code()));
+        if self == ProxyError::NoActiveInstance {
+            h.insert(RETRY_AFTER, HeaderValue::from_static("1"));
+        }
+        resp
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn each_error_maps_to_its_status_and_says_it_is_flowgate() {
+        let table = [
+            (ProxyError::NoActiveInstance, 503),
+            (ProxyError::UpstreamConnect, 502),
+            (ProxyError::UpstreamFailed, 502),
+            (ProxyError::InstanceFailed, 502),
+            (ProxyError::BadRequest, 400),
+        ];
+        for (e, status) in table {
+            let r = e.response();
+            assert_eq!(r.status().as_u16(), status, "{e:?}");
+            assert_eq!(r.headers()[ERROR_HEADER], e.code());
+        }
+        assert_eq!(
+            ProxyError::NoActiveInstance.response().headers()[RETRY_AFTER],
+            "1"
+        );
+    }
+}

@@ -1,0 +1,84 @@
+//! The probe loop of one instance: every `interval`, or at once when kicked (passive detection
+//! on live traffic), ask `GET <admin>/flows/state` with a timeout. A hung event loop still
+//! accepts TCP but never answers, so only an HTTP-level timeout detects it. After a failed
+//! probe of a healthy instance the next probe starts immediately, so a hang is confirmed in
+//! about `fall × timeout` rather than `fall × interval`.
+
+use std::sync::Arc;
+use std::time::SystemTime;
+
+use tokio::sync::{Notify, mpsc};
+use tokio::time::{Instant, MissedTickBehavior};
+use tokio_util::sync::CancellationToken;
+
+use super::Report;
+use crate::backend::{AdminClient, Backend};
+use crate::config::HealthConfig;
+
+/// Whether the supervisor wants the canary probed on this instance (the active only).
+pub trait CanaryWanted: Send + Sync + 'static {
+    fn canary_wanted(&self, backend: &Backend) -> bool;
+}
+
+pub struct Prober {
+    pub index: usize,
+    pub backend: Arc<Backend>,
+    pub client: AdminClient,
+    pub health: HealthConfig,
+    pub kick: Arc<Notify>,
+    pub wants: Arc<dyn CanaryWanted>,
+    pub reports: mpsc::Sender<(usize, Report)>,
+}
+
+impl Prober {
+    pub async fn run(self, cancel: CancellationToken) {
+        let mut ticker = tokio::time::interval(self.health.interval);
+        ticker.set_missed_tick_behavior(MissedTickBehavior::Skip);
+        let mut settings_checked = false;
+        let mut failures_in_row = 0u32;
+        loop {
+            let fast_retry = failures_in_row > 0 && failures_in_row < self.health.fall;
+            if !fast_retry {
+                tokio::select! {
+                    _ = cancel.cancelled() => return,
+                    _ = ticker.tick() => {}
+                    _ = self.kick.notified() => {}
+                }
+            }
+            let started = Instant::now();
+            let timeout = self.health.timeout;
+            let state = tokio::select! {
+                _ = cancel.cancelled() => return,
+                s = self.backend.flow_state(&self.client, timeout) => s,
+            };
+            let latency = started.elapsed();
+            let mut report = Report {
+                at: SystemTime::now(),
+                latency,
+                state,
+                runtime_state: None,
+                canary: None,
+            };
+            if report.state.is_ok() {
+                failures_in_row = 0;
+                if !settings_checked {
+                    let r = self
+                        .backend
+                        .runtime_state_enabled(&self.client, timeout)
+                        .await;
+                    settings_checked = r.is_ok();
+                    report.runtime_state = Some(r);
+                }
+                if self.backend.has_canary() && self.wants.canary_wanted(&self.backend) {
+                    report.canary = Some(self.backend.canary(&self.client, timeout).await);
+                }
+            } else {
+                failures_in_row = failures_in_row.saturating_add(1);
+                settings_checked = false;
+            }
+            if self.reports.send((self.index, report)).await.is_err() {
+                return;
+            }
+        }
+    }
+}

@@ -1,0 +1,230 @@
+//! Prometheus metrics. One owned (non-global) registry; every family is registered here.
+//! Labels are bounded: backend ids come from the config, the rest from fixed sets.
+//! The request path bumps pre-labelled handles (no label lookups per request).
+
+use prometheus::{
+    Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
+    IntGaugeVec, Opts, Registry, TextEncoder,
+};
+
+use crate::proxy::RouteClass;
+
+pub const ROLES: [&str; 4] = ["active", "standby", "promoting", "down"];
+pub const FLOW_STATES: [&str; 4] = ["start", "stop", "safe", "unknown"];
+pub const CODE_CLASSES: [&str; 5] = ["1xx", "2xx", "3xx", "4xx", "5xx"];
+
+pub struct Metrics {
+    registry: Registry,
+    pub backend_up: IntGaugeVec,
+    pub backend_role: IntGaugeVec,
+    pub backend_flow_state: IntGaugeVec,
+    pub instances_running_flows: IntGauge,
+    pub active_present: IntGauge,
+    pub failovers: IntCounterVec,
+    pub failover_failures: IntCounterVec,
+    pub failover_duration: Histogram,
+    pub probe_duration: HistogramVec,
+    pub probe_failures: IntCounterVec,
+    pub stray_starts_stopped: IntCounterVec,
+    pub upstream_retries: IntCounter,
+    pub inflight_aborted: IntCounter,
+    pub websocket_tunnels: IntGauge,
+    requests: Vec<[IntCounter; 5]>,
+    request_duration: Vec<Histogram>,
+}
+
+impl Metrics {
+    pub fn new() -> Self {
+        let registry = Registry::new();
+        fn reg<T: prometheus::core::Collector + Clone + 'static>(r: &Registry, c: T) -> T {
+            r.register(Box::new(c.clone()))
+                .expect("metric names are unique");
+            c
+        }
+        let requests_vec = reg(
+            &registry,
+            IntCounterVec::new(
+                Opts::new(
+                    "flowgate_requests_total",
+                    "Client requests by route class and status class.",
+                ),
+                &["route", "code_class"],
+            )
+            .unwrap(),
+        );
+        let duration_vec = reg(
+            &registry,
+            HistogramVec::new(
+                HistogramOpts::new(
+                    "flowgate_request_duration_seconds",
+                    "Time from request received to response head sent, by route class.",
+                )
+                .buckets(vec![
+                    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
+                    10.0,
+                ]),
+                &["route"],
+            )
+            .unwrap(),
+        );
+        let requests = RouteClass::ALL
+            .iter()
+            .map(|r| CODE_CLASSES.map(|c| requests_vec.with_label_values(&[r.as_str(), c])))
+            .collect();
+        let request_duration = RouteClass::ALL
+            .iter()
+            .map(|r| duration_vec.with_label_values(&[r.as_str()]))
+            .collect();
+        Metrics {
+            backend_up: reg(
+                &registry,
+                IntGaugeVec::new(Opts::new("flowgate_backend_up", "1 when the instance passes health checks."), &["backend"])
+                    .unwrap(),
+            ),
+            backend_role: reg(
+                &registry,
+                IntGaugeVec::new(
+                    Opts::new("flowgate_backend_role", "The instance's role, one-hot over role."),
+                    &["backend", "role"],
+                )
+                .unwrap(),
+            ),
+            backend_flow_state: reg(
+                &registry,
+                IntGaugeVec::new(
+                    Opts::new("flowgate_backend_flow_state", "The instance's reported flow state, one-hot over state."),
+                    &["backend", "state"],
+                )
+                .unwrap(),
+            ),
+            instances_running_flows: reg(
+                &registry,
+                IntGauge::new(
+                    "flowgate_instances_running_flows",
+                    "Reachable instances reporting flows started; alert when not 1.",
+                )
+                .unwrap(),
+            ),
+            active_present: reg(
+                &registry,
+                IntGauge::new("flowgate_active_present", "1 while an active instance receives traffic.").unwrap(),
+            ),
+            failovers: reg(
+                &registry,
+                IntCounterVec::new(
+                    Opts::new("flowgate_failovers_total", "Completed changes of the active instance, by reason."),
+                    &["reason"],
+                )
+                .unwrap(),
+            ),
+            failover_failures: reg(
+                &registry,
+                IntCounterVec::new(
+                    Opts::new("flowgate_failover_failures_total", "Promotions that did not complete, by reason."),
+                    &["reason"],
+                )
+                .unwrap(),
+            ),
+            failover_duration: reg(
+                &registry,
+                Histogram::with_opts(
+                    HistogramOpts::new(
+                        "flowgate_failover_duration_seconds",
+                        "From detection of the failure to traffic switched to the new active.",
+                    )
+                    .buckets(vec![0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0]),
+                )
+                .unwrap(),
+            ),
+            probe_duration: reg(
+                &registry,
+                HistogramVec::new(
+                    HistogramOpts::new("flowgate_probe_duration_seconds", "Health probe round trip.")
+                        .buckets(vec![0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5]),
+                    &["backend"],
+                )
+                .unwrap(),
+            ),
+            probe_failures: reg(
+                &registry,
+                IntCounterVec::new(
+                    Opts::new("flowgate_probe_failures_total", "Failed health probes by kind."),
+                    &["backend", "kind"],
+                )
+                .unwrap(),
+            ),
+            stray_starts_stopped: reg(
+                &registry,
+                IntCounterVec::new(
+                    Opts::new(
+                        "flowgate_stray_starts_stopped_total",
+                        "Non-active instances found running flows and stopped.",
+                    ),
+                    &["backend"],
+                )
+                .unwrap(),
+            ),
+            upstream_retries: reg(
+                &registry,
+                IntCounter::new(
+                    "flowgate_upstream_retries_total",
+                    "Requests retried on a new active (nothing had been sent, or idempotent and in flight on a failed one).",
+                )
+                .unwrap(),
+            ),
+            inflight_aborted: reg(
+                &registry,
+                IntCounter::new(
+                    "flowgate_inflight_aborted_total",
+                    "Non-idempotent requests answered 502 because their instance was declared failed.",
+                )
+                .unwrap(),
+            ),
+            websocket_tunnels: reg(
+                &registry,
+                IntGauge::new("flowgate_websocket_tunnels", "Open websocket tunnels.").unwrap(),
+            ),
+            requests,
+            request_duration,
+            registry,
+        }
+    }
+
+    /// Counts one finished request.
+    pub fn request(&self, route: RouteClass, status: u16, seconds: f64) {
+        let class = ((status / 100).clamp(1, 5) - 1) as usize;
+        self.requests[route as usize][class].inc();
+        self.request_duration[route as usize].observe(seconds);
+    }
+
+    /// Sets the one-hot gauges of one backend.
+    pub fn set_backend(&self, backend: &str, up: bool, role: &str, flow_state: &str) {
+        self.backend_up
+            .with_label_values(&[backend])
+            .set(i64::from(up));
+        for r in ROLES {
+            self.backend_role
+                .with_label_values(&[backend, r])
+                .set(i64::from(r == role));
+        }
+        for s in FLOW_STATES {
+            self.backend_flow_state
+                .with_label_values(&[backend, s])
+                .set(i64::from(s == flow_state));
+        }
+    }
+
+    pub fn encode(&self) -> String {
+        let mut buf = Vec::new();
+        TextEncoder::new()
+            .encode(&self.registry.gather(), &mut buf)
+            .expect("text encoding cannot fail");
+        String::from_utf8(buf).expect("prometheus text is UTF-8")
+    }
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}

@@ -1,0 +1,253 @@
+//! The client-facing request path.
+//!
+//! Lifecycle of one request:
+//! 1. classify it (editor/runtime, plain/websocket) for metrics;
+//! 2. load the active instance (one `ArcSwap` load). With none (mid-failover), wait up to
+//!    `failover.hold` for one, else answer 503 with `Retry-After`;
+//! 3. websocket upgrades are tunnelled to the active (`upgrade.rs`) and closed when it stops
+//!    being active, so clients reconnect to the new one;
+//! 4. otherwise strip hop-by-hop headers, set X-Forwarded-*, and stream the request to the
+//!    active over a pooled keep-alive connection. The body is never buffered;
+//! 5. failures:
+//!    - connecting failed (nothing was sent): the prober is kicked (passive detection) and
+//!      the request is retried on the new active, body included;
+//!    - the instance is declared failed while the request is in flight (a hung event loop
+//!      never answers), or the connection broke mid-request: idempotent requests without a
+//!      body are retried on the new active; the rest answer 502 at once and are never replayed.
+
+mod forward;
+pub mod route;
+mod upgrade;
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use http::{Method, Request, Response, Version};
+use http_body::Body as _;
+use hyper::body::Incoming;
+use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::TokioExecutor;
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::body::Body;
+use crate::error::ProxyError;
+use crate::state::{Active, Shared};
+
+pub use forward::{is_upgrade, strip_hop_by_hop};
+
+/// Route classes, for metrics and (later) routing policy.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RouteClass {
+    Editor = 0,
+    EditorSocket = 1,
+    Runtime = 2,
+    RuntimeSocket = 3,
+}
+
+impl RouteClass {
+    pub const ALL: [RouteClass; 4] = [
+        RouteClass::Editor,
+        RouteClass::EditorSocket,
+        RouteClass::Runtime,
+        RouteClass::RuntimeSocket,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RouteClass::Editor => "editor",
+            RouteClass::EditorSocket => "editor_websocket",
+            RouteClass::Runtime => "runtime",
+            RouteClass::RuntimeSocket => "runtime_websocket",
+        }
+    }
+}
+
+pub type ProxyClient = Client<HttpConnector, Body>;
+
+/// Attempts per request: the first plus retries on a new active.
+const MAX_ATTEMPTS: u32 = 3;
+
+pub struct Proxy {
+    pub shared: Arc<Shared>,
+    client: ProxyClient,
+    /// Websocket tunnels, so shutdown can close and await them.
+    pub tunnels: TaskTracker,
+    pub shutdown: CancellationToken,
+}
+
+/// The client side of one connection.
+#[derive(Debug, Clone, Copy)]
+pub struct Peer {
+    pub addr: SocketAddr,
+    pub tls: bool,
+}
+
+impl Proxy {
+    pub fn new(shared: Arc<Shared>, shutdown: CancellationToken) -> Self {
+        let mut conn = HttpConnector::new();
+        conn.set_nodelay(true);
+        conn.set_connect_timeout(Some(Duration::from_secs(5)));
+        let client = Client::builder(TokioExecutor::new())
+            .pool_idle_timeout(Duration::from_secs(60))
+            .build(conn);
+        Proxy {
+            shared,
+            client,
+            tunnels: TaskTracker::new(),
+            shutdown,
+        }
+    }
+
+    pub async fn serve(
+        self: Arc<Self>,
+        req: Request<Incoming>,
+        peer: Peer,
+    ) -> Result<Response<Body>, Infallible> {
+        let started = Instant::now();
+        let upgrade = is_upgrade(req.version(), req.headers());
+        let class = route::classify(req.uri().path(), upgrade, &self.shared.config.node_red);
+        let resp = match self.dispatch(req, peer, upgrade).await {
+            Ok(r) => r,
+            Err(e) => e.response(),
+        };
+        self.shared.metrics.request(
+            class,
+            resp.status().as_u16(),
+            started.elapsed().as_secs_f64(),
+        );
+        Ok(resp)
+    }
+
+    /// The active instance, waiting up to the hold time when there is none. `failed`, when
+    /// given, is an instance this request already failed on: wait for another one, unless it
+    /// is still active and not declared failed after a probe had time to judge it.
+    async fn active(&self, failed: Option<&Arc<Active>>) -> Result<Arc<Active>, ProxyError> {
+        let usable = |a: &Arc<Active>, judged: bool| match failed {
+            None => true,
+            Some(f) => !Arc::ptr_eq(a, f) || (judged && !f.failed.is_cancelled()),
+        };
+        if failed.is_none()
+            && let Some(a) = &self.shared.view.load().active
+        {
+            return Ok(a.clone());
+        }
+        let cfg = &self.shared.config;
+        let now = Instant::now();
+        let deadline = now + cfg.failover.hold;
+        let judged_at = now + cfg.health.timeout * 2 + Duration::from_millis(50);
+        let mut rx = self.shared.generation.subscribe();
+        loop {
+            rx.borrow_and_update();
+            let judged = Instant::now() >= judged_at;
+            if let Some(a) = &self.shared.view.load().active
+                && usable(a, judged)
+            {
+                return Ok(a.clone());
+            }
+            let wake = if failed.is_some() && !judged {
+                judged_at.min(deadline)
+            } else {
+                deadline
+            };
+            if Instant::now() >= deadline {
+                return Err(ProxyError::NoActiveInstance);
+            }
+            let _ = tokio::time::timeout_at(wake, rx.changed()).await;
+        }
+    }
+
+    async fn dispatch(
+        &self,
+        req: Request<Incoming>,
+        peer: Peer,
+        upgrade: bool,
+    ) -> Result<Response<Body>, ProxyError> {
+        let mut active = self.active(None).await?;
+        if upgrade {
+            return upgrade::tunnel(self, req, peer, active).await;
+        }
+        let (mut parts, body) = req.into_parts();
+        strip_hop_by_hop(&mut parts.headers, false);
+        forward::set_forwarded(
+            &mut parts.headers,
+            &parts.uri,
+            peer.addr.ip(),
+            peer.tls,
+            &self.shared.config.trusted_proxies,
+        );
+        let idempotent = matches!(parts.method, Method::GET | Method::HEAD | Method::OPTIONS);
+        let (mut body, mut slot) = if body.is_end_stream() {
+            (Body::empty(), None)
+        } else {
+            let (b, s) = Body::reclaimable(body);
+            (b, Some(s))
+        };
+        let replayable = idempotent && slot.is_none();
+        let mut attempt = 1;
+        loop {
+            let mut out = Request::new(body);
+            *out.method_mut() = parts.method.clone();
+            *out.uri_mut() = forward::upstream_uri(&active.backend.authority, &parts.uri);
+            *out.version_mut() = Version::HTTP_11;
+            *out.headers_mut() = parts.headers.clone();
+            let result = tokio::select! {
+                biased;
+                r = self.client.request(out) => r,
+                _ = active.failed.cancelled() => {
+                    if !replayable {
+                        self.shared.metrics.inflight_aborted.inc();
+                        return Err(ProxyError::InstanceFailed);
+                    }
+                    self.retry_budget(&mut attempt, ProxyError::InstanceFailed)?;
+                    active = self.active(Some(&active)).await?;
+                    body = Body::empty();
+                    continue;
+                }
+            };
+            match result {
+                Ok(resp) => {
+                    let (mut rp, rb) = resp.into_parts();
+                    strip_hop_by_hop(&mut rp.headers, false);
+                    return Ok(Response::from_parts(rp, Body::incoming(rb)));
+                }
+                Err(e) => {
+                    self.shared.suspect(active.index);
+                    tracing::debug!(backend = %active.backend.id, error = %crate::backend::chain(&e), "upstream request failed");
+                    if e.is_connect() {
+                        // Nothing was sent: the body is still ours unless it was already polled.
+                        body = match slot.as_ref().map(|s| s.reclaim()) {
+                            None => Body::empty(),
+                            Some(Some(inc)) => {
+                                let (b, s) = Body::reclaimable(inc);
+                                slot = Some(s);
+                                b
+                            }
+                            Some(None) => return Err(ProxyError::UpstreamConnect),
+                        };
+                        self.retry_budget(&mut attempt, ProxyError::UpstreamConnect)?;
+                    } else if replayable {
+                        body = Body::empty();
+                        self.retry_budget(&mut attempt, ProxyError::UpstreamFailed)?;
+                    } else {
+                        return Err(ProxyError::UpstreamFailed);
+                    }
+                    active = self.active(Some(&active)).await?;
+                }
+            }
+        }
+    }
+
+    fn retry_budget(&self, attempt: &mut u32, err: ProxyError) -> Result<(), ProxyError> {
+        *attempt += 1;
+        if *attempt > MAX_ATTEMPTS {
+            return Err(err);
+        }
+        self.shared.metrics.upstream_retries.inc();
+        Ok(())
+    }
+}

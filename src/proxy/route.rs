@@ -1,0 +1,125 @@
+//! Request classification (pure): editor/admin traffic under `httpAdminRoot` versus runtime
+//! traffic under `httpNodeRoot`, and websocket upgrades of each.
+//!
+//! With distinct roots the longer matching root decides. When both roots are the same (the
+//! default "/" for both), the first path segment decides: the editor's own paths (from
+//! Node-RED's routers) are editor traffic, everything else is runtime traffic.
+
+use super::RouteClass;
+use crate::config::NodeRedPaths;
+
+/// First path segments (relative to httpAdminRoot) that Node-RED's editor and admin API serve.
+const EDITOR_SEGMENTS: &[&str] = &[
+    "",
+    "auth",
+    "comms",
+    "context",
+    "credentials",
+    "debug",
+    "diagnostics",
+    "favicon.ico",
+    "flow",
+    "flows",
+    "icons",
+    "inject",
+    "library",
+    "locales",
+    "nodes",
+    "plugins",
+    "projects",
+    "red",
+    "resources",
+    "settings",
+    "theme",
+    "types",
+    "vendor",
+];
+
+pub fn classify(path: &str, upgrade: bool, paths: &NodeRedPaths) -> RouteClass {
+    let under = |root: &str| path.starts_with(root) || path == root.trim_end_matches('/');
+    let editor = if paths.admin_root == paths.node_root {
+        under(&paths.admin_root) && {
+            let rest = path.get(paths.admin_root.len()..).unwrap_or("");
+            let seg = rest.split(['/', '?']).next().unwrap_or("");
+            EDITOR_SEGMENTS.binary_search(&seg).is_ok()
+        }
+    } else {
+        let in_admin = under(&paths.admin_root);
+        let in_node = under(&paths.node_root);
+        in_admin && (!in_node || paths.admin_root.len() > paths.node_root.len())
+    };
+    match (editor, upgrade) {
+        (true, false) => RouteClass::Editor,
+        (true, true) => RouteClass::EditorSocket,
+        (false, false) => RouteClass::Runtime,
+        (false, true) => RouteClass::RuntimeSocket,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn paths(admin: &str, node: &str) -> NodeRedPaths {
+        NodeRedPaths {
+            admin_root: admin.into(),
+            node_root: node.into(),
+        }
+    }
+
+    #[test]
+    fn editor_segments_are_sorted_for_binary_search() {
+        assert!(EDITOR_SEGMENTS.windows(2).all(|w| w[0] < w[1]));
+    }
+
+    #[test]
+    fn shared_root_is_split_by_editor_paths() {
+        let p = paths("/", "/");
+        let table = [
+            ("/", false, RouteClass::Editor),
+            ("/comms", true, RouteClass::EditorSocket),
+            ("/flows", false, RouteClass::Editor),
+            ("/flows/state", false, RouteClass::Editor),
+            ("/red/red.min.js", false, RouteClass::Editor),
+            ("/vendor/monaco/dist/editor.js", false, RouteClass::Editor),
+            ("/settings/user", false, RouteClass::Editor),
+            ("/auth/token", false, RouteClass::Editor),
+            ("/inject/abc", false, RouteClass::Editor),
+            ("/hello", false, RouteClass::Runtime),
+            ("/api/orders", false, RouteClass::Runtime),
+            ("/ws/live", true, RouteClass::RuntimeSocket),
+            ("/ui/", false, RouteClass::Runtime),
+            ("/flowsx", false, RouteClass::Runtime),
+        ];
+        for (path, up, want) in table {
+            assert_eq!(classify(path, up, &p), want, "{path}");
+        }
+    }
+
+    #[test]
+    fn separate_roots_are_split_by_prefix() {
+        let p = paths("/admin/", "/api/");
+        let table = [
+            ("/admin", false, RouteClass::Editor),
+            ("/admin/", false, RouteClass::Editor),
+            ("/admin/comms", true, RouteClass::EditorSocket),
+            ("/admin/anything", false, RouteClass::Editor),
+            ("/api/hello", false, RouteClass::Runtime),
+            ("/flows", false, RouteClass::Runtime),
+            ("/comms", true, RouteClass::RuntimeSocket),
+        ];
+        for (path, up, want) in table {
+            assert_eq!(classify(path, up, &p), want, "{path}");
+        }
+    }
+
+    #[test]
+    fn nested_roots_pick_the_longer_match() {
+        let p = paths("/", "/api/");
+        assert_eq!(classify("/api/hello", false, &p), RouteClass::Runtime);
+        assert_eq!(classify("/flows", false, &p), RouteClass::Editor);
+        let p = paths("/red-admin/", "/");
+        assert_eq!(classify("/red-admin/flows", false, &p), RouteClass::Editor);
+        assert_eq!(classify("/hello", false, &p), RouteClass::Runtime);
+    }
+}

@@ -4,9 +4,9 @@
 //! 1. The result is `None` exactly when no candidate is eligible, else an eligible candidate.
 //! 2. An eligible current active is kept, unless failback is on and a higher-priority
 //!    candidate has been healthy for `failback_delay`.
-//! 3. Without an eligible current active: a candidate already running flows is adopted first
-//!    (a restarted flowgate keeps the roles it finds), then candidates that are not cooling
-//!    down after a failed promotion or canary, then the highest priority, then file order.
+//! 3. Without an eligible current active: candidates cooling down after a failed promotion or
+//!    canary come last; among the rest, one already running flows is adopted first (a
+//!    restarted flowgate keeps the roles it finds), then the highest priority, then file order.
 
 use std::time::Duration;
 
@@ -39,7 +39,7 @@ pub fn elect(
 ) -> Option<usize> {
     let rank = |i: usize| {
         let c = &cands[i];
-        (c.running, !c.cooling, c.priority, std::cmp::Reverse(i))
+        (!c.cooling, c.running, c.priority, std::cmp::Reverse(i))
     };
     if let Some(cur) = current.filter(|&i| cands.get(i).is_some_and(|c| c.eligible)) {
         if !policy.failback {
@@ -152,6 +152,14 @@ mod tests {
     fn adopts_an_instance_already_running_flows() {
         let now = Instant::now();
         let cands = [c(200, true, false), c(100, true, true)];
+        assert_eq!(elect(None, &cands, &KEEP, now), Some(1));
+    }
+
+    #[test]
+    fn a_cooling_instance_is_not_readopted_because_it_runs_flows() {
+        let now = Instant::now();
+        let mut cands = [c(200, true, true), c(100, true, false)];
+        cands[0].cooling = true;
         assert_eq!(elect(None, &cands, &KEEP, now), Some(1));
     }
 

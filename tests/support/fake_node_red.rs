@@ -1,0 +1,277 @@
+//! An in-process stand-in for one Node-RED instance, on 127.0.0.1:0. It speaks the parts of
+//! the admin API flowgate uses (flows/state GET/POST, settings), serves "http-in" routes only
+//! while its flows are started (404 when stopped, like Node-RED), and can crash (listener and
+//! connections dropped), hang (TCP accepted, nothing answered) and restart on the same port.
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+
+use bytes::Bytes;
+use futures_util::{SinkExt, StreamExt};
+use http::{Method, Request, Response, StatusCode};
+use http_body_util::{BodyExt, Full};
+use hyper::body::Incoming;
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::server::conn::auto;
+use tokio::net::TcpListener;
+use tokio::sync::Notify;
+use tokio_util::sync::CancellationToken;
+
+/// Flow-state changes seen by every fake of one test, in order: ("a", "stop").
+pub type EventLog = Arc<Mutex<Vec<(String, &'static str)>>>;
+
+pub struct Options {
+    pub started: bool,
+    pub runtime_state: bool,
+    pub token: Option<String>,
+    pub canary_ok: bool,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Options {
+            started: false,
+            runtime_state: true,
+            token: None,
+            canary_ok: true,
+        }
+    }
+}
+
+pub struct Inner {
+    pub name: String,
+    pub started: AtomicBool,
+    pub runtime_state: AtomicBool,
+    pub canary_ok: AtomicBool,
+    pub hung: AtomicBool,
+    unhang: Notify,
+    token: Option<String>,
+    pub hello_count: AtomicUsize,
+    pub log: EventLog,
+}
+
+pub struct FakeNodeRed {
+    pub addr: SocketAddr,
+    pub inner: Arc<Inner>,
+    stop: CancellationToken,
+}
+
+fn reply(status: StatusCode, body: impl Into<Bytes>) -> Response<Full<Bytes>> {
+    let mut r = Response::new(Full::new(body.into()));
+    *r.status_mut() = status;
+    r
+}
+
+impl FakeNodeRed {
+    pub async fn start(name: &str, opts: Options, log: EventLog) -> Self {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let inner = Arc::new(Inner {
+            name: name.to_string(),
+            started: AtomicBool::new(opts.started),
+            runtime_state: AtomicBool::new(opts.runtime_state),
+            canary_ok: AtomicBool::new(opts.canary_ok),
+            hung: AtomicBool::new(false),
+            unhang: Notify::new(),
+            token: opts.token,
+            hello_count: AtomicUsize::new(0),
+            log,
+        });
+        Self::serve(listener, inner)
+    }
+
+    fn serve(listener: TcpListener, inner: Arc<Inner>) -> Self {
+        let addr = listener.local_addr().unwrap();
+        let stop = CancellationToken::new();
+        let (st, inn) = (stop.clone(), inner.clone());
+        tokio::spawn(async move {
+            loop {
+                let (stream, _) = tokio::select! {
+                    _ = st.cancelled() => return,
+                    r = listener.accept() => r.unwrap(),
+                };
+                let inn = inn.clone();
+                let st = st.clone();
+                tokio::spawn(async move {
+                    let svc = service_fn(move |req| handle(inn.clone(), req));
+                    let builder = auto::Builder::new(TokioExecutor::new());
+                    let conn = builder.serve_connection_with_upgrades(TokioIo::new(stream), svc);
+                    tokio::select! {
+                        _ = conn => {}
+                        _ = st.cancelled() => {} // crash: the connection is dropped (reset)
+                    }
+                });
+            }
+        });
+        FakeNodeRed { addr, inner, stop }
+    }
+
+    pub fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    pub fn started(&self) -> bool {
+        self.inner.started.load(Ordering::SeqCst)
+    }
+
+    /// Like `kill -9`: the port closes and open connections are dropped.
+    pub fn crash(&self) {
+        self.stop.cancel();
+    }
+
+    /// Like a `while(true)` in a function node: TCP is accepted, nothing is answered.
+    pub fn hang(&self) {
+        self.inner.hung.store(true, Ordering::SeqCst);
+    }
+
+    pub fn unhang(&self) {
+        self.inner.hung.store(false, Ordering::SeqCst);
+        self.inner.unhang.notify_waiters();
+    }
+
+    /// Boots again on the same port, with flows started or not (its persisted state).
+    pub async fn restart(&mut self, started: bool) {
+        self.stop.cancel();
+        let listener = loop {
+            match TcpListener::bind(self.addr).await {
+                Ok(l) => break l,
+                Err(_) => tokio::time::sleep(std::time::Duration::from_millis(5)).await,
+            }
+        };
+        self.inner.started.store(started, Ordering::SeqCst);
+        self.inner.hung.store(false, Ordering::SeqCst);
+        let fresh = std::mem::ManuallyDrop::new(Self::serve(listener, self.inner.clone()));
+        self.stop = fresh.stop.clone();
+    }
+}
+
+impl Drop for FakeNodeRed {
+    fn drop(&mut self) {
+        self.stop.cancel();
+    }
+}
+
+async fn handle(
+    inner: Arc<Inner>,
+    req: Request<Incoming>,
+) -> Result<Response<Full<Bytes>>, Infallible> {
+    while inner.hung.load(Ordering::SeqCst) {
+        let wake = inner.unhang.notified();
+        if !inner.hung.load(Ordering::SeqCst) {
+            break;
+        }
+        wake.await;
+    }
+    let path = req.uri().path().to_string();
+    let admin = matches!(path.as_str(), "/flows/state" | "/settings");
+    if admin && let Some(t) = &inner.token {
+        let ok = req
+            .headers()
+            .get("authorization")
+            .and_then(|v| v.to_str().ok())
+            .is_some_and(|v| v == format!("Bearer {t}"));
+        if !ok {
+            return Ok(reply(StatusCode::UNAUTHORIZED, "Unauthorized"));
+        }
+    }
+    let started = inner.started.load(Ordering::SeqCst);
+    let state = |s: bool| format!("{{\"state\":\"{}\"}}", if s { "start" } else { "stop" });
+    let resp = match (req.method().clone(), path.as_str()) {
+        (Method::GET, "/flows/state") => reply(StatusCode::OK, state(started)),
+        (Method::POST, "/flows/state") => {
+            if !inner.runtime_state.load(Ordering::SeqCst) {
+                return Ok(reply(
+                    StatusCode::NOT_FOUND,
+                    "<pre>Cannot POST /flows/state</pre>",
+                ));
+            }
+            let body = req.into_body().collect().await.unwrap().to_bytes();
+            let want = String::from_utf8_lossy(&body).contains("\"start\"");
+            inner
+                .log
+                .lock()
+                .unwrap()
+                .push((inner.name.clone(), if want { "start" } else { "stop" }));
+            inner.started.store(want, Ordering::SeqCst);
+            reply(StatusCode::OK, state(want))
+        }
+        (Method::GET, "/settings") => reply(
+            StatusCode::OK,
+            format!(
+                "{{\"runtimeState\":{{\"enabled\":{}}}}}",
+                inner.runtime_state.load(Ordering::SeqCst)
+            ),
+        ),
+        _ if !started => reply(
+            StatusCode::NOT_FOUND,
+            format!("Cannot {} {path}", req.method()),
+        ),
+        (Method::GET, "/canary") => {
+            if inner.canary_ok.load(Ordering::SeqCst) {
+                reply(StatusCode::OK, "ok")
+            } else {
+                reply(StatusCode::INTERNAL_SERVER_ERROR, "flow broken")
+            }
+        }
+        (Method::GET, "/hello") => {
+            inner.hello_count.fetch_add(1, Ordering::SeqCst);
+            reply(StatusCode::OK, format!("hello from {}", inner.name))
+        }
+        (Method::GET, "/headers") => {
+            let mut out = String::new();
+            for (k, v) in req.headers() {
+                out.push_str(&format!("{k}: {}\n", v.to_str().unwrap_or("?")));
+            }
+            reply(StatusCode::OK, out)
+        }
+        (Method::POST, "/echo") => {
+            let body = req.into_body().collect().await.unwrap().to_bytes();
+            reply(StatusCode::OK, body)
+        }
+        (Method::GET, "/ws") => return Ok(websocket(inner.clone(), req)),
+        _ => reply(
+            StatusCode::NOT_FOUND,
+            format!("Cannot {} {path}", req.method()),
+        ),
+    };
+    Ok(resp)
+}
+
+/// A websocket endpoint that greets with its name and echoes every message.
+fn websocket(inner: Arc<Inner>, mut req: Request<Incoming>) -> Response<Full<Bytes>> {
+    use tokio_tungstenite::tungstenite::Message;
+    use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
+    use tokio_tungstenite::tungstenite::protocol::Role;
+    let Some(key) = req.headers().get("sec-websocket-key").cloned() else {
+        return reply(StatusCode::BAD_REQUEST, "not a websocket request");
+    };
+    let on_upgrade = hyper::upgrade::on(&mut req);
+    tokio::spawn(async move {
+        let Ok(upgraded) = on_upgrade.await else {
+            return;
+        };
+        let mut ws = tokio_tungstenite::WebSocketStream::from_raw_socket(
+            TokioIo::new(upgraded),
+            Role::Server,
+            None,
+        )
+        .await;
+        let _ = ws
+            .send(Message::text(format!("hello from {}", inner.name)))
+            .await;
+        while let Some(Ok(msg)) = ws.next().await {
+            if msg.is_text() && ws.send(msg).await.is_err() {
+                break;
+            }
+        }
+    });
+    Response::builder()
+        .status(StatusCode::SWITCHING_PROTOCOLS)
+        .header("connection", "upgrade")
+        .header("upgrade", "websocket")
+        .header("sec-websocket-accept", derive_accept_key(key.as_bytes()))
+        .body(Full::new(Bytes::new()))
+        .unwrap()
+}

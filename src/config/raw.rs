@@ -95,7 +95,7 @@ pub struct RawHealth {
     /// active instance only. Proves that flows really process messages.
     pub canary: Option<String>,
     /// After a promotion, probe time-outs on the new active are not counted for this long
-    /// (Node-RED's latency spikes right after flows start). Default 2s.
+    /// (Node-RED's latency spikes right after flows start). Default 1s.
     pub promotion_grace: Option<String>,
 }
 

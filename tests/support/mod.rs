@@ -2,6 +2,7 @@
 #![allow(dead_code)]
 
 pub mod fake_node_red;
+pub mod node_red;
 
 use std::path::Path;
 use std::time::Duration;
@@ -12,6 +13,7 @@ use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
 
+#[allow(unused_imports)]
 pub use fake_node_red::{EventLog, FakeNodeRed, Options};
 
 /// Polls `cond` every 10 ms until it holds or `limit` passes; panics with `what` then.

@@ -24,15 +24,10 @@ use crate::body::Body;
 use crate::state::Shared;
 use crate::supervisor::Command;
 
-fn reply(
-    status: StatusCode,
-    content_type: &'static str,
-    body: impl Into<bytes::Bytes>,
-) -> Response<Body> {
+fn reply(status: StatusCode, content_type: &'static str, body: impl Into<bytes::Bytes>) -> Response<Body> {
     let mut r = Response::new(Body::full(body));
     *r.status_mut() = status;
-    r.headers_mut()
-        .insert(CONTENT_TYPE, HeaderValue::from_static(content_type));
+    r.headers_mut().insert(CONTENT_TYPE, HeaderValue::from_static(content_type));
     r
 }
 
@@ -61,93 +56,48 @@ fn authorised(shared: &Shared, req: &Request<Incoming>) -> Result<(), Box<Respon
     if constant_time_eq(given.as_bytes(), token.expose().as_bytes()) {
         Ok(())
     } else {
-        let mut r = json(
-            StatusCode::UNAUTHORIZED,
-            serde_json::json!({"error": "missing or wrong bearer token"}),
-        );
-        r.headers_mut().insert(
-            "www-authenticate",
-            HeaderValue::from_static("Bearer realm=\"flowgate\""),
-        );
+        let mut r = json(StatusCode::UNAUTHORIZED, serde_json::json!({"error": "missing or wrong bearer token"}));
+        r.headers_mut().insert("www-authenticate", HeaderValue::from_static("Bearer realm=\"flowgate\""));
         Err(Box::new(r))
     }
 }
 
 fn query_param<'a>(req: &'a Request<Incoming>, key: &str) -> Option<&'a str> {
-    req.uri()
-        .query()?
-        .split('&')
-        .find_map(|kv| kv.strip_prefix(key)?.strip_prefix('='))
+    req.uri().query()?.split('&').find_map(|kv| kv.strip_prefix(key)?.strip_prefix('='))
 }
 
-pub async fn serve(
-    shared: Arc<Shared>,
-    req: Request<Incoming>,
-) -> Result<Response<Body>, Infallible> {
+pub async fn serve(shared: Arc<Shared>, req: Request<Incoming>) -> Result<Response<Body>, Infallible> {
     let resp = match (req.method(), req.uri().path()) {
-        (&Method::GET, "/metrics") => reply(
-            StatusCode::OK,
-            "text/plain; version=0.0.4",
-            shared.metrics.encode(),
-        ),
+        (&Method::GET, "/metrics") => reply(StatusCode::OK, "text/plain; version=0.0.4", shared.metrics.encode()),
         (&Method::GET, "/status") => {
             let status = shared.status.load();
-            reply(
-                StatusCode::OK,
-                "application/json",
-                serde_json::to_vec(&**status).expect("status serialises"),
-            )
+            reply(StatusCode::OK, "application/json", serde_json::to_vec(&**status).expect("status serialises"))
         }
         (&Method::GET, "/healthz") => reply(StatusCode::OK, "text/plain", "ok\n"),
         (&Method::GET, "/ready") => match &shared.view.load().active {
-            Some(a) => reply(
-                StatusCode::OK,
-                "text/plain",
-                format!("active: {}\n", a.backend.id),
-            ),
-            None => reply(
-                StatusCode::SERVICE_UNAVAILABLE,
-                "text/plain",
-                "no active instance\n",
-            ),
+            Some(a) => reply(StatusCode::OK, "text/plain", format!("active: {}\n", a.backend.id)),
+            None => reply(StatusCode::SERVICE_UNAVAILABLE, "text/plain", "no active instance\n"),
         },
         (&Method::POST, "/switchover") => match authorised(&shared, &req) {
             Err(r) => *r,
             Ok(()) => {
                 let to = query_param(&req, "to").map(BackendId::from);
                 let (tx, rx) = oneshot::channel();
-                if shared
-                    .commands
-                    .send(Command::Switchover { to, reply: tx })
-                    .await
-                    .is_err()
-                {
-                    json(
-                        StatusCode::SERVICE_UNAVAILABLE,
-                        serde_json::json!({"error": "shutting down"}),
-                    )
+                if shared.commands.send(Command::Switchover { to, reply: tx }).await.is_err() {
+                    json(StatusCode::SERVICE_UNAVAILABLE, serde_json::json!({"error": "shutting down"}))
                 } else {
                     match rx.await {
                         Ok(Ok(msg)) => json(StatusCode::OK, serde_json::json!({"result": msg})),
-                        Ok(Err(msg)) => {
-                            json(StatusCode::CONFLICT, serde_json::json!({"error": msg}))
-                        }
-                        Err(_) => json(
-                            StatusCode::SERVICE_UNAVAILABLE,
-                            serde_json::json!({"error": "shutting down"}),
-                        ),
+                        Ok(Err(msg)) => json(StatusCode::CONFLICT, serde_json::json!({"error": msg})),
+                        Err(_) => json(StatusCode::SERVICE_UNAVAILABLE, serde_json::json!({"error": "shutting down"})),
                     }
                 }
             }
         },
-        (_, "/metrics" | "/status" | "/healthz" | "/ready" | "/switchover") => json(
-            StatusCode::METHOD_NOT_ALLOWED,
-            serde_json::json!({"error": "method not allowed"}),
-        ),
-        _ => json(
-            StatusCode::NOT_FOUND,
-            serde_json::json!({"error": "not found"}),
-        ),
+        (_, "/metrics" | "/status" | "/healthz" | "/ready" | "/switchover") => {
+            json(StatusCode::METHOD_NOT_ALLOWED, serde_json::json!({"error": "method not allowed"}))
+        }
+        _ => json(StatusCode::NOT_FOUND, serde_json::json!({"error": "not found"})),
     };
     Ok(resp)
 }

@@ -86,6 +86,9 @@ pub enum CallError {
     Refused,
     #[error("connect failed: {0}")]
     Connect(String),
+    /// The connection broke (reset, closed mid-answer): the process likely died.
+    #[error("connection broke: {0}")]
+    Reset(String),
     /// No complete answer in time: a hung event loop looks like this.
     #[error("no answer within {0:?}")]
     Timeout(Duration),
@@ -110,6 +113,7 @@ impl CallError {
         match self {
             CallError::Refused => "refused",
             CallError::Connect(_) => "connect",
+            CallError::Reset(_) => "reset",
             CallError::Timeout(_) => "timeout",
             CallError::Unauthorized => "unauthorized",
             CallError::RuntimeStateDisabled => "runtime_state_disabled",
@@ -124,20 +128,25 @@ impl CallError {
         let mut src: Option<&(dyn std::error::Error + 'static)> = Some(err);
         while let Some(e) = src {
             if let Some(io) = e.downcast_ref::<std::io::Error>() {
-                if io.kind() == std::io::ErrorKind::ConnectionRefused {
+                use std::io::ErrorKind::*;
+                if io.kind() == ConnectionRefused {
                     return CallError::Refused;
                 }
                 if err.is_connect() {
                     return CallError::Connect(io.to_string());
                 }
+                if matches!(io.kind(), ConnectionReset | ConnectionAborted | BrokenPipe | UnexpectedEof) {
+                    return CallError::Reset(io.to_string());
+                }
+            }
+            if let Some(h) = e.downcast_ref::<hyper::Error>()
+                && (h.is_incomplete_message() || h.is_closed() || h.is_canceled())
+            {
+                return CallError::Reset(h.to_string());
             }
             src = e.source();
         }
-        if err.is_connect() {
-            CallError::Connect(err.to_string())
-        } else {
-            CallError::Transport(chain(err))
-        }
+        if err.is_connect() { CallError::Connect(err.to_string()) } else { CallError::Transport(chain(err)) }
     }
 }
 
@@ -161,14 +170,17 @@ fn snippet(body: &[u8]) -> String {
 /// The client for admin calls and probes: its own pool, so probes never queue behind traffic.
 pub type AdminClient = Client<HttpConnector, Body>;
 
+/// Idle pooled connections to Node-RED are dropped before Node's HTTP server closes them
+/// itself (its `keepAliveTimeout` is 5 s): otherwise a request can race the server's close.
+pub const UPSTREAM_IDLE_TIMEOUT: Duration = Duration::from_secs(4);
+
 pub fn admin_client() -> AdminClient {
     let mut conn = HttpConnector::new();
     conn.set_nodelay(true);
     conn.set_connect_timeout(Some(Duration::from_secs(5)));
-    Client::builder(TokioExecutor::new())
-        .pool_idle_timeout(Duration::from_secs(30))
-        .pool_max_idle_per_host(4)
-        .build(conn)
+    // Calls to one instance are sequential (probes) or serialised (flow state): one idle
+    // connection per instance is enough, and fewer stale ones after a crash.
+    Client::builder(TokioExecutor::new()).pool_idle_timeout(UPSTREAM_IDLE_TIMEOUT).pool_max_idle_per_host(1).build(conn)
 }
 
 /// One configured Node-RED instance.
@@ -186,10 +198,7 @@ pub struct Backend {
 
 impl fmt::Debug for Backend {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("Backend")
-            .field("id", &self.id)
-            .field("authority", &self.authority)
-            .finish()
+        f.debug_struct("Backend").field("id", &self.id).field("authority", &self.authority).finish()
     }
 }
 
@@ -206,8 +215,7 @@ impl Backend {
                 .expect("validated authority and path")
         };
         let token = cfg.token.as_ref().map(|t| {
-            let mut v = HeaderValue::from_str(&format!("Bearer {}", t.expose()))
-                .expect("validated as printable ASCII");
+            let mut v = HeaderValue::from_str(&format!("Bearer {}", t.expose())).expect("validated as printable ASCII");
             v.set_sensitive(true);
             v
         });
@@ -240,17 +248,12 @@ impl Backend {
             req = req.header(AUTHORIZATION, t.clone());
         }
         let req = match body {
-            Some(b) => req
-                .header(CONTENT_TYPE, "application/json")
-                .body(Body::full(b)),
+            Some(b) => req.header(CONTENT_TYPE, "application/json").body(Body::full(b)),
             None => req.body(Body::empty()),
         }
         .expect("valid request");
         let exchange = async {
-            let resp = client
-                .request(req)
-                .await
-                .map_err(|e| CallError::from_client(&e))?;
+            let resp = client.request(req).await.map_err(|e| CallError::from_client(&e))?;
             let status = resp.status();
             let bytes = Limited::new(resp.into_body(), MAX_ADMIN_BODY)
                 .collect()
@@ -259,20 +262,12 @@ impl Backend {
                 .to_bytes();
             Ok((status, bytes))
         };
-        tokio::time::timeout(timeout, exchange)
-            .await
-            .unwrap_or(Err(CallError::Timeout(timeout)))
+        tokio::time::timeout(timeout, exchange).await.unwrap_or(Err(CallError::Timeout(timeout)))
     }
 
     /// `GET <admin>/flows/state`. Not proof that flows run (see the canary).
-    pub async fn flow_state(
-        &self,
-        client: &AdminClient,
-        timeout: Duration,
-    ) -> Result<FlowState, CallError> {
-        let (status, body) = self
-            .call(client, Method::GET, &self.flows_state, None, timeout)
-            .await?;
+    pub async fn flow_state(&self, client: &AdminClient, timeout: Duration) -> Result<FlowState, CallError> {
+        let (status, body) = self.call(client, Method::GET, &self.flows_state, None, timeout).await?;
         match status {
             StatusCode::OK => FlowState::parse(&body),
             StatusCode::UNAUTHORIZED | StatusCode::FORBIDDEN => Err(CallError::Unauthorized),
@@ -293,9 +288,7 @@ impl Backend {
             _ => r#"{"state":"stop"}"#,
         };
         let _serial = self.control.lock().await;
-        let (status, bytes) = self
-            .call(client, Method::POST, &self.flows_state, Some(body), timeout)
-            .await?;
+        let (status, bytes) = self.call(client, Method::POST, &self.flows_state, Some(body), timeout).await?;
         match status {
             StatusCode::OK => {
                 let got = FlowState::parse(&bytes)?;
@@ -309,27 +302,19 @@ impl Backend {
                     )))
                 }
             }
-            StatusCode::NOT_FOUND | StatusCode::METHOD_NOT_ALLOWED => {
-                Err(CallError::RuntimeStateDisabled)
-            }
+            StatusCode::NOT_FOUND | StatusCode::METHOD_NOT_ALLOWED => Err(CallError::RuntimeStateDisabled),
             StatusCode::UNAUTHORIZED | StatusCode::FORBIDDEN => Err(CallError::Unauthorized),
             s => Err(CallError::Status(s.as_u16(), snippet(&bytes))),
         }
     }
 
     /// Whether `GET <admin>/settings` reports `runtimeState.enabled: true`.
-    pub async fn runtime_state_enabled(
-        &self,
-        client: &AdminClient,
-        timeout: Duration,
-    ) -> Result<bool, CallError> {
-        let (status, body) = self
-            .call(client, Method::GET, &self.settings, None, timeout)
-            .await?;
+    pub async fn runtime_state_enabled(&self, client: &AdminClient, timeout: Duration) -> Result<bool, CallError> {
+        let (status, body) = self.call(client, Method::GET, &self.settings, None, timeout).await?;
         match status {
             StatusCode::OK => {
-                let v: serde_json::Value = serde_json::from_slice(&body)
-                    .map_err(|_| CallError::BadBody(snippet(&body)))?;
+                let v: serde_json::Value =
+                    serde_json::from_slice(&body).map_err(|_| CallError::BadBody(snippet(&body)))?;
                 Ok(v.pointer("/runtimeState/enabled").and_then(|e| e.as_bool()) == Some(true))
             }
             StatusCode::UNAUTHORIZED | StatusCode::FORBIDDEN => Err(CallError::Unauthorized),
@@ -343,11 +328,7 @@ impl Backend {
             return Ok(());
         };
         let (status, body) = self.call(client, Method::GET, uri, None, timeout).await?;
-        if status == StatusCode::OK {
-            Ok(())
-        } else {
-            Err(CallError::Status(status.as_u16(), snippet(&body)))
-        }
+        if status == StatusCode::OK { Ok(()) } else { Err(CallError::Status(status.as_u16(), snippet(&body))) }
     }
 }
 
@@ -357,25 +338,10 @@ mod tests {
 
     #[test]
     fn flow_state_parses_node_red_bodies() {
-        assert_eq!(
-            FlowState::parse(br#"{"state":"start"}"#),
-            Ok(FlowState::Start)
-        );
-        assert_eq!(
-            FlowState::parse(br#"{"state":"stop"}"#),
-            Ok(FlowState::Stop)
-        );
-        assert_eq!(
-            FlowState::parse(br#"{"state":"safe"}"#),
-            Ok(FlowState::Safe)
-        );
-        assert!(matches!(
-            FlowState::parse(b"<pre>Cannot POST</pre>"),
-            Err(CallError::BadBody(_))
-        ));
-        assert!(matches!(
-            FlowState::parse(br#"{"state":"bogus"}"#),
-            Err(CallError::BadBody(_))
-        ));
+        assert_eq!(FlowState::parse(br#"{"state":"start"}"#), Ok(FlowState::Start));
+        assert_eq!(FlowState::parse(br#"{"state":"stop"}"#), Ok(FlowState::Stop));
+        assert_eq!(FlowState::parse(br#"{"state":"safe"}"#), Ok(FlowState::Safe));
+        assert!(matches!(FlowState::parse(b"<pre>Cannot POST</pre>"), Err(CallError::BadBody(_))));
+        assert!(matches!(FlowState::parse(br#"{"state":"bogus"}"#), Err(CallError::BadBody(_))));
     }
 }

@@ -18,12 +18,7 @@ enum Kind {
     Empty,
     Full(Option<Bytes>),
     Incoming(Incoming),
-    Reclaim {
-        slot: Slot,
-        taken: Option<Incoming>,
-        hint: SizeHint,
-        end: bool,
-    },
+    Reclaim { slot: Slot, taken: Option<Incoming>, hint: SizeHint, end: bool },
 }
 
 /// Holds a request body until its first poll; see [`Body::reclaimable`].
@@ -55,15 +50,7 @@ impl Body {
         let hint = http_body::Body::size_hint(&inc);
         let end = http_body::Body::is_end_stream(&inc);
         let slot = Slot(Arc::new(Mutex::new(Some(inc))));
-        (
-            Body(Kind::Reclaim {
-                slot: slot.clone(),
-                taken: None,
-                hint,
-                end,
-            }),
-            slot,
-        )
+        (Body(Kind::Reclaim { slot: slot.clone(), taken: None, hint, end }), slot)
     }
 }
 
@@ -71,10 +58,7 @@ impl http_body::Body for Body {
     type Data = Bytes;
     type Error = hyper::Error;
 
-    fn poll_frame(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+    fn poll_frame(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
         match &mut self.0 {
             Kind::Empty => Poll::Ready(None),
             Kind::Full(b) => Poll::Ready(b.take().map(|b| Ok(Frame::data(b)))),
@@ -96,9 +80,7 @@ impl http_body::Body for Body {
             Kind::Empty => true,
             Kind::Full(b) => b.is_none(),
             Kind::Incoming(inc) => inc.is_end_stream(),
-            Kind::Reclaim {
-                taken: Some(inc), ..
-            } => inc.is_end_stream(),
+            Kind::Reclaim { taken: Some(inc), .. } => inc.is_end_stream(),
             Kind::Reclaim { end, .. } => *end,
         }
     }
@@ -108,9 +90,7 @@ impl http_body::Body for Body {
             Kind::Empty => SizeHint::with_exact(0),
             Kind::Full(b) => SizeHint::with_exact(b.as_ref().map_or(0, |b| b.len() as u64)),
             Kind::Incoming(inc) => inc.size_hint(),
-            Kind::Reclaim {
-                taken: Some(inc), ..
-            } => inc.size_hint(),
+            Kind::Reclaim { taken: Some(inc), .. } => inc.size_hint(),
             Kind::Reclaim { hint, .. } => *hint,
         }
     }

@@ -93,15 +93,11 @@ impl Cidr {
         };
         match (self.addr, ip) {
             (IpAddr::V4(a), IpAddr::V4(b)) => {
-                let mask = u32::MAX
-                    .checked_shl(32 - u32::from(self.prefix))
-                    .unwrap_or(0);
+                let mask = u32::MAX.checked_shl(32 - u32::from(self.prefix)).unwrap_or(0);
                 u32::from(a) & mask == u32::from(b) & mask
             }
             (IpAddr::V6(a), IpAddr::V6(b)) => {
-                let mask = u128::MAX
-                    .checked_shl(128 - u32::from(self.prefix))
-                    .unwrap_or(0);
+                let mask = u128::MAX.checked_shl(128 - u32::from(self.prefix)).unwrap_or(0);
                 u128::from(a) & mask == u128::from(b) & mask
             }
             _ => false,
@@ -157,26 +153,16 @@ pub enum ConfigError {
     #[error("{path}: {message}")]
     Syntax { path: PathBuf, message: String },
     #[error("{path}: {} problem(s):\n{}", problems.len(), list(problems))]
-    Invalid {
-        path: PathBuf,
-        problems: Vec<Problem>,
-    },
+    Invalid { path: PathBuf, problems: Vec<Problem> },
 }
 
 fn list(problems: &[Problem]) -> String {
-    problems
-        .iter()
-        .map(|p| format!("  - {p}"))
-        .collect::<Vec<_>>()
-        .join("\n")
+    problems.iter().map(|p| format!("  - {p}")).collect::<Vec<_>>().join("\n")
 }
 
 /// Reads, parses and validates a config file.
 pub fn load(path: &Path) -> Result<Config, ConfigError> {
-    let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
-        path: path.to_owned(),
-        source,
-    })?;
+    let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read { path: path.to_owned(), source })?;
     parse(&text, path, &System)
 }
 
@@ -186,19 +172,13 @@ pub fn parse(text: &str, path: &Path, secrets: &dyn SecretSource) -> Result<Conf
     let raw: raw::RawConfig = if text.trim().is_empty() {
         raw::RawConfig::default()
     } else {
-        serde_yaml::from_str(text).map_err(|e| ConfigError::Syntax {
-            path: path.to_owned(),
-            message: e.to_string(),
-        })?
+        serde_yaml::from_str(text).map_err(|e| ConfigError::Syntax { path: path.to_owned(), message: e.to_string() })?
     };
     validate::validate(raw, secrets).map_err(|mut problems| {
         for p in &mut problems {
             p.line = locate::line_of(text, &p.field);
         }
-        ConfigError::Invalid {
-            path: path.to_owned(),
-            problems,
-        }
+        ConfigError::Invalid { path: path.to_owned(), problems }
     })
 }
 
@@ -213,22 +193,12 @@ mod tests {
             self.0.get(name).map(|s| s.to_string())
         }
         fn file(&self, path: &str) -> std::io::Result<String> {
-            self.0
-                .get(path)
-                .map(|s| s.to_string())
-                .ok_or_else(|| std::io::Error::from(std::io::ErrorKind::NotFound))
+            self.0.get(path).map(|s| s.to_string()).ok_or_else(|| std::io::Error::from(std::io::ErrorKind::NotFound))
         }
     }
 
-    fn parse_with(
-        text: &str,
-        secrets: &[(&'static str, &'static str)],
-    ) -> Result<Config, ConfigError> {
-        parse(
-            text,
-            Path::new("test.yaml"),
-            &Fake(secrets.iter().copied().collect()),
-        )
+    fn parse_with(text: &str, secrets: &[(&'static str, &'static str)]) -> Result<Config, ConfigError> {
+        parse(text, Path::new("test.yaml"), &Fake(secrets.iter().copied().collect()))
     }
 
     fn problems(text: &str) -> Vec<Problem> {
@@ -241,58 +211,31 @@ mod tests {
     #[test]
     fn example_config_loads() {
         let text = include_str!("../config/flowgate.example.yaml");
-        let cfg = parse_with(
-            text,
-            &[
-                ("NR_A_TOKEN", "tok-a"),
-                ("NR_B_TOKEN", "tok-b"),
-                ("FLOWGATE_ADMIN_TOKEN", "adm"),
-            ],
-        )
-        .unwrap_or_else(|e| panic!("{e}"));
+        let cfg =
+            parse_with(text, &[("NR_A_TOKEN", "tok-a"), ("NR_B_TOKEN", "tok-b"), ("FLOWGATE_ADMIN_TOKEN", "adm")])
+                .unwrap_or_else(|e| panic!("{e}"));
         assert_eq!(cfg.backends.len(), 2);
-        assert_eq!(
-            cfg.backends[0].token.as_ref().map(Secret::expose),
-            Some("tok-a")
-        );
+        assert_eq!(cfg.backends[0].token.as_ref().map(Secret::expose), Some("tok-a"));
         assert_eq!(cfg.health.canary.as_deref(), Some("/flowgate/canary"));
     }
 
     #[test]
     fn defaults_apply_to_a_minimal_file() {
-        let cfg = parse_with(
-            "backends:\n  - id: a\n    url: http://127.0.0.1:1880\n",
-            &[],
-        )
-        .unwrap();
+        let cfg = parse_with("backends:\n  - id: a\n    url: http://127.0.0.1:1880\n", &[]).unwrap();
         assert_eq!(cfg.listen.proxy, "0.0.0.0:1880".parse().unwrap());
-        assert_eq!(
-            cfg.listen.admin,
-            "127.0.0.1:9901".parse().unwrap(),
-            "admin is loopback by default"
-        );
+        assert_eq!(cfg.listen.admin, "127.0.0.1:9901".parse().unwrap(), "admin is loopback by default");
         assert_eq!(cfg.health.interval, Duration::from_millis(500));
         assert_eq!(cfg.health.timeout, Duration::from_millis(400));
         assert_eq!((cfg.health.rise, cfg.health.fall), (2, 2));
         assert!(!cfg.failover.failback, "failback is off by default");
         assert_eq!(cfg.failover.hold, Duration::from_secs(5));
-        assert_eq!(
-            cfg.node_red,
-            NodeRedPaths {
-                admin_root: "/".into(),
-                node_root: "/".into()
-            }
-        );
+        assert_eq!(cfg.node_red, NodeRedPaths { admin_root: "/".into(), node_root: "/".into() });
         assert_eq!(cfg.backends[0].priority, 100);
     }
 
     #[test]
     fn unknown_keys_are_rejected_with_their_line() {
-        let err = parse_with(
-            "backends:\n  - id: a\n    url: http://x:1\n    urll: y\n",
-            &[],
-        )
-        .unwrap_err();
+        let err = parse_with("backends:\n  - id: a\n    url: http://x:1\n    urll: y\n", &[]).unwrap_err();
         let msg = err.to_string();
         assert!(matches!(err, ConfigError::Syntax { .. }), "{msg}");
         assert!(msg.contains("urll") && msg.contains("line 4"), "{msg}");
@@ -314,10 +257,7 @@ health:
 failover:
   hold: 3 days
 ";
-        let got: Vec<(String, Option<usize>)> = problems(text)
-            .into_iter()
-            .map(|p| (p.field, p.line))
-            .collect();
+        let got: Vec<(String, Option<usize>)> = problems(text).into_iter().map(|p| (p.field, p.line)).collect();
         let want = [
             ("listen.proxy", 2),
             ("backends[1].id", 6),
@@ -327,26 +267,22 @@ failover:
             ("failover.hold", 12),
         ];
         for (field, line) in want {
-            assert!(
-                got.contains(&(field.to_string(), Some(line))),
-                "{field} at {line} missing from {got:?}"
-            );
+            assert!(got.contains(&(field.to_string(), Some(line))), "{field} at {line} missing from {got:?}");
         }
         assert_eq!(got.len(), want.len(), "{got:?}");
     }
 
     #[test]
     fn secrets_come_from_env_or_file_and_are_never_printed() {
-        let text = "backends:\n  - id: a\n    url: http://x:1\n    token: { file: /run/tok }\nadmin:\n  token: { env: ADM }\n";
+        let text =
+            "backends:\n  - id: a\n    url: http://x:1\n    token: { file: /run/tok }\nadmin:\n  token: { env: ADM }\n";
         let cfg = parse_with(text, &[("/run/tok", "s3cret\n"), ("ADM", "adm")]).unwrap();
         assert_eq!(cfg.backends[0].token.as_ref().unwrap().expose(), "s3cret");
         assert!(!format!("{cfg:?}").contains("s3cret"));
-        let p =
-            problems("backends:\n  - id: a\n    url: http://x:1\n    token: { env: MISSING }\n");
+        let p = problems("backends:\n  - id: a\n    url: http://x:1\n    token: { env: MISSING }\n");
         assert_eq!(p[0].field, "backends[0].token.env");
         assert!(p[0].message.contains("MISSING"));
-        let p =
-            problems("backends:\n  - id: a\n    url: http://x:1\n    token: { env: A, file: B }\n");
+        let p = problems("backends:\n  - id: a\n    url: http://x:1\n    token: { env: A, file: B }\n");
         assert_eq!(p[0].field, "backends[0].token");
     }
 

@@ -31,12 +31,7 @@ pub struct Policy {
     pub failback_delay: Duration,
 }
 
-pub fn elect(
-    current: Option<usize>,
-    cands: &[Candidate],
-    policy: &Policy,
-    now: Instant,
-) -> Option<usize> {
+pub fn elect(current: Option<usize>, cands: &[Candidate], policy: &Policy, now: Instant) -> Option<usize> {
     let rank = |i: usize| {
         let c = &cands[i];
         (!c.cooling, c.running, c.priority, std::cmp::Reverse(i))
@@ -51,26 +46,18 @@ pub fn elect(
         return match best {
             Some(b)
                 if cands[b].priority > cands[cur].priority
-                    && cands[b]
-                        .up_since
-                        .is_some_and(|t| now.duration_since(t) >= policy.failback_delay) =>
+                    && cands[b].up_since.is_some_and(|t| now.duration_since(t) >= policy.failback_delay) =>
             {
                 Some(b)
             }
             _ => Some(cur),
         };
     }
-    (0..cands.len())
-        .filter(|&i| cands[i].eligible)
-        .max_by_key(|&i| rank(i))
+    (0..cands.len()).filter(|&i| cands[i].eligible).max_by_key(|&i| rank(i))
 }
 
 /// When failback to a better candidate will be due (for the supervisor's timer).
-pub fn failback_due(
-    current: Option<usize>,
-    cands: &[Candidate],
-    policy: &Policy,
-) -> Option<Instant> {
+pub fn failback_due(current: Option<usize>, cands: &[Candidate], policy: &Policy) -> Option<Instant> {
     let cur = current?;
     if !policy.failback {
         return None;
@@ -88,33 +75,16 @@ mod tests {
     use super::*;
 
     fn c(priority: i64, eligible: bool, running: bool) -> Candidate {
-        Candidate {
-            priority,
-            eligible,
-            running,
-            cooling: false,
-            up_since: None,
-        }
+        Candidate { priority, eligible, running, cooling: false, up_since: None }
     }
 
-    const KEEP: Policy = Policy {
-        failback: false,
-        failback_delay: Duration::from_secs(60),
-    };
+    const KEEP: Policy = Policy { failback: false, failback_delay: Duration::from_secs(60) };
 
     #[test]
     fn highest_priority_wins_when_there_is_no_active() {
         let now = Instant::now();
-        let cands = [
-            c(100, true, false),
-            c(200, true, false),
-            c(200, true, false),
-        ];
-        assert_eq!(
-            elect(None, &cands, &KEEP, now),
-            Some(1),
-            "ties go to file order"
-        );
+        let cands = [c(100, true, false), c(200, true, false), c(200, true, false)];
+        assert_eq!(elect(None, &cands, &KEEP, now), Some(1), "ties go to file order");
     }
 
     #[test]
@@ -128,24 +98,12 @@ mod tests {
     #[test]
     fn fails_back_only_after_the_delay() {
         let t0 = Instant::now();
-        let policy = Policy {
-            failback: true,
-            failback_delay: Duration::from_secs(60),
-        };
+        let policy = Policy { failback: true, failback_delay: Duration::from_secs(60) };
         let mut cands = [c(200, true, false), c(100, true, true)];
         cands[0].up_since = Some(t0);
-        assert_eq!(
-            elect(Some(1), &cands, &policy, t0 + Duration::from_secs(59)),
-            Some(1)
-        );
-        assert_eq!(
-            failback_due(Some(1), &cands, &policy),
-            Some(t0 + Duration::from_secs(60))
-        );
-        assert_eq!(
-            elect(Some(1), &cands, &policy, t0 + Duration::from_secs(60)),
-            Some(0)
-        );
+        assert_eq!(elect(Some(1), &cands, &policy, t0 + Duration::from_secs(59)), Some(1));
+        assert_eq!(failback_due(Some(1), &cands, &policy), Some(t0 + Duration::from_secs(60)));
+        assert_eq!(elect(Some(1), &cands, &policy, t0 + Duration::from_secs(60)), Some(0));
     }
 
     #[test]
@@ -193,10 +151,7 @@ mod tests {
                     let cands = [*a, *b, *d];
                     for current in [None, Some(0), Some(1), Some(2)] {
                         for failback in [false, true] {
-                            let policy = Policy {
-                                failback,
-                                failback_delay: Duration::from_secs(60),
-                            };
+                            let policy = Policy { failback, failback_delay: Duration::from_secs(60) };
                             let got = elect(current, &cands, &policy, now);
                             let any = cands.iter().any(|c| c.eligible);
                             assert_eq!(got.is_some(), any, "{cands:?} {current:?}");
@@ -208,10 +163,7 @@ mod tests {
                                     assert_eq!(got, Some(cur), "active must be kept");
                                 } else if got != Some(cur) {
                                     let g = got.unwrap();
-                                    assert!(
-                                        cands[g].priority > cands[cur].priority
-                                            && !cands[g].cooling
-                                    );
+                                    assert!(cands[g].priority > cands[cur].priority && !cands[g].cooling);
                                 }
                             }
                         }

@@ -17,9 +17,7 @@ pub enum ProxyError {
     UpstreamConnect,
     #[error("the active Node-RED instance failed while answering; the request was not replayed")]
     UpstreamFailed,
-    #[error(
-        "the Node-RED instance handling this request was declared failed; the request was not replayed"
-    )]
+    #[error("the Node-RED instance handling this request was declared failed; the request was not replayed")]
     InstanceFailed,
     #[error("malformed request")]
     BadRequest,
@@ -50,10 +48,7 @@ impl ProxyError {
         let mut resp = Response::new(Body::full(format!("flowgate: {self}\n")));
         *resp.status_mut() = self.status();
         let h = resp.headers_mut();
-        h.insert(
-            CONTENT_TYPE,
-            HeaderValue::from_static("text/plain; charset=utf-8"),
-        );
+        h.insert(CONTENT_TYPE, HeaderValue::from_static("text/plain; charset=utf-8"));
         h.insert(ERROR_HEADER, HeaderValue::from_static(self.code()));
         if self == ProxyError::NoActiveInstance {
             h.insert(RETRY_AFTER, HeaderValue::from_static("1"));
@@ -80,9 +75,6 @@ mod tests {
             assert_eq!(r.status().as_u16(), status, "{e:?}");
             assert_eq!(r.headers()[ERROR_HEADER], e.code());
         }
-        assert_eq!(
-            ProxyError::NoActiveInstance.response().headers()[RETRY_AFTER],
-            "1"
-        );
+        assert_eq!(ProxyError::NoActiveInstance.response().headers()[RETRY_AFTER], "1");
     }
 }

@@ -44,12 +44,7 @@ pub struct Tracker {
 
 impl Tracker {
     pub fn new(rise: u32, fall: u32) -> Self {
-        Tracker {
-            rise: rise.max(1),
-            fall: fall.max(1),
-            health: Health::Unknown,
-            run: 0,
-        }
+        Tracker { rise: rise.max(1), fall: fall.max(1), health: Health::Unknown, run: 0 }
     }
 
     pub fn health(&self) -> Health {
@@ -81,21 +76,13 @@ impl Tracker {
 
     fn count(&mut self, threshold: u32, to: Health) -> Option<Transition> {
         self.run += 1;
-        if self.run >= threshold {
-            self.set(to)
-        } else {
-            None
-        }
+        if self.run >= threshold { self.set(to) } else { None }
     }
 
     fn set(&mut self, to: Health) -> Option<Transition> {
         self.health = to;
         self.run = 0;
-        Some(if to == Health::Up {
-            Transition::BecameUp
-        } else {
-            Transition::BecameDown
-        })
+        Some(if to == Health::Up { Transition::BecameUp } else { Transition::BecameDown })
     }
 }
 
@@ -137,11 +124,7 @@ mod tests {
         t.observe(true);
         assert_eq!(t.observe(false), None);
         assert_eq!(t.observe(true), None);
-        assert_eq!(
-            t.observe(false),
-            None,
-            "run restarted after the good result"
-        );
+        assert_eq!(t.observe(false), None, "run restarted after the good result");
         assert_eq!(t.observe(false), Some(Transition::BecameDown));
     }
 

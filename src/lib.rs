@@ -62,18 +62,12 @@ pub struct Listeners {
 impl Listeners {
     /// Binds the configured addresses.
     pub async fn bind(config: &Config) -> std::io::Result<Self> {
-        let proxy = TcpListener::bind(config.listen.proxy).await.map_err(|e| {
-            std::io::Error::new(
-                e.kind(),
-                format!("listen.proxy {}: {e}", config.listen.proxy),
-            )
-        })?;
-        let admin = TcpListener::bind(config.listen.admin).await.map_err(|e| {
-            std::io::Error::new(
-                e.kind(),
-                format!("listen.admin {}: {e}", config.listen.admin),
-            )
-        })?;
+        let proxy = TcpListener::bind(config.listen.proxy)
+            .await
+            .map_err(|e| std::io::Error::new(e.kind(), format!("listen.proxy {}: {e}", config.listen.proxy)))?;
+        let admin = TcpListener::bind(config.listen.admin)
+            .await
+            .map_err(|e| std::io::Error::new(e.kind(), format!("listen.admin {}: {e}", config.listen.admin)))?;
         Ok(Listeners { proxy, admin })
     }
 }
@@ -90,10 +84,7 @@ pub struct Handle {
 
 impl CanaryWanted for ArcSwap<View> {
     fn canary_wanted(&self, backend: &Backend) -> bool {
-        self.load()
-            .active
-            .as_ref()
-            .is_some_and(|a| std::ptr::eq(&*a.backend, backend))
+        self.load().active.as_ref().is_some_and(|a| std::ptr::eq(&*a.backend, backend))
     }
 }
 
@@ -105,13 +96,7 @@ pub fn start(config: Config, listeners: Listeners) -> std::io::Result<Handle> {
     let backends: Vec<Arc<Backend>> = config
         .backends
         .iter()
-        .map(|b| {
-            Arc::new(Backend::new(
-                b,
-                &config.node_red,
-                config.health.canary.as_deref(),
-            ))
-        })
+        .map(|b| Arc::new(Backend::new(b, &config.node_red, config.health.canary.as_deref())))
         .collect();
     let kicks: Vec<Arc<Notify>> = backends.iter().map(|_| Arc::new(Notify::new())).collect();
     let (commands_tx, commands_rx) = mpsc::channel(16);
@@ -149,28 +134,15 @@ pub fn start(config: Config, listeners: Listeners) -> std::io::Result<Handle> {
     let proxy = Arc::new(Proxy::new(shared.clone(), cancel.child_token()));
     let grace = Duration::from_secs(10);
     let p = proxy.clone();
-    tasks.spawn(server::accept_loop(
-        listeners.proxy,
-        cancel.child_token(),
-        grace,
-        move |req, addr| p.clone().serve(req, Peer { addr, tls: false }),
-    ));
+    tasks.spawn(server::accept_loop(listeners.proxy, cancel.child_token(), grace, move |req, addr| {
+        p.clone().serve(req, Peer { addr, tls: false })
+    }));
     let s = shared.clone();
-    tasks.spawn(server::accept_loop(
-        listeners.admin,
-        cancel.child_token(),
-        grace,
-        move |req, _| admin::serve(s.clone(), req),
-    ));
+    tasks.spawn(server::accept_loop(listeners.admin, cancel.child_token(), grace, move |req, _| {
+        admin::serve(s.clone(), req)
+    }));
     tracing::info!(proxy = %proxy_addr, admin = %admin_addr, backends = backends.len(), "flowgate started");
-    Ok(Handle {
-        proxy_addr,
-        admin_addr,
-        shared,
-        cancel,
-        tasks,
-        proxy,
-    })
+    Ok(Handle { proxy_addr, admin_addr, shared, cancel, tasks, proxy })
 }
 
 struct SharedView(Arc<Shared>);

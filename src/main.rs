@@ -66,24 +66,17 @@ fn main() -> ExitCode {
                 }
             };
             init_logging(&cfg.log);
-            let rt = tokio::runtime::Builder::new_multi_thread()
-                .enable_all()
-                .build()
-                .expect("tokio runtime");
+            let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build().expect("tokio runtime");
             rt.block_on(run(cfg))
         }
     }
 }
 
 fn init_logging(log: &flowgate::config::LogConfig) {
-    let filter = EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| EnvFilter::new(log.level.as_deref().unwrap_or("info")));
+    let filter =
+        EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(log.level.as_deref().unwrap_or("info")));
     let builder = tracing_subscriber::fmt().with_env_filter(filter);
-    if log.json {
-        builder.json().init()
-    } else {
-        builder.init()
-    }
+    if log.json { builder.json().init() } else { builder.init() }
 }
 
 async fn run(cfg: flowgate::config::Config) -> ExitCode {
@@ -102,9 +95,7 @@ async fn run(cfg: flowgate::config::Config) -> ExitCode {
         }
     };
     shutdown_signal().await;
-    tracing::info!(
-        "shutting down; Node-RED instances keep their state (the active keeps running flows)"
-    );
+    tracing::info!("shutting down; Node-RED instances keep their state (the active keeps running flows)");
     handle.shutdown(Duration::from_secs(15)).await;
     ExitCode::SUCCESS
 }

@@ -3,8 +3,8 @@
 //! The request path bumps pre-labelled handles (no label lookups per request).
 
 use prometheus::{
-    Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
-    IntGaugeVec, Opts, Registry, TextEncoder,
+    Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry,
+    TextEncoder,
 };
 
 use crate::proxy::RouteClass;
@@ -37,17 +37,13 @@ impl Metrics {
     pub fn new() -> Self {
         let registry = Registry::new();
         fn reg<T: prometheus::core::Collector + Clone + 'static>(r: &Registry, c: T) -> T {
-            r.register(Box::new(c.clone()))
-                .expect("metric names are unique");
+            r.register(Box::new(c.clone())).expect("metric names are unique");
             c
         }
         let requests_vec = reg(
             &registry,
             IntCounterVec::new(
-                Opts::new(
-                    "flowgate_requests_total",
-                    "Client requests by route class and status class.",
-                ),
+                Opts::new("flowgate_requests_total", "Client requests by route class and status class."),
                 &["route", "code_class"],
             )
             .unwrap(),
@@ -59,10 +55,7 @@ impl Metrics {
                     "flowgate_request_duration_seconds",
                     "Time from request received to response head sent, by route class.",
                 )
-                .buckets(vec![
-                    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
-                    10.0,
-                ]),
+                .buckets(vec![0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0]),
                 &["route"],
             )
             .unwrap(),
@@ -71,10 +64,7 @@ impl Metrics {
             .iter()
             .map(|r| CODE_CLASSES.map(|c| requests_vec.with_label_values(&[r.as_str(), c])))
             .collect();
-        let request_duration = RouteClass::ALL
-            .iter()
-            .map(|r| duration_vec.with_label_values(&[r.as_str()]))
-            .collect();
+        let request_duration = RouteClass::ALL.iter().map(|r| duration_vec.with_label_values(&[r.as_str()])).collect();
         Metrics {
             backend_up: reg(
                 &registry,
@@ -199,26 +189,18 @@ impl Metrics {
 
     /// Sets the one-hot gauges of one backend.
     pub fn set_backend(&self, backend: &str, up: bool, role: &str, flow_state: &str) {
-        self.backend_up
-            .with_label_values(&[backend])
-            .set(i64::from(up));
+        self.backend_up.with_label_values(&[backend]).set(i64::from(up));
         for r in ROLES {
-            self.backend_role
-                .with_label_values(&[backend, r])
-                .set(i64::from(r == role));
+            self.backend_role.with_label_values(&[backend, r]).set(i64::from(r == role));
         }
         for s in FLOW_STATES {
-            self.backend_flow_state
-                .with_label_values(&[backend, s])
-                .set(i64::from(s == flow_state));
+            self.backend_flow_state.with_label_values(&[backend, s]).set(i64::from(s == flow_state));
         }
     }
 
     pub fn encode(&self) -> String {
         let mut buf = Vec::new();
-        TextEncoder::new()
-            .encode(&self.registry.gather(), &mut buf)
-            .expect("text encoding cannot fail");
+        TextEncoder::new().encode(&self.registry.gather(), &mut buf).expect("text encoding cannot fail");
         String::from_utf8(buf).expect("prometheus text is UTF-8")
     }
 }

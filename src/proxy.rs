@@ -50,12 +50,8 @@ pub enum RouteClass {
 }
 
 impl RouteClass {
-    pub const ALL: [RouteClass; 4] = [
-        RouteClass::Editor,
-        RouteClass::EditorSocket,
-        RouteClass::Runtime,
-        RouteClass::RuntimeSocket,
-    ];
+    pub const ALL: [RouteClass; 4] =
+        [RouteClass::Editor, RouteClass::EditorSocket, RouteClass::Runtime, RouteClass::RuntimeSocket];
 
     pub fn as_str(self) -> &'static str {
         match self {
@@ -92,22 +88,12 @@ impl Proxy {
         let mut conn = HttpConnector::new();
         conn.set_nodelay(true);
         conn.set_connect_timeout(Some(Duration::from_secs(5)));
-        let client = Client::builder(TokioExecutor::new())
-            .pool_idle_timeout(Duration::from_secs(60))
-            .build(conn);
-        Proxy {
-            shared,
-            client,
-            tunnels: TaskTracker::new(),
-            shutdown,
-        }
+        let client =
+            Client::builder(TokioExecutor::new()).pool_idle_timeout(crate::backend::UPSTREAM_IDLE_TIMEOUT).build(conn);
+        Proxy { shared, client, tunnels: TaskTracker::new(), shutdown }
     }
 
-    pub async fn serve(
-        self: Arc<Self>,
-        req: Request<Incoming>,
-        peer: Peer,
-    ) -> Result<Response<Body>, Infallible> {
+    pub async fn serve(self: Arc<Self>, req: Request<Incoming>, peer: Peer) -> Result<Response<Body>, Infallible> {
         let started = Instant::now();
         let upgrade = is_upgrade(req.version(), req.headers());
         let class = route::classify(req.uri().path(), upgrade, &self.shared.config.node_red);
@@ -115,11 +101,7 @@ impl Proxy {
             Ok(r) => r,
             Err(e) => e.response(),
         };
-        self.shared.metrics.request(
-            class,
-            resp.status().as_u16(),
-            started.elapsed().as_secs_f64(),
-        );
+        self.shared.metrics.request(class, resp.status().as_u16(), started.elapsed().as_secs_f64());
         Ok(resp)
     }
 
@@ -149,11 +131,7 @@ impl Proxy {
             {
                 return Ok(a.clone());
             }
-            let wake = if failed.is_some() && !judged {
-                judged_at.min(deadline)
-            } else {
-                deadline
-            };
+            let wake = if failed.is_some() && !judged { judged_at.min(deadline) } else { deadline };
             if Instant::now() >= deadline {
                 return Err(ProxyError::NoActiveInstance);
             }
@@ -161,12 +139,7 @@ impl Proxy {
         }
     }
 
-    async fn dispatch(
-        &self,
-        req: Request<Incoming>,
-        peer: Peer,
-        upgrade: bool,
-    ) -> Result<Response<Body>, ProxyError> {
+    async fn dispatch(&self, req: Request<Incoming>, peer: Peer, upgrade: bool) -> Result<Response<Body>, ProxyError> {
         let mut active = self.active(None).await?;
         if upgrade {
             return upgrade::tunnel(self, req, peer, active).await;

@@ -22,21 +22,13 @@ use crate::body::Body;
 /// Time a client has to send a complete request head (slowloris guard).
 pub const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(30);
 
-pub async fn accept_loop<F, Fut>(
-    listener: TcpListener,
-    cancel: CancellationToken,
-    grace: Duration,
-    handler: F,
-) where
+pub async fn accept_loop<F, Fut>(listener: TcpListener, cancel: CancellationToken, grace: Duration, handler: F)
+where
     F: Fn(Request<Incoming>, SocketAddr) -> Fut + Clone + Send + Sync + 'static,
     Fut: Future<Output = Result<Response<Body>, Infallible>> + Send + 'static,
 {
     let mut builder = auto::Builder::new(TokioExecutor::new());
-    builder
-        .http1()
-        .timer(TokioTimer::new())
-        .header_read_timeout(HEADER_READ_TIMEOUT)
-        .keep_alive(true);
+    builder.http1().timer(TokioTimer::new()).header_read_timeout(HEADER_READ_TIMEOUT).keep_alive(true);
     builder.http2().timer(TokioTimer::new());
     let graceful = GracefulShutdown::new();
     loop {
@@ -65,10 +57,7 @@ pub async fn accept_loop<F, Fut>(
         });
     }
     drop(listener);
-    if tokio::time::timeout(grace, graceful.shutdown())
-        .await
-        .is_err()
-    {
+    if tokio::time::timeout(grace, graceful.shutdown()).await.is_err() {
         warn!(grace = ?grace, "connections did not finish within the grace period; closing them");
     }
 }

@@ -24,10 +24,7 @@ pub enum StandbyError {
 }
 
 fn io(path: &Path) -> impl FnOnce(std::io::Error) -> StandbyError + '_ {
-    move |source| StandbyError::Io {
-        path: path.to_owned(),
-        source,
-    }
+    move |source| StandbyError::Io { path: path.to_owned(), source }
 }
 
 pub fn prepare_standby(user_dir: &Path) -> Result<(), StandbyError> {
@@ -38,16 +35,10 @@ pub fn prepare_standby(user_dir: &Path) -> Result<(), StandbyError> {
             Ok(text) => match serde_json::from_str::<serde_json::Value>(&text) {
                 Ok(serde_json::Value::Object(m)) => m,
                 Ok(_) => {
-                    return Err(StandbyError::Invalid {
-                        path,
-                        detail: "not an object".into(),
-                    });
+                    return Err(StandbyError::Invalid { path, detail: "not an object".into() });
                 }
                 Err(e) => {
-                    return Err(StandbyError::Invalid {
-                        path,
-                        detail: e.to_string(),
-                    });
+                    return Err(StandbyError::Invalid { path, detail: e.to_string() });
                 }
             },
             // Node-RED writes the backup itself; only the main file must exist.
@@ -65,9 +56,7 @@ pub fn prepare_standby(user_dir: &Path) -> Result<(), StandbyError> {
         #[cfg(unix)]
         std::os::unix::fs::OpenOptionsExt::mode(&mut opts, 0o600);
         let mut f = opts.open(&tmp).map_err(io(&tmp))?;
-        f.write_all(text.as_bytes())
-            .and_then(|_| f.sync_all())
-            .map_err(io(&tmp))?;
+        f.write_all(text.as_bytes()).and_then(|_| f.sync_all()).map_err(io(&tmp))?;
         fs::rename(&tmp, &path).map_err(io(&path))?;
     }
     Ok(())
@@ -92,29 +81,20 @@ mod tests {
             r#"{"instanceId":"abc","_credentialSecret":"s","runtimeFlowState":"start"}"#,
         )
         .unwrap();
-        fs::write(
-            d.join(".config.runtime.json.backup"),
-            r#"{"runtimeFlowState":"start"}"#,
-        )
-        .unwrap();
+        fs::write(d.join(".config.runtime.json.backup"), r#"{"runtimeFlowState":"start"}"#).unwrap();
         prepare_standby(&d).unwrap();
         for f in [".config.runtime.json", ".config.runtime.json.backup"] {
-            let v: serde_json::Value =
-                serde_json::from_str(&fs::read_to_string(d.join(f)).unwrap()).unwrap();
+            let v: serde_json::Value = serde_json::from_str(&fs::read_to_string(d.join(f)).unwrap()).unwrap();
             assert_eq!(v["runtimeFlowState"], "stop", "{f}");
         }
         let v: serde_json::Value =
-            serde_json::from_str(&fs::read_to_string(d.join(".config.runtime.json")).unwrap())
-                .unwrap();
+            serde_json::from_str(&fs::read_to_string(d.join(".config.runtime.json")).unwrap()).unwrap();
         assert_eq!(v["instanceId"], "abc");
         assert_eq!(v["_credentialSecret"], "s");
         #[cfg(unix)]
         {
             use std::os::unix::fs::PermissionsExt;
-            let mode = fs::metadata(d.join(".config.runtime.json"))
-                .unwrap()
-                .permissions()
-                .mode();
+            let mode = fs::metadata(d.join(".config.runtime.json")).unwrap().permissions().mode();
             assert_eq!(mode & 0o777, 0o600);
         }
         fs::remove_dir_all(&d).unwrap();
@@ -125,8 +105,7 @@ mod tests {
         let d = tempdir("new");
         prepare_standby(&d).unwrap();
         let v: serde_json::Value =
-            serde_json::from_str(&fs::read_to_string(d.join(".config.runtime.json")).unwrap())
-                .unwrap();
+            serde_json::from_str(&fs::read_to_string(d.join(".config.runtime.json")).unwrap()).unwrap();
         assert_eq!(v, serde_json::json!({"runtimeFlowState": "stop"}));
         assert!(!d.join(".config.runtime.json.backup").exists());
         fs::remove_dir_all(&d).unwrap();
@@ -139,11 +118,7 @@ mod tests {
         fs::write(d.join(".config.runtime.json"), "{oops").unwrap();
         let err = prepare_standby(&d).unwrap_err().to_string();
         assert!(err.contains(".config.runtime.json"), "{err}");
-        assert_eq!(
-            fs::read_to_string(d.join(".config.runtime.json")).unwrap(),
-            "{oops",
-            "left untouched"
-        );
+        assert_eq!(fs::read_to_string(d.join(".config.runtime.json")).unwrap(), "{oops", "left untouched");
         fs::remove_dir_all(&d).unwrap();
     }
 }

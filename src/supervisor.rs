@@ -41,18 +41,11 @@ const HISTORY: usize = 50;
 /// Operator commands (admin API).
 pub enum Command {
     /// Planned move of the active role; `to: None` picks the best standby.
-    Switchover {
-        to: Option<BackendId>,
-        reply: oneshot::Sender<Result<String, String>>,
-    },
+    Switchover { to: Option<BackendId>, reply: oneshot::Sender<Result<String, String>> },
 }
 
 enum Done {
-    Stopped {
-        index: usize,
-        was: FlowState,
-        result: Result<(), CallError>,
-    },
+    Stopped { index: usize, was: FlowState, result: Result<(), CallError> },
     Promoted(Promotion),
 }
 
@@ -79,9 +72,7 @@ struct Member {
 
 impl Member {
     fn health(&self) -> Health {
-        self.tracker
-            .as_ref()
-            .map_or(Health::Unknown, Tracker::health)
+        self.tracker.as_ref().map_or(Health::Unknown, Tracker::health)
     }
     fn eligible(&self) -> bool {
         self.health() == Health::Up && self.runtime_state == Some(true) && self.flow_state.is_some()
@@ -127,13 +118,12 @@ pub struct Supervisor {
 }
 
 fn unix_ms(t: SystemTime) -> u64 {
-    t.duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as u64)
+    t.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64)
 }
 
 fn loss_reason(err: Option<&CallError>) -> &'static str {
     match err {
-        Some(CallError::Refused) | Some(CallError::Connect(_)) => "crash",
+        Some(CallError::Refused | CallError::Connect(_) | CallError::Reset(_)) => "crash",
         Some(CallError::Timeout(_)) => "hang",
         _ => "unhealthy",
     }
@@ -148,10 +138,7 @@ impl Supervisor {
     ) -> Self {
         let h = &shared.config.health;
         let members = (0..shared.backends.len())
-            .map(|_| Member {
-                tracker: Some(Tracker::new(h.rise, h.fall)),
-                ..Member::default()
-            })
+            .map(|_| Member { tracker: Some(Tracker::new(h.rise, h.fall)), ..Member::default() })
             .collect();
         let startup_until = Instant::now() + h.interval * 2 + h.timeout;
         let (done_tx, done_rx) = mpsc::unbounded_channel();
@@ -200,10 +187,7 @@ impl Supervisor {
 
     fn policy(&self) -> Policy {
         let f = &self.shared.config.failover;
-        Policy {
-            failback: f.failback,
-            failback_delay: f.failback_delay,
-        }
+        Policy { failback: f.failback, failback_delay: f.failback_delay }
     }
 
     fn candidates(&self, now: Instant) -> Vec<Candidate> {
@@ -232,11 +216,7 @@ impl Supervisor {
             consider(Some(self.startup_until));
         }
         consider(self.retry_at);
-        consider(election::failback_due(
-            self.active,
-            &self.candidates(now),
-            &self.policy(),
-        ));
+        consider(election::failback_due(self.active, &self.candidates(now), &self.policy()));
         for m in &self.members {
             consider(m.cooldown_until);
         }
@@ -248,9 +228,7 @@ impl Supervisor {
 
     fn in_grace(&self, index: usize, now: Instant) -> bool {
         self.active == Some(index)
-            && self
-                .promoted_at
-                .is_some_and(|t| now < t + self.shared.config.health.promotion_grace)
+            && self.promoted_at.is_some_and(|t| now < t + self.shared.config.health.promotion_grace)
     }
 
     fn on_report(&mut self, i: usize, r: Report) {
@@ -258,10 +236,7 @@ impl Supervisor {
         let id = self.shared.backends[i].id.clone();
         let grace = self.in_grace(i, now);
         let metrics = &self.shared.metrics;
-        metrics
-            .probe_duration
-            .with_label_values(&[id.as_str()])
-            .observe(r.latency.as_secs_f64());
+        metrics.probe_duration.with_label_values(&[id.as_str()]).observe(r.latency.as_secs_f64());
         let m = &mut self.members[i];
         m.last_probe = Some((r.at, r.latency));
         let tracker = m.tracker.as_mut().expect("tracker");
@@ -272,10 +247,7 @@ impl Supervisor {
                 tracker.observe(true)
             }
             Err(e) => {
-                metrics
-                    .probe_failures
-                    .with_label_values(&[id.as_str(), e.kind()])
-                    .inc();
+                metrics.probe_failures.with_label_values(&[id.as_str(), e.kind()]).inc();
                 m.last_error = Some(e.clone());
                 match e {
                     CallError::Refused => tracker.force_down(),
@@ -319,11 +291,7 @@ impl Supervisor {
                 m.runtime_state = None;
                 m.warned_unmanageable = false;
                 m.canary_fails = 0;
-                let err = m
-                    .last_error
-                    .as_ref()
-                    .map(|e| e.to_string())
-                    .unwrap_or_default();
+                let err = m.last_error.as_ref().map(|e| e.to_string()).unwrap_or_default();
                 warn!(backend = %id, error = %err, "instance is down");
             }
             None => {}
@@ -333,32 +301,22 @@ impl Supervisor {
     fn on_command(&mut self, cmd: Command) {
         let Command::Switchover { to, reply } = cmd;
         if self.pending.is_some() {
-            let _ = reply.send(Err(
-                "a promotion is already in progress; try again shortly".into()
-            ));
+            let _ = reply.send(Err("a promotion is already in progress; try again shortly".into()));
             return;
         }
         let now = Instant::now();
         let target = match to {
             Some(id) => match self.shared.backends.iter().position(|b| b.id == id) {
                 None => {
-                    let known: Vec<_> = self
-                        .shared
-                        .backends
-                        .iter()
-                        .map(|b| b.id.to_string())
-                        .collect();
-                    let _ = reply.send(Err(format!(
-                        "no backend \"{id}\"; known: {}",
-                        known.join(", ")
-                    )));
+                    let known: Vec<_> = self.shared.backends.iter().map(|b| b.id.to_string()).collect();
+                    let _ = reply.send(Err(format!("no backend \"{id}\"; known: {}", known.join(", "))));
                     return;
                 }
                 Some(i) if !self.members[i].eligible() => {
-                    let why = self.members[i].last_error.as_ref().map_or_else(
-                        || self.members[i].health().as_str().to_string(),
-                        |e| e.to_string(),
-                    );
+                    let why = self.members[i]
+                        .last_error
+                        .as_ref()
+                        .map_or_else(|| self.members[i].health().as_str().to_string(), |e| e.to_string());
                     let _ = reply.send(Err(format!("backend \"{id}\" is not eligible: {why}")));
                     return;
                 }
@@ -382,10 +340,7 @@ impl Supervisor {
             }
         };
         if Some(target) == self.active {
-            let _ = reply.send(Ok(format!(
-                "{} is already active",
-                self.shared.backends[target].id
-            )));
+            let _ = reply.send(Ok(format!("{} is already active", self.shared.backends[target].id)));
             return;
         }
         self.begin_promotion(target, "switchover", now, Some(reply));
@@ -401,11 +356,7 @@ impl Supervisor {
                 match result {
                     Ok(()) => {
                         m.flow_state = Some(FlowState::Stop);
-                        self.shared
-                            .metrics
-                            .stray_starts_stopped
-                            .with_label_values(&[id.as_str()])
-                            .inc();
+                        self.shared.metrics.stray_starts_stopped.with_label_values(&[id.as_str()]).inc();
                         warn!(backend = %id, was = was.as_str(), "stopped flows on a non-active instance (stray start)");
                     }
                     Err(e) => {
@@ -453,15 +404,8 @@ impl Supervisor {
                 m.canary_fails = 0;
                 self.publish_view();
                 if pending.reason != "initial" {
-                    self.shared
-                        .metrics
-                        .failovers
-                        .with_label_values(&[pending.reason])
-                        .inc();
-                    self.shared
-                        .metrics
-                        .failover_duration
-                        .observe(elapsed.as_secs_f64());
+                    self.shared.metrics.failovers.with_label_values(&[pending.reason]).inc();
+                    self.shared.metrics.failover_duration.observe(elapsed.as_secs_f64());
                 }
                 info!(
                     backend = %target_id,
@@ -475,18 +419,10 @@ impl Supervisor {
                 }
             }
             Err(e) => {
-                self.lost = lost.or(Some(Lost {
-                    at: since,
-                    from: None,
-                    reason: pending.reason,
-                }));
+                self.lost = lost.or(Some(Lost { at: since, from: None, reason: pending.reason }));
                 self.members[p.target].cooldown_until = Some(now + PROMOTION_COOLDOWN);
                 self.retry_at = Some(now + RETRY_PAUSE);
-                self.shared
-                    .metrics
-                    .failover_failures
-                    .with_label_values(&[pending.reason])
-                    .inc();
+                self.shared.metrics.failover_failures.with_label_values(&[pending.reason]).inc();
                 error!(backend = %target_id, reason = pending.reason, error = %e, "promotion failed");
                 record.outcome = "failed";
                 record.detail = Some(e.clone());
@@ -506,11 +442,7 @@ impl Supervisor {
         }
         if let Some(a) = self.active {
             let m = &self.members[a];
-            let others_eligible = self
-                .members
-                .iter()
-                .enumerate()
-                .any(|(i, o)| i != a && o.eligible());
+            let others_eligible = self.members.iter().enumerate().any(|(i, o)| i != a && o.eligible());
             let fall = self.shared.config.health.fall;
             let reason = if m.health() != Health::Up {
                 Some(loss_reason(m.last_error.as_ref()))
@@ -530,8 +462,7 @@ impl Supervisor {
             }
         }
         let undecided = self.members.iter().any(|m| m.health() == Health::Unknown);
-        let starting =
-            !self.elected_once && self.active.is_none() && undecided && now < self.startup_until;
+        let starting = !self.elected_once && self.active.is_none() && undecided && now < self.startup_until;
         let retrying = self.retry_at.is_some_and(|t| now < t);
         if !starting && !retrying {
             let cands = self.candidates(now);
@@ -566,11 +497,7 @@ impl Supervisor {
             cur.demoted.cancel();
         }
         self.promoted_at = None;
-        self.lost = Some(Lost {
-            at: now,
-            from: Some(a),
-            reason,
-        });
+        self.lost = Some(Lost { at: now, from: Some(a), reason });
         warn!(backend = %self.shared.backends[a].id, reason, "active instance lost; traffic held until a standby is promoted");
         self.publish_view();
     }
@@ -595,11 +522,8 @@ impl Supervisor {
             .filter(|&(i, m)| i != target && m.health() == Health::Up)
             .map(|(i, m)| {
                 // A stopped standby answers at once; a running instance may need nodeCloseTimeout.
-                let limit = if m.flow_state == Some(FlowState::Stop) {
-                    health_timeout
-                } else {
-                    cfg.failover.stop_timeout
-                };
+                let limit =
+                    if m.flow_state == Some(FlowState::Stop) { health_timeout } else { cfg.failover.stop_timeout };
                 (i, self.shared.backends[i].clone(), limit)
             })
             .collect();
@@ -614,23 +538,10 @@ impl Supervisor {
         let tx = self.done_tx.clone();
         info!(backend = %backend.id, reason, stopping = others.len(), "promoting");
         tokio::spawn(async move {
-            let p = promote(
-                client,
-                target,
-                backend,
-                others,
-                known_stopped,
-                start_timeout,
-            )
-            .await;
+            let p = promote(client, target, backend, others, known_stopped, start_timeout).await;
             let _ = tx.send(Done::Promoted(p));
         });
-        self.pending = Some(Pending {
-            target,
-            reason,
-            started: now,
-            reply,
-        });
+        self.pending = Some(Pending { target, reason, started: now, reply });
     }
 
     fn stop_strays(&mut self) {
@@ -649,14 +560,8 @@ impl Supervisor {
             let timeout = self.shared.config.failover.stop_timeout;
             let tx = self.done_tx.clone();
             tokio::spawn(async move {
-                let result = backend
-                    .set_flow_state(&client, FlowState::Stop, timeout)
-                    .await;
-                let _ = tx.send(Done::Stopped {
-                    index: i,
-                    was,
-                    result,
-                });
+                let result = backend.set_flow_state(&client, FlowState::Stop, timeout).await;
+                let _ = tx.send(Done::Stopped { index: i, was, result });
             });
         }
     }
@@ -672,10 +577,7 @@ impl Supervisor {
             })
         });
         self.current = active.clone();
-        self.shared.view.store(Arc::new(View {
-            generation: self.generation,
-            active,
-        }));
+        self.shared.view.store(Arc::new(View { generation: self.generation, active }));
         self.shared.generation.send_replace(self.generation);
     }
 
@@ -706,11 +608,7 @@ impl Supervisor {
                 let m = &self.members[i];
                 let role = self.role(i);
                 let up = m.health() == Health::Up;
-                let state = if up {
-                    m.flow_state.map(FlowState::as_str)
-                } else {
-                    None
-                };
+                let state = if up { m.flow_state.map(FlowState::as_str) } else { None };
                 running += i64::from(state == Some("start"));
                 metrics.set_backend(b.id.as_str(), up, role, state.unwrap_or("unknown"));
                 BackendStatus {
@@ -760,13 +658,7 @@ async fn promote(
     let mut stops = JoinSet::new();
     for (i, b, limit) in others {
         let client = client.clone();
-        stops.spawn(async move {
-            (
-                i,
-                b.id.clone(),
-                b.set_flow_state(&client, FlowState::Stop, limit).await,
-            )
-        });
+        stops.spawn(async move { (i, b.id.clone(), b.set_flow_state(&client, FlowState::Stop, limit).await) });
     }
     let mut stopped = Vec::new();
     let mut blocker = None;
@@ -777,17 +669,14 @@ async fn promote(
             Err(
                 CallError::Refused
                 | CallError::Connect(_)
+                | CallError::Reset(_)
                 | CallError::Timeout(_)
                 | CallError::Transport(_),
             ) => {
                 warn!(backend = %id, "did not answer the stop; fenced until it does");
             }
             Err(_) if known_stopped.contains(&i) => {}
-            Err(e) => {
-                blocker = Some(format!(
-                    "cannot stop flows on {id}, which reports them running: {e}"
-                ))
-            }
+            Err(e) => blocker = Some(format!("cannot stop flows on {id}, which reports them running: {e}")),
         }
     }
     let outcome = match blocker {
@@ -797,9 +686,5 @@ async fn promote(
             .await
             .map_err(|e| format!("start on {}: {e}", backend.id)),
     };
-    Promotion {
-        target,
-        stopped,
-        outcome,
-    }
+    Promotion { target, stopped, outcome }
 }

@@ -9,27 +9,16 @@ use support::*;
 
 const SECS: Duration = Duration::from_secs(5);
 
-async fn two(
-    a: Options,
-    b: Options,
-    extra: &str,
-) -> (FakeNodeRed, FakeNodeRed, EventLog, flowgate::Handle) {
+async fn two(a: Options, b: Options, extra: &str) -> (FakeNodeRed, FakeNodeRed, EventLog, flowgate::Handle) {
     let log = EventLog::default();
     let fa = FakeNodeRed::start("a", a, log.clone()).await;
     let fb = FakeNodeRed::start("b", b, log.clone()).await;
-    let h = start_flowgate(
-        &yaml(&[("a", fa.url(), 200), ("b", fb.url(), 100)], extra),
-        Secrets(vec![]),
-    )
-    .await;
+    let h = start_flowgate(&yaml(&[("a", fa.url(), 200), ("b", fb.url(), 100)], extra), Secrets(vec![])).await;
     (fa, fb, log, h)
 }
 
 async fn wait_active(h: &flowgate::Handle, id: &str) {
-    eventually(SECS, &format!("{id} active"), || async {
-        active(h).await.as_deref() == Some(id)
-    })
-    .await;
+    eventually(SECS, &format!("{id} active"), || async { active(h).await.as_deref() == Some(id) }).await;
 }
 
 #[tokio::test]
@@ -37,57 +26,30 @@ async fn elects_the_highest_priority_and_starts_only_its_flows() {
     let (fa, fb, log, h) = two(Options::default(), Options::default(), "").await;
     wait_active(&h, "a").await;
     assert!(fa.started() && !fb.started());
-    assert_eq!(
-        *log.lock().unwrap(),
-        vec![("b".to_string(), "stop"), ("a".to_string(), "start")]
-    );
-    let r = get(&client(), &format!("http://{}/hello", h.proxy_addr))
-        .await
-        .unwrap();
+    assert_eq!(*log.lock().unwrap(), vec![("b".to_string(), "stop"), ("a".to_string(), "start")]);
+    let r = get(&client(), &format!("http://{}/hello", h.proxy_addr)).await.unwrap();
     assert_eq!((r.status, r.body.as_str()), (200, "hello from a"));
-    assert_eq!(
-        fb.inner.hello_count.load(Ordering::SeqCst),
-        0,
-        "the standby never sees traffic"
-    );
+    assert_eq!(fb.inner.hello_count.load(Ordering::SeqCst), 0, "the standby never sees traffic");
 }
 
 #[tokio::test]
 async fn adopts_an_instance_already_running_and_stops_the_other() {
     // Both report flows started (e.g. flowgate restarted after a split): keep one, stop one.
-    let started = || Options {
-        started: true,
-        ..Options::default()
-    };
+    let started = || Options { started: true, ..Options::default() };
     let (fa, fb, _log, h) = two(started(), started(), "").await;
     wait_active(&h, "a").await;
     eventually(SECS, "b stopped", || async { !fb.started() }).await;
     assert!(fa.started());
     let m = metrics(&h).await;
-    assert_eq!(
-        sample(&m, "flowgate_instances_running_flows"),
-        Some(1.0),
-        "{m}"
-    );
+    assert_eq!(sample(&m, "flowgate_instances_running_flows"), Some(1.0), "{m}");
 }
 
 #[tokio::test]
 async fn keeps_a_running_lower_priority_instance_rather_than_switching() {
-    let (fa, fb, log, h) = two(
-        Options::default(),
-        Options {
-            started: true,
-            ..Options::default()
-        },
-        "",
-    )
-    .await;
+    let (fa, fb, log, h) = two(Options::default(), Options { started: true, ..Options::default() }, "").await;
     wait_active(&h, "b").await;
     assert!(!fa.started() && fb.started());
-    assert!(
-        !log.lock().unwrap().contains(&("b".to_string(), "stop")),
-        "b was never stopped"
-    );
+    assert!(!log.lock().unwrap().contains(&("b".to_string(), "stop")), "b was never stopped");
 }
 
 #[tokio::test]
@@ -112,22 +74,11 @@ async fn crash_fails_over_and_no_request_fails() {
     let seen = stream.await.unwrap();
     let failed: Vec<_> = seen.iter().filter(|r| !matches!(r, Ok((200, _)))).collect();
     assert!(failed.is_empty(), "failed requests: {failed:?}");
-    assert!(
-        seen.iter()
-            .any(|r| matches!(r, Ok((_, b)) if b == "hello from b")),
-        "traffic moved to b"
-    );
+    assert!(seen.iter().any(|r| matches!(r, Ok((_, b)) if b == "hello from b")), "traffic moved to b");
     assert!(fb.started());
     let m = metrics(&h).await;
-    assert_eq!(
-        sample(&m, "flowgate_failovers_total{reason=\"crash\"}"),
-        Some(1.0),
-        "{m}"
-    );
-    assert_eq!(
-        sample(&m, "flowgate_failover_duration_seconds_count"),
-        Some(1.0)
-    );
+    assert_eq!(sample(&m, "flowgate_failovers_total{reason=\"crash\"}"), Some(1.0), "{m}");
+    assert_eq!(sample(&m, "flowgate_failover_duration_seconds_count"), Some(1.0));
     let st = status(&h).await;
     assert_eq!(st["failovers"][0]["reason"], "crash");
     assert_eq!(st["failovers"][0]["from"], "a");
@@ -150,30 +101,14 @@ async fn hang_releases_in_flight_requests_retrying_only_safe_ones() {
         let url = format!("http://{}/echo", h.proxy_addr);
         async move { send(&c, "POST", &url, "payload").await }
     });
-    let got = tokio::time::timeout(SECS, get_task)
-        .await
-        .expect("GET not left hanging")
-        .unwrap()
-        .unwrap();
-    assert_eq!(
-        (got.status, got.body.as_str()),
-        (200, "hello from b"),
-        "idempotent GET retried on b"
-    );
-    let post = tokio::time::timeout(SECS, post_task)
-        .await
-        .expect("POST not left hanging")
-        .unwrap()
-        .unwrap();
+    let got = tokio::time::timeout(SECS, get_task).await.expect("GET not left hanging").unwrap().unwrap();
+    assert_eq!((got.status, got.body.as_str()), (200, "hello from b"), "idempotent GET retried on b");
+    let post = tokio::time::timeout(SECS, post_task).await.expect("POST not left hanging").unwrap().unwrap();
     assert_eq!(post.status, 502);
     assert_eq!(post.headers["x-flowgate-error"], "instance-failed");
     assert!(fb.started());
     let m = metrics(&h).await;
-    assert_eq!(
-        sample(&m, "flowgate_failovers_total{reason=\"hang\"}"),
-        Some(1.0),
-        "{m}"
-    );
+    assert_eq!(sample(&m, "flowgate_failovers_total{reason=\"hang\"}"), Some(1.0), "{m}");
     assert_eq!(sample(&m, "flowgate_inflight_aborted_total"), Some(1.0));
     fa.unhang();
 }
@@ -184,14 +119,7 @@ async fn a_request_body_is_resent_when_nothing_reached_the_crashed_active() {
     wait_active(&h, "a").await;
     fa.crash();
     // The proxy has not noticed yet: this POST's connect fails, and it is replayed on b.
-    let r = send(
-        &client(),
-        "POST",
-        &format!("http://{}/echo", h.proxy_addr),
-        "keep me",
-    )
-    .await
-    .unwrap();
+    let r = send(&client(), "POST", &format!("http://{}/echo", h.proxy_addr), "keep me").await.unwrap();
     assert_eq!((r.status, r.body.as_str()), (200, "keep me"));
 }
 
@@ -205,9 +133,7 @@ async fn without_any_instance_requests_wait_for_the_hold_time_then_get_503() {
     fa.crash();
     eventually(SECS, "no active", || async { active(&h).await.is_none() }).await;
     let t = tokio::time::Instant::now();
-    let r = get(&client(), &format!("http://{}/hello", h.proxy_addr))
-        .await
-        .unwrap();
+    let r = get(&client(), &format!("http://{}/hello", h.proxy_addr)).await.unwrap();
     let waited = t.elapsed();
     assert_eq!(r.status, 503);
     assert_eq!(r.headers["retry-after"], "1");
@@ -240,16 +166,9 @@ async fn a_rebooted_active_running_flows_is_stopped_and_stays_standby() {
     fa.restart(true).await; // persisted "start" state
     eventually(SECS, "stray stopped", || async { !fa.started() }).await;
     let m = metrics(&h).await;
-    assert_eq!(
-        sample(&m, "flowgate_stray_starts_stopped_total{backend=\"a\"}"),
-        Some(1.0),
-        "{m}"
-    );
+    assert_eq!(sample(&m, "flowgate_stray_starts_stopped_total{backend=\"a\"}"), Some(1.0), "{m}");
     // No failback by default: a stays standby through several probe rounds.
-    eventually(SECS, "a up again", || async {
-        status(&h).await["backends"][0]["health"] == "up"
-    })
-    .await;
+    eventually(SECS, "a up again", || async { status(&h).await["backends"][0]["health"] == "up" }).await;
     for _ in 0..10 {
         assert_eq!(active(&h).await.as_deref(), Some("b"));
         tokio::time::sleep(Duration::from_millis(50)).await;
@@ -268,34 +187,16 @@ async fn fails_back_after_the_delay_when_configured_break_before_make() {
     fa.restart(false).await;
     let back = tokio::time::Instant::now();
     wait_active(&h, "a").await;
-    assert!(
-        back.elapsed() >= Duration::from_millis(300),
-        "not before the delay"
-    );
+    assert!(back.elapsed() >= Duration::from_millis(300), "not before the delay");
     assert!(!fb.started());
-    assert_eq!(
-        *log.lock().unwrap(),
-        vec![("b".to_string(), "stop"), ("a".to_string(), "start")]
-    );
+    assert_eq!(*log.lock().unwrap(), vec![("b".to_string(), "stop"), ("a".to_string(), "start")]);
     let m = metrics(&h).await;
-    assert_eq!(
-        sample(&m, "flowgate_failovers_total{reason=\"failback\"}"),
-        Some(1.0),
-        "{m}"
-    );
+    assert_eq!(sample(&m, "flowgate_failovers_total{reason=\"failback\"}"), Some(1.0), "{m}");
 }
 
 #[tokio::test]
 async fn an_instance_without_runtime_state_is_reported_and_never_promoted() {
-    let (fa, fb, _log, h) = two(
-        Options {
-            runtime_state: false,
-            ..Options::default()
-        },
-        Options::default(),
-        "",
-    )
-    .await;
+    let (fa, fb, _log, h) = two(Options { runtime_state: false, ..Options::default() }, Options::default(), "").await;
     wait_active(&h, "b").await;
     assert!(fb.started() && !fa.started());
     let st = status(&h).await;
@@ -314,16 +215,10 @@ async fn switchover_needs_the_token_and_moves_the_role_break_before_make() {
     let log = EventLog::default();
     let fa = FakeNodeRed::start("a", Options::default(), log.clone()).await;
     let fb = FakeNodeRed::start("b", Options::default(), log.clone()).await;
-    let y = yaml(
-        &[("a", fa.url(), 200), ("b", fb.url(), 100)],
-        "admin: { token: { env: ADM } }\n",
-    );
+    let y = yaml(&[("a", fa.url(), 200), ("b", fb.url(), 100)], "admin: { token: { env: ADM } }\n");
     let h = start_flowgate(&y, Secrets(vec![("ADM", "s3cret".into())])).await;
     wait_active(&h, "a").await;
-    eventually(SECS, "b standby", || async {
-        status(&h).await["backends"][1]["role"] == "standby"
-    })
-    .await;
+    eventually(SECS, "b standby", || async { status(&h).await["backends"][1]["role"] == "standby" }).await;
     let url = format!("http://{}/switchover?to=b", h.admin_addr);
     let c = client();
     assert_eq!(send(&c, "POST", &url, "").await.unwrap().status, 401);
@@ -336,27 +231,15 @@ async fn switchover_needs_the_token_and_moves_the_role_break_before_make() {
     assert_eq!(r.status(), 200);
     assert_eq!(active(&h).await.as_deref(), Some("b"));
     assert!(fb.started() && !fa.started());
-    assert_eq!(
-        *log.lock().unwrap(),
-        vec![("a".to_string(), "stop"), ("b".to_string(), "start")]
-    );
-    let r = get(&client(), &format!("http://{}/hello", h.proxy_addr))
-        .await
-        .unwrap();
+    assert_eq!(*log.lock().unwrap(), vec![("a".to_string(), "stop"), ("b".to_string(), "start")]);
+    let r = get(&client(), &format!("http://{}/hello", h.proxy_addr)).await.unwrap();
     assert_eq!(r.body, "hello from b");
 }
 
 #[tokio::test]
 async fn switchover_is_forbidden_without_a_configured_token() {
     let (_fa, _fb, _log, h) = two(Options::default(), Options::default(), "").await;
-    let r = send(
-        &client(),
-        "POST",
-        &format!("http://{}/switchover", h.admin_addr),
-        "",
-    )
-    .await
-    .unwrap();
+    let r = send(&client(), "POST", &format!("http://{}/switchover", h.admin_addr), "").await.unwrap();
     assert_eq!(r.status, 403);
     assert!(r.body.contains("admin.token"));
 }
@@ -366,31 +249,18 @@ async fn a_failing_canary_moves_the_active_role() {
     let extra = "health: { interval: 50ms, timeout: 150ms, rise: 2, fall: 2, promotion_grace: 0ms, canary: /canary }\n";
     let (fa, fb, _log, h) = two(Options::default(), Options::default(), extra).await;
     wait_active(&h, "a").await;
-    eventually(SECS, "canary ok", || async {
-        status(&h).await["backends"][0]["canary"] == "ok"
-    })
-    .await;
+    eventually(SECS, "canary ok", || async { status(&h).await["backends"][0]["canary"] == "ok" }).await;
     fa.inner.canary_ok.store(false, Ordering::SeqCst);
     wait_active(&h, "b").await;
-    assert!(
-        fb.started() && !fa.started(),
-        "a's flows stopped, b's started"
-    );
+    assert!(fb.started() && !fa.started(), "a's flows stopped, b's started");
     let m = metrics(&h).await;
-    assert_eq!(
-        sample(&m, "flowgate_failovers_total{reason=\"canary\"}"),
-        Some(1.0),
-        "{m}"
-    );
+    assert_eq!(sample(&m, "flowgate_failovers_total{reason=\"canary\"}"), Some(1.0), "{m}");
 }
 
 #[tokio::test]
 async fn instance_tokens_are_sent_and_a_wrong_token_keeps_it_down() {
     let log = EventLog::default();
-    let tok = |t: &str| Options {
-        token: Some(t.into()),
-        ..Options::default()
-    };
+    let tok = |t: &str| Options { token: Some(t.into()), ..Options::default() };
     let fa = FakeNodeRed::start("a", tok("right"), log.clone()).await;
     let fb = FakeNodeRed::start("b", tok("other"), log.clone()).await;
     let y = format!(
@@ -398,21 +268,11 @@ async fn instance_tokens_are_sent_and_a_wrong_token_keeps_it_down() {
         fa.url(),
         fb.url()
     );
-    let h = start_flowgate(
-        &y,
-        Secrets(vec![("TA", "right".into()), ("TB", "wrong".into())]),
-    )
-    .await;
+    let h = start_flowgate(&y, Secrets(vec![("TA", "right".into()), ("TB", "wrong".into())])).await;
     wait_active(&h, "a").await;
     let st = status(&h).await;
     assert_eq!(st["backends"][1]["health"], "down");
-    assert!(
-        st["backends"][1]["last_error"]
-            .as_str()
-            .unwrap()
-            .contains("adminAuth.tokens"),
-        "{st}"
-    );
+    assert!(st["backends"][1]["last_error"].as_str().unwrap().contains("adminAuth.tokens"), "{st}");
     assert!(!fb.started());
 }
 
@@ -422,10 +282,7 @@ async fn websockets_reach_the_active_and_close_when_it_is_demoted() {
     let log = EventLog::default();
     let fa = FakeNodeRed::start("a", Options::default(), log.clone()).await;
     let fb = FakeNodeRed::start("b", Options::default(), log.clone()).await;
-    let y = yaml(
-        &[("a", fa.url(), 200), ("b", fb.url(), 100)],
-        "admin: { token: { env: ADM } }\n",
-    );
+    let y = yaml(&[("a", fa.url(), 200), ("b", fb.url(), 100)], "admin: { token: { env: ADM } }\n");
     let h = start_flowgate(&y, Secrets(vec![("ADM", "t".into())])).await;
     wait_active(&h, "a").await;
     let url = format!("ws://{}/ws", h.proxy_addr);
@@ -439,15 +296,10 @@ async fn websockets_reach_the_active_and_close_when_it_is_demoted() {
         .body(http_body_util::Full::new(bytes::Bytes::new()))
         .unwrap();
     assert_eq!(client().request(req).await.unwrap().status(), 200);
-    let end = tokio::time::timeout(SECS, ws.next())
-        .await
-        .expect("tunnel closed after demotion");
+    let end = tokio::time::timeout(SECS, ws.next()).await.expect("tunnel closed after demotion");
     assert!(!matches!(end, Some(Ok(ref m)) if m.is_text()), "{end:?}");
     let (mut ws, _) = tokio_tungstenite::connect_async(&url).await.unwrap();
-    assert_eq!(
-        ws.next().await.unwrap().unwrap().to_text().unwrap(),
-        "hello from b"
-    );
+    assert_eq!(ws.next().await.unwrap().unwrap().to_text().unwrap(), "hello from b");
 }
 
 #[tokio::test]
@@ -465,64 +317,31 @@ async fn http2_clients_are_served_and_forwarded_headers_set() {
     let resp = c.request(req).await.unwrap();
     assert_eq!(resp.version(), http::Version::HTTP_2);
     use http_body_util::BodyExt;
-    let body = String::from_utf8(
-        resp.into_body()
-            .collect()
-            .await
-            .unwrap()
-            .to_bytes()
-            .to_vec(),
-    )
-    .unwrap();
-    assert!(
-        body.contains("x-forwarded-for: 127.0.0.1\n"),
-        "forged XFF replaced: {body}"
-    );
+    let body = String::from_utf8(resp.into_body().collect().await.unwrap().to_bytes().to_vec()).unwrap();
+    assert!(body.contains("x-forwarded-for: 127.0.0.1\n"), "forged XFF replaced: {body}");
     assert!(body.contains("x-forwarded-proto: http\n"), "{body}");
-    assert!(
-        body.contains(&format!("host: {}\n", h.proxy_addr)),
-        "{body}"
-    );
+    assert!(body.contains(&format!("host: {}\n", h.proxy_addr)), "{body}");
 }
 
 #[tokio::test]
 async fn metrics_and_status_describe_roles() {
     let (_fa, _fb, _log, h) = two(Options::default(), Options::default(), "").await;
     wait_active(&h, "a").await;
-    eventually(SECS, "b standby", || async {
-        status(&h).await["backends"][1]["role"] == "standby"
-    })
-    .await;
-    let _ = get(&client(), &format!("http://{}/hello", h.proxy_addr))
-        .await
-        .unwrap();
-    let _ = get(&client(), &format!("http://{}/flows", h.proxy_addr))
-        .await
-        .unwrap();
+    eventually(SECS, "b standby", || async { status(&h).await["backends"][1]["role"] == "standby" }).await;
+    let _ = get(&client(), &format!("http://{}/hello", h.proxy_addr)).await.unwrap();
+    let _ = get(&client(), &format!("http://{}/flows", h.proxy_addr)).await.unwrap();
     let m = metrics(&h).await;
     for (series, want) in [
         ("flowgate_backend_role{backend=\"a\",role=\"active\"}", 1.0),
         ("flowgate_backend_role{backend=\"b\",role=\"standby\"}", 1.0),
         ("flowgate_backend_role{backend=\"b\",role=\"active\"}", 0.0),
-        (
-            "flowgate_backend_flow_state{backend=\"a\",state=\"start\"}",
-            1.0,
-        ),
-        (
-            "flowgate_backend_flow_state{backend=\"b\",state=\"stop\"}",
-            1.0,
-        ),
+        ("flowgate_backend_flow_state{backend=\"a\",state=\"start\"}", 1.0),
+        ("flowgate_backend_flow_state{backend=\"b\",state=\"stop\"}", 1.0),
         ("flowgate_backend_up{backend=\"b\"}", 1.0),
         ("flowgate_instances_running_flows", 1.0),
         ("flowgate_active_present", 1.0),
-        (
-            "flowgate_requests_total{code_class=\"2xx\",route=\"runtime\"}",
-            1.0,
-        ),
-        (
-            "flowgate_requests_total{code_class=\"4xx\",route=\"editor\"}",
-            1.0,
-        ),
+        ("flowgate_requests_total{code_class=\"2xx\",route=\"runtime\"}", 1.0),
+        ("flowgate_requests_total{code_class=\"4xx\",route=\"editor\"}", 1.0),
     ] {
         assert_eq!(sample(&m, series), Some(want), "{series} in\n{m}");
     }
@@ -531,14 +350,8 @@ async fn metrics_and_status_describe_roles() {
     assert_eq!(st["active"], "a");
     assert_eq!(st["phase"], "serving");
     assert_eq!(st["backends"][0]["flow_state"], "start");
-    assert!(
-        st["backends"][0]["last_probe_latency_ms"]
-            .as_f64()
-            .is_some()
-    );
+    assert!(st["backends"][0]["last_probe_latency_ms"].as_f64().is_some());
     assert_eq!(st["failovers"][0]["reason"], "initial");
-    let ready = get(&client(), &format!("http://{}/ready", h.admin_addr))
-        .await
-        .unwrap();
+    let ready = get(&client(), &format!("http://{}/ready", h.admin_addr)).await.unwrap();
     assert_eq!(ready.status, 200);
 }

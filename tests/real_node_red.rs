@@ -24,10 +24,7 @@ fn flowgate_yaml(a: &NodeRed, b: &NodeRed, extra: &str) -> String {
 }
 
 async fn wait_active(h: &flowgate::Handle, id: &str, limit: Duration) {
-    eventually(limit, &format!("{id} active"), || async {
-        active(h).await.as_deref() == Some(id)
-    })
-    .await;
+    eventually(limit, &format!("{id} active"), || async { active(h).await.as_deref() == Some(id) }).await;
 }
 
 struct Sample {
@@ -64,45 +61,27 @@ impl RequestStream {
                         Ok(Err(e)) => Err(e),
                         Err(_) => Err("no answer in 15 s".into()),
                     };
-                    s.lock().unwrap().push(Sample {
-                        done: Instant::now(),
-                        result,
-                    });
+                    s.lock().unwrap().push(Sample { done: Instant::now(), result });
                 });
             }
             while inflight.join_next().await.is_some() {}
         });
-        RequestStream {
-            samples,
-            stop,
-            task,
-        }
+        RequestStream { samples, stop, task }
     }
 
     /// Waits until `body` has been answered `n` times after `since`.
     async fn wait_for(&self, body: &str, since: Instant, n: usize) {
-        eventually(
-            Duration::from_secs(15),
-            &format!("{n} answers '{body}'"),
-            || async {
-                let s = self.samples.lock().unwrap();
-                s.iter()
-                    .filter(|x| x.done > since && matches!(&x.result, Ok((200, b)) if b == body))
-                    .count()
-                    >= n
-            },
-        )
+        eventually(Duration::from_secs(15), &format!("{n} answers '{body}'"), || async {
+            let s = self.samples.lock().unwrap();
+            s.iter().filter(|x| x.done > since && matches!(&x.result, Ok((200, b)) if b == body)).count() >= n
+        })
         .await;
     }
 
     async fn finish(self) -> Vec<Sample> {
         self.stop.store(true, std::sync::atomic::Ordering::SeqCst);
         self.task.await.unwrap();
-        Arc::try_unwrap(self.samples)
-            .ok()
-            .unwrap()
-            .into_inner()
-            .unwrap()
+        Arc::try_unwrap(self.samples).ok().unwrap().into_inner().unwrap()
     }
 }
 
@@ -139,40 +118,18 @@ async fn two_stopped_instances_one_is_elected_and_only_it_runs_flows() {
     let mut a = NodeRed::create("nr-a", "");
     let mut b = NodeRed::create("nr-b", "");
     tokio::join!(a.boot(true), b.boot(true));
-    assert!(
-        !a.runs_flows().await && !b.runs_flows().await,
-        "both boot stopped"
-    );
-    let h = start_flowgate(
-        &flowgate_yaml(&a, &b, ""),
-        Secrets(vec![("ADM", "t".into())]),
-    )
-    .await;
+    assert!(!a.runs_flows().await && !b.runs_flows().await, "both boot stopped");
+    let h = start_flowgate(&flowgate_yaml(&a, &b, ""), Secrets(vec![("ADM", "t".into())])).await;
     wait_active(&h, "nr-a", BOOT).await;
     assert!(a.runs_flows().await, "the active's canary answers");
-    assert_eq!(
-        b.direct("/flowgate/canary").await.map(|r| r.0),
-        Some(404),
-        "the standby's flows are stopped"
-    );
-    assert_eq!(
-        b.direct("/flows/state").await.map(|r| r.1),
-        Some(r#"{"state":"stop"}"#.to_string())
-    );
-    let r = get(&client(), &format!("http://{}/hello", h.proxy_addr))
-        .await
-        .unwrap();
+    assert_eq!(b.direct("/flowgate/canary").await.map(|r| r.0), Some(404), "the standby's flows are stopped");
+    assert_eq!(b.direct("/flows/state").await.map(|r| r.1), Some(r#"{"state":"stop"}"#.to_string()));
+    let r = get(&client(), &format!("http://{}/hello", h.proxy_addr)).await.unwrap();
     assert_eq!((r.status, r.body.as_str()), (200, "hello from nr-a"));
     let m = metrics(&h).await;
-    assert_eq!(
-        sample(&m, "flowgate_instances_running_flows"),
-        Some(1.0),
-        "{m}"
-    );
+    assert_eq!(sample(&m, "flowgate_instances_running_flows"), Some(1.0), "{m}");
     // The editor is served through flowgate too.
-    let editor = get(&client(), &format!("http://{}/", h.proxy_addr))
-        .await
-        .unwrap();
+    let editor = get(&client(), &format!("http://{}/", h.proxy_addr)).await.unwrap();
     assert_eq!(editor.status, 200);
     assert!(editor.body.contains("Node-RED"));
 }
@@ -188,28 +145,19 @@ async fn kill_9_fails_over_without_losing_requests_and_a_rebooted_active_is_stop
         let [a, b] = &mut nodes;
         tokio::join!(a.boot(true), b.boot(true));
     }
-    let h = start_flowgate(
-        &flowgate_yaml(&nodes[0], &nodes[1], ""),
-        Secrets(vec![("ADM", "t".into())]),
-    )
-    .await;
+    let h = start_flowgate(&flowgate_yaml(&nodes[0], &nodes[1], ""), Secrets(vec![("ADM", "t".into())])).await;
     wait_active(&h, "nr-a", BOOT).await;
     let url = format!("http://{}/hello", h.proxy_addr);
     let mut gaps = Vec::new();
     let mut active_ix = 0;
     for round in 1..=3 {
         let spare_ix = 1 - active_ix;
-        let (active_name, spare_name) =
-            (nodes[active_ix].name.clone(), nodes[spare_ix].name.clone());
+        let (active_name, spare_name) = (nodes[active_ix].name.clone(), nodes[spare_ix].name.clone());
         let stream = RequestStream::start(url.clone(), Duration::from_millis(3));
-        stream
-            .wait_for(&format!("hello from {active_name}"), Instant::now(), 20)
-            .await;
+        stream.wait_for(&format!("hello from {active_name}"), Instant::now(), 20).await;
         let killed_at = Instant::now();
         nodes[active_ix].kill9();
-        stream
-            .wait_for(&format!("hello from {spare_name}"), killed_at, 50)
-            .await;
+        stream.wait_for(&format!("hello from {spare_name}"), killed_at, 50).await;
         let samples = stream.finish().await;
         let g = gap(&samples, killed_at, &spare_name);
         println!(
@@ -218,75 +166,44 @@ async fn kill_9_fails_over_without_losing_requests_and_a_rebooted_active_is_stop
             samples.len()
         );
         let failed = failures(&samples);
-        assert!(
-            failed.is_empty(),
-            "round {round}: {} of {} requests failed: {failed:?}",
-            failed.len(),
-            samples.len()
-        );
+        assert!(failed.is_empty(), "round {round}: {} of {} requests failed: {failed:?}", failed.len(), samples.len());
         assert!(nodes[spare_ix].runs_flows().await, "the spare runs flows");
         gaps.push(g);
 
         // The killed instance reboots WITHOUT prepare-standby: its persisted state is "start".
-        let stray_before = sample(
-            &metrics(&h).await,
-            &format!("flowgate_stray_starts_stopped_total{{backend=\"{active_name}\"}}"),
-        )
-        .unwrap_or(0.0);
+        let stray_before =
+            sample(&metrics(&h).await, &format!("flowgate_stray_starts_stopped_total{{backend=\"{active_name}\"}}"))
+                .unwrap_or(0.0);
         nodes[active_ix].boot(false).await;
         let n = &nodes[active_ix];
-        eventually(
-            Duration::from_secs(10),
-            "rebooted instance stopped",
-            || async {
-                n.direct("/flows/state")
-                    .await
-                    .is_some_and(|(_, b)| b.contains("stop"))
-            },
-        )
+        eventually(Duration::from_secs(10), "rebooted instance stopped", || async {
+            n.direct("/flows/state").await.is_some_and(|(_, b)| b.contains("stop"))
+        })
         .await;
-        assert!(
-            !n.runs_flows().await,
-            "its flows no longer process messages"
-        );
-        let stray_after = sample(
-            &metrics(&h).await,
-            &format!("flowgate_stray_starts_stopped_total{{backend=\"{active_name}\"}}"),
-        )
-        .unwrap_or(0.0);
+        assert!(!n.runs_flows().await, "its flows no longer process messages");
+        let stray_after =
+            sample(&metrics(&h).await, &format!("flowgate_stray_starts_stopped_total{{backend=\"{active_name}\"}}"))
+                .unwrap_or(0.0);
         assert!(stray_after > stray_before, "the stray start was counted");
-        eventually(
-            Duration::from_secs(10),
-            "rebooted instance is a standby",
-            || async { status(&h).await["backends"][active_ix]["role"] == "standby" },
-        )
+        eventually(Duration::from_secs(10), "rebooted instance is a standby", || async {
+            status(&h).await["backends"][active_ix]["role"] == "standby"
+        })
         .await;
         // No failback: several probe rounds later the spare is still active.
         for _ in 0..6 {
-            assert_eq!(
-                active(&h).await.as_deref(),
-                Some(spare_name.as_str()),
-                "no failback"
-            );
+            assert_eq!(active(&h).await.as_deref(), Some(spare_name.as_str()), "no failback");
             tokio::time::sleep(Duration::from_millis(250)).await;
         }
         active_ix = spare_ix;
     }
-    let ms: Vec<String> = gaps
-        .iter()
-        .map(|g| format!("{:.1}", g.as_secs_f64() * 1e3))
-        .collect();
+    let ms: Vec<String> = gaps.iter().map(|g| format!("{:.1}", g.as_secs_f64() * 1e3)).collect();
     println!(
         "kill -9 -> first success (ms): {} ; median {:.1} ms",
         ms.join(", "),
         median(gaps.clone()).as_secs_f64() * 1e3
     );
     let m = metrics(&h).await;
-    assert_eq!(
-        sample(&m, "flowgate_failovers_total{reason=\"crash\"}"),
-        Some(3.0),
-        "{m}"
-    );
+    assert_eq!(sample(&m, "flowgate_failovers_total{reason=\"crash\"}"), Some(3.0), "{m}");
 }
 
 /// A `while(true)` function node blocks the active's event loop: TCP is still accepted but
@@ -297,28 +214,16 @@ async fn a_hung_event_loop_is_detected_and_failed_over_within_the_bound() {
     let mut a = NodeRed::create("nr-a", "");
     let mut b = NodeRed::create("nr-b", "");
     tokio::join!(a.boot(true), b.boot(true));
-    let h = start_flowgate(
-        &flowgate_yaml(&a, &b, ""),
-        Secrets(vec![("ADM", "t".into())]),
-    )
-    .await;
+    let h = start_flowgate(&flowgate_yaml(&a, &b, ""), Secrets(vec![("ADM", "t".into())])).await;
     wait_active(&h, "nr-a", BOOT).await;
     // Steady state: past the promotion grace (1s), during which probe time-outs are not counted.
     eventually(Duration::from_secs(5), "promotion grace over", || async {
-        let promoted = status(&h).await["failovers"][0]["at_unix_ms"]
-            .as_u64()
-            .unwrap();
-        let now = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .unwrap()
-            .as_millis() as u64;
+        let promoted = status(&h).await["failovers"][0]["at_unix_ms"].as_u64().unwrap();
+        let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_millis() as u64;
         now > promoted + 1100
     })
     .await;
-    let stream = RequestStream::start(
-        format!("http://{}/hello", h.proxy_addr),
-        Duration::from_millis(5),
-    );
+    let stream = RequestStream::start(format!("http://{}/hello", h.proxy_addr), Duration::from_millis(5));
     stream.wait_for("hello from nr-a", Instant::now(), 20).await;
     // Trigger the hang directly on the instance (through flowgate this GET would be retried).
     let spin = tokio::spawn({
@@ -331,29 +236,13 @@ async fn a_hung_event_loop_is_detected_and_failed_over_within_the_bound() {
     stream.wait_for("hello from nr-b", hung_at, 50).await;
     let samples = stream.finish().await;
     let g = gap(&samples, hung_at, "nr-b");
-    println!(
-        "hang -> first success from nr-b after {:.1} ms ({} requests)",
-        g.as_secs_f64() * 1e3,
-        samples.len()
-    );
+    println!("hang -> first success from nr-b after {:.1} ms ({} requests)", g.as_secs_f64() * 1e3, samples.len());
     let failed = failures(&samples);
-    assert!(
-        failed.is_empty(),
-        "{} of {} requests failed: {failed:?}",
-        failed.len(),
-        samples.len()
-    );
+    assert!(failed.is_empty(), "{} of {} requests failed: {failed:?}", failed.len(), samples.len());
     // Bound: one interval + fall × timeout + the start of the spare's flows, with margin.
-    assert!(
-        g < Duration::from_millis(2000),
-        "hang detected and failed over in {g:?}"
-    );
+    assert!(g < Duration::from_millis(2000), "hang detected and failed over in {g:?}");
     let m = metrics(&h).await;
-    assert_eq!(
-        sample(&m, "flowgate_failovers_total{reason=\"hang\"}"),
-        Some(1.0),
-        "{m}"
-    );
+    assert_eq!(sample(&m, "flowgate_failovers_total{reason=\"hang\"}"), Some(1.0), "{m}");
     assert!(b.runs_flows().await);
     a.kill9();
     spin.abort();
@@ -368,27 +257,16 @@ async fn failback_happens_only_when_configured_and_after_the_delay() {
     let mut b = NodeRed::create("nr-b", "");
     tokio::join!(a.boot(true), b.boot(true));
     let extra = "failover: { failback: true, failback_delay: 1s }\n";
-    let h = start_flowgate(
-        &flowgate_yaml(&a, &b, extra),
-        Secrets(vec![("ADM", "t".into())]),
-    )
-    .await;
+    let h = start_flowgate(&flowgate_yaml(&a, &b, extra), Secrets(vec![("ADM", "t".into())])).await;
     wait_active(&h, "nr-a", BOOT).await;
     a.kill9();
     wait_active(&h, "nr-b", Duration::from_secs(5)).await;
     a.boot(true).await;
     let back = Instant::now();
     wait_active(&h, "nr-a", Duration::from_secs(10)).await;
-    assert!(
-        back.elapsed() >= Duration::from_secs(1),
-        "failback waited for the delay"
-    );
+    assert!(back.elapsed() >= Duration::from_secs(1), "failback waited for the delay");
     assert!(a.runs_flows().await);
     assert!(!b.runs_flows().await, "the interim active was stopped");
     let m = metrics(&h).await;
-    assert_eq!(
-        sample(&m, "flowgate_failovers_total{reason=\"failback\"}"),
-        Some(1.0),
-        "{m}"
-    );
+    assert_eq!(sample(&m, "flowgate_failovers_total{reason=\"failback\"}"), Some(1.0), "{m}");
 }

@@ -45,18 +45,12 @@ pub fn line_of(yaml: &str, path: &str) -> Option<usize> {
     let block_end = |from: usize, col: usize, allow_dash_at_col: bool| {
         (from..lines.len())
             .find(|&j| match content_col(lines[j]) {
-                Some(c) => {
-                    c < col || (c == col && !(allow_dash_at_col && lines[j][c..].starts_with('-')))
-                }
+                Some(c) => c < col || (c == col && !(allow_dash_at_col && lines[j][c..].starts_with('-'))),
                 None => false,
             })
             .unwrap_or(lines.len())
     };
-    let mut node = Node {
-        line: 0,
-        col: 0,
-        end: lines.len(),
-    };
+    let mut node = Node { line: 0, col: 0, end: lines.len() };
     let mut found = None;
     for step in steps(path) {
         // The node's own lines with their content columns; the first may start mid-line.
@@ -90,35 +84,21 @@ pub fn line_of(yaml: &str, path: &str) -> Option<usize> {
                 let (i, c) = siblings.into_iter().find(|&ic| {
                     let t = text_at(ic);
                     t.strip_prefix(key).is_some_and(|r| r.starts_with(':'))
-                        || t.strip_prefix('"')
-                            .and_then(|t| t.strip_prefix(key))
-                            .is_some_and(|r| r.starts_with("\":"))
+                        || t.strip_prefix('"').and_then(|t| t.strip_prefix(key)).is_some_and(|r| r.starts_with("\":"))
                 })?;
                 found = Some(i + 1);
                 let after = c + lines[i][c..].find(':')? + 1;
                 let inline = content_col(lines[i].get(after..).unwrap_or("")).is_some();
                 node = if inline {
-                    Node {
-                        line: i,
-                        col: after,
-                        end: i + 1,
-                    }
+                    Node { line: i, col: after, end: i + 1 }
                 } else {
-                    Node {
-                        line: i + 1,
-                        col: 0,
-                        end: block_end(i + 1, c, true),
-                    }
+                    Node { line: i + 1, col: 0, end: block_end(i + 1, c, true) }
                 };
             }
             Step::Index(n) => {
                 let (i, c) = siblings.filter(|&ic| text_at(ic).starts_with('-')).nth(n)?;
                 found = Some(i + 1);
-                node = Node {
-                    line: i,
-                    col: c + 1,
-                    end: block_end(i + 1, c + 1, false),
-                };
+                node = Node { line: i, col: c + 1, end: block_end(i + 1, c + 1, false) };
             }
         }
     }

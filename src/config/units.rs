@@ -9,18 +9,15 @@ pub fn parse_duration(text: &str) -> Result<Duration, String> {
         .find(|c: char| !(c.is_ascii_digit() || c == '.'))
         .ok_or_else(|| format!("\"{text}\" has no unit; write e.g. \"500ms\" or \"2s\""))?;
     let (num, unit) = t.split_at(split);
-    let value: f64 = num
-        .parse()
-        .map_err(|_| format!("\"{text}\" is not a duration; write e.g. \"500ms\" or \"2s\""))?;
+    let value: f64 =
+        num.parse().map_err(|_| format!("\"{text}\" is not a duration; write e.g. \"500ms\" or \"2s\""))?;
     let secs = match unit.trim() {
         "ms" => value / 1000.0,
         "s" => value,
         "m" => value * 60.0,
         "h" => value * 3600.0,
         other => {
-            return Err(format!(
-                "unknown unit \"{other}\" in \"{text}\"; use ms, s, m or h"
-            ));
+            return Err(format!("unknown unit \"{other}\" in \"{text}\"; use ms, s, m or h"));
         }
     };
     if !secs.is_finite() || secs > 1e9 {

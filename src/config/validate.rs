@@ -7,8 +7,7 @@ use std::time::Duration;
 use super::raw::{RawConfig, RawSecret};
 use super::units::parse_duration;
 use super::{
-    BackendConfig, Cidr, Config, FailoverConfig, HealthConfig, Listen, LogConfig, NodeRedPaths,
-    Problem, Secret,
+    BackendConfig, Cidr, Config, FailoverConfig, HealthConfig, Listen, LogConfig, NodeRedPaths, Problem, Secret,
 };
 use crate::backend::BackendId;
 
@@ -47,11 +46,7 @@ struct Problems(Vec<Problem>);
 
 impl Problems {
     fn add(&mut self, field: impl Into<String>, message: impl Into<String>) {
-        self.0.push(Problem {
-            field: field.into(),
-            line: None,
-            message: message.into(),
-        });
+        self.0.push(Problem { field: field.into(), line: None, message: message.into() });
     }
 
     fn duration(&mut self, field: &str, value: &Option<String>, default: Duration) -> Duration {
@@ -68,29 +63,18 @@ impl Problems {
     fn addr(&mut self, field: &str, value: &Option<String>, default: &str) -> SocketAddr {
         let text = value.as_deref().unwrap_or(default);
         text.parse().unwrap_or_else(|_| {
-            self.add(
-                field,
-                format!("\"{text}\" is not an address; write IP:PORT, e.g. \"127.0.0.1:1880\""),
-            );
+            self.add(field, format!("\"{text}\" is not an address; write IP:PORT, e.g. \"127.0.0.1:1880\""));
             default.parse().expect("default address parses")
         })
     }
 
-    fn secret(
-        &mut self,
-        field: &str,
-        raw: &Option<RawSecret>,
-        src: &dyn SecretSource,
-    ) -> Option<Secret> {
+    fn secret(&mut self, field: &str, raw: &Option<RawSecret>, src: &dyn SecretSource) -> Option<Secret> {
         let raw = raw.as_ref()?;
         let value = match (&raw.env, &raw.file) {
             (Some(var), None) => match src.env(var) {
                 Some(v) => v,
                 None => {
-                    self.add(
-                        format!("{field}.env"),
-                        format!("environment variable {var} is not set"),
-                    );
+                    self.add(format!("{field}.env"), format!("environment variable {var} is not set"));
                     return None;
                 }
             },
@@ -112,10 +96,7 @@ impl Problems {
             return None;
         }
         if !value.bytes().all(|b| (0x21..0x7f).contains(&b)) {
-            self.add(
-                field,
-                "the secret must be printable ASCII without spaces (it is sent as a bearer token)",
-            );
+            self.add(field, "the secret must be printable ASCII without spaces (it is sent as a bearer token)");
             return None;
         }
         Some(Secret::new(value))
@@ -150,10 +131,7 @@ pub fn validate(raw: RawConfig, secrets: &dyn SecretSource) -> Result<Config, Ve
     let admin_token = p.secret("admin.token", &raw.admin.token, secrets);
 
     if raw.backends.is_empty() {
-        p.add(
-            "backends",
-            "at least one backend is needed (two or more for failover)",
-        );
+        p.add("backends", "at least one backend is needed (two or more for failover)");
     }
     let mut seen: HashMap<String, usize> = HashMap::new();
     let mut backends = Vec::new();
@@ -161,27 +139,19 @@ pub fn validate(raw: RawConfig, secrets: &dyn SecretSource) -> Result<Config, Ve
         let field = format!("backends[{i}]");
         let id_ok = !b.id.is_empty()
             && b.id.len() <= 64
-            && b.id
-                .bytes()
-                .all(|c| c.is_ascii_alphanumeric() || b"-_.".contains(&c));
+            && b.id.bytes().all(|c| c.is_ascii_alphanumeric() || b"-_.".contains(&c));
         if !id_ok {
-            p.add(
-                format!("{field}.id"),
-                format!("\"{}\" must be 1-64 characters of A-Z a-z 0-9 - _ .", b.id),
-            );
+            p.add(format!("{field}.id"), format!("\"{}\" must be 1-64 characters of A-Z a-z 0-9 - _ .", b.id));
         } else if let Some(first) = seen.insert(b.id.clone(), i) {
-            p.add(
-                format!("{field}.id"),
-                format!(
-                    "duplicate id \"{}\" (first defined at backends[{first}])",
-                    b.id
-                ),
-            );
+            p.add(format!("{field}.id"), format!("duplicate id \"{}\" (first defined at backends[{first}])", b.id));
         }
         let url: Option<http::Uri> = match b.url.parse::<http::Uri>() {
             Ok(u) if u.scheme_str() == Some("http") && u.authority().is_some() => {
                 if u.path_and_query().is_some_and(|pq| pq.as_str() != "/") {
-                    p.add(format!("{field}.url"), "give only scheme, host and port; set paths with node_red.admin_root / node_root");
+                    p.add(
+                        format!("{field}.url"),
+                        "give only scheme, host and port; set paths with node_red.admin_root / node_root",
+                    );
                     None
                 } else {
                     Some(u)
@@ -197,10 +167,7 @@ pub fn validate(raw: RawConfig, secrets: &dyn SecretSource) -> Result<Config, Ve
             _ => {
                 p.add(
                     format!("{field}.url"),
-                    format!(
-                        "\"{}\" is not an http URL like \"http://127.0.0.1:1880\"",
-                        b.url
-                    ),
+                    format!("\"{}\" is not an http URL like \"http://127.0.0.1:1880\"", b.url),
                 );
                 None
             }
@@ -244,11 +211,7 @@ pub fn validate(raw: RawConfig, secrets: &dyn SecretSource) -> Result<Config, Ve
             p.add("health.canary", format!("\"{c}\" is not a path"));
             None
         }
-        Some(c) => Some(format!(
-            "{}{}",
-            node_red.node_root,
-            c.trim_start_matches('/')
-        )),
+        Some(c) => Some(format!("{}{}", node_red.node_root, c.trim_start_matches('/'))),
     };
     let health = HealthConfig {
         interval,
@@ -256,32 +219,16 @@ pub fn validate(raw: RawConfig, secrets: &dyn SecretSource) -> Result<Config, Ve
         rise: rise.max(1),
         fall: fall.max(1),
         canary,
-        promotion_grace: p.duration(
-            "health.promotion_grace",
-            &h.promotion_grace,
-            DEFAULT_PROMOTION_GRACE,
-        ),
+        promotion_grace: p.duration("health.promotion_grace", &h.promotion_grace, DEFAULT_PROMOTION_GRACE),
     };
 
     let f = &raw.failover;
     let failover = FailoverConfig {
         failback: f.failback.unwrap_or(false),
-        failback_delay: p.duration(
-            "failover.failback_delay",
-            &f.failback_delay,
-            DEFAULT_FAILBACK_DELAY,
-        ),
+        failback_delay: p.duration("failover.failback_delay", &f.failback_delay, DEFAULT_FAILBACK_DELAY),
         hold: p.duration("failover.hold", &f.hold, DEFAULT_HOLD),
-        stop_timeout: p.duration(
-            "failover.stop_timeout",
-            &f.stop_timeout,
-            DEFAULT_STOP_TIMEOUT,
-        ),
-        start_timeout: p.duration(
-            "failover.start_timeout",
-            &f.start_timeout,
-            DEFAULT_START_TIMEOUT,
-        ),
+        stop_timeout: p.duration("failover.stop_timeout", &f.stop_timeout, DEFAULT_STOP_TIMEOUT),
+        start_timeout: p.duration("failover.start_timeout", &f.start_timeout, DEFAULT_START_TIMEOUT),
     };
 
     let mut trusted_proxies = Vec::new();
@@ -296,10 +243,7 @@ pub fn validate(raw: RawConfig, secrets: &dyn SecretSource) -> Result<Config, Ve
         None | Some("text") => false,
         Some("json") => true,
         Some(other) => {
-            p.add(
-                "log.format",
-                format!("\"{other}\" is not a format; use \"text\" or \"json\""),
-            );
+            p.add("log.format", format!("\"{other}\" is not a format; use \"text\" or \"json\""));
             false
         }
     };
@@ -313,10 +257,7 @@ pub fn validate(raw: RawConfig, secrets: &dyn SecretSource) -> Result<Config, Ve
             health,
             failover,
             trusted_proxies,
-            log: LogConfig {
-                level: raw.log.level,
-                json,
-            },
+            log: LogConfig { level: raw.log.level, json },
         })
     } else {
         Err(p.0)
@@ -335,12 +276,7 @@ impl std::str::FromStr for Cidr {
         let max = if addr.is_ipv4() { 32 } else { 128 };
         let prefix = match len {
             None => max,
-            Some(l) => l
-                .trim()
-                .parse::<u8>()
-                .ok()
-                .filter(|&l| l <= max)
-                .ok_or_else(bad)?,
+            Some(l) => l.trim().parse::<u8>().ok().filter(|&l| l <= max).ok_or_else(bad)?,
         };
         Ok(Cidr { addr, prefix })
     }

@@ -52,20 +52,11 @@ impl Prober {
                 s = self.backend.flow_state(&self.client, timeout) => s,
             };
             let latency = started.elapsed();
-            let mut report = Report {
-                at: SystemTime::now(),
-                latency,
-                state,
-                runtime_state: None,
-                canary: None,
-            };
+            let mut report = Report { at: SystemTime::now(), latency, state, runtime_state: None, canary: None };
             if report.state.is_ok() {
                 failures_in_row = 0;
                 if !settings_checked {
-                    let r = self
-                        .backend
-                        .runtime_state_enabled(&self.client, timeout)
-                        .await;
+                    let r = self.backend.runtime_state_enabled(&self.client, timeout).await;
                     settings_checked = r.is_ok();
                     report.runtime_state = Some(r);
                 }

@@ -63,13 +63,7 @@ pub fn is_upgrade(version: Version, headers: &HeaderMap) -> bool {
 
 /// Sets X-Forwarded-For/Proto/Host. From a trusted peer existing values are kept (For is
 /// appended to); from anyone else they are replaced, so clients cannot forge them.
-pub fn set_forwarded(
-    headers: &mut HeaderMap,
-    uri: &Uri,
-    peer: IpAddr,
-    tls: bool,
-    trusted: &[Cidr],
-) {
+pub fn set_forwarded(headers: &mut HeaderMap, uri: &Uri, peer: IpAddr, tls: bool, trusted: &[Cidr]) {
     let trust = !trusted.is_empty() && trusted.iter().any(|c| c.contains(peer));
     let peer_text = peer.to_string();
     let xff = match headers.get(&X_FORWARDED_FOR).and_then(|v| v.to_str().ok()) {
@@ -84,10 +78,10 @@ pub fn set_forwarded(
         headers.insert(X_FORWARDED_PROTO.clone(), HeaderValue::from_static(proto));
     }
     if !(trust && headers.contains_key(&X_FORWARDED_HOST)) {
-        let host = headers.get(header::HOST).cloned().or_else(|| {
-            uri.authority()
-                .and_then(|a| HeaderValue::from_str(a.as_str()).ok())
-        });
+        let host = headers
+            .get(header::HOST)
+            .cloned()
+            .or_else(|| uri.authority().and_then(|a| HeaderValue::from_str(a.as_str()).ok()));
         match host {
             Some(h) => {
                 headers.insert(X_FORWARDED_HOST.clone(), h);
@@ -99,9 +93,7 @@ pub fn set_forwarded(
     }
     // HTTP/2 clients send :authority instead of Host; HTTP/1.1 upstreams need Host.
     if !headers.contains_key(header::HOST)
-        && let Some(a) = uri
-            .authority()
-            .and_then(|a| HeaderValue::from_str(a.as_str()).ok())
+        && let Some(a) = uri.authority().and_then(|a| HeaderValue::from_str(a.as_str()).ok())
     {
         headers.insert(header::HOST, a);
     }
@@ -112,12 +104,7 @@ pub fn upstream_uri(authority: &http::uri::Authority, client_uri: &Uri) -> Uri {
     let mut parts = http::uri::Parts::default();
     parts.scheme = Some(Scheme::HTTP);
     parts.authority = Some(authority.clone());
-    parts.path_and_query = Some(
-        client_uri
-            .path_and_query()
-            .cloned()
-            .unwrap_or_else(|| PathAndQuery::from_static("/")),
-    );
+    parts.path_and_query = Some(client_uri.path_and_query().cloned().unwrap_or_else(|| PathAndQuery::from_static("/")));
     Uri::from_parts(parts).expect("scheme, authority and path are set")
 }
 
@@ -128,10 +115,7 @@ mod tests {
     fn headers(pairs: &[(&str, &str)]) -> HeaderMap {
         let mut h = HeaderMap::new();
         for (k, v) in pairs {
-            h.append(
-                HeaderName::from_bytes(k.as_bytes()).unwrap(),
-                HeaderValue::from_str(v).unwrap(),
-            );
+            h.append(HeaderName::from_bytes(k.as_bytes()).unwrap(), HeaderValue::from_str(v).unwrap());
         }
         h
     }
@@ -154,34 +138,20 @@ mod tests {
 
     #[test]
     fn upgrades_keep_the_upgrade_pair() {
-        let mut h = headers(&[
-            ("connection", "Upgrade"),
-            ("upgrade", "websocket"),
-            ("sec-websocket-key", "k"),
-        ]);
+        let mut h = headers(&[("connection", "Upgrade"), ("upgrade", "websocket"), ("sec-websocket-key", "k")]);
         assert!(is_upgrade(Version::HTTP_11, &h));
         strip_hop_by_hop(&mut h, true);
         assert_eq!(h["connection"], "upgrade");
         assert_eq!(h["upgrade"], "websocket");
         assert_eq!(h["sec-websocket-key"], "k");
-        assert!(!is_upgrade(
-            Version::HTTP_11,
-            &headers(&[("upgrade", "websocket")])
-        ));
-        assert!(!is_upgrade(
-            Version::HTTP_2,
-            &headers(&[("connection", "upgrade"), ("upgrade", "websocket")])
-        ));
+        assert!(!is_upgrade(Version::HTTP_11, &headers(&[("upgrade", "websocket")])));
+        assert!(!is_upgrade(Version::HTTP_2, &headers(&[("connection", "upgrade"), ("upgrade", "websocket")])));
     }
 
     #[test]
     fn forwarded_headers_are_replaced_for_untrusted_peers() {
         let uri: Uri = "/x".parse().unwrap();
-        let mut h = headers(&[
-            ("x-forwarded-for", "6.6.6.6"),
-            ("x-forwarded-proto", "https"),
-            ("host", "plant.local"),
-        ]);
+        let mut h = headers(&[("x-forwarded-for", "6.6.6.6"), ("x-forwarded-proto", "https"), ("host", "plant.local")]);
         set_forwarded(&mut h, &uri, "192.0.2.7".parse().unwrap(), false, &[]);
         assert_eq!(h["x-forwarded-for"], "192.0.2.7");
         assert_eq!(h["x-forwarded-proto"], "http");
@@ -192,11 +162,7 @@ mod tests {
     fn forwarded_for_is_appended_for_trusted_peers() {
         let uri: Uri = "/x".parse().unwrap();
         let trusted = ["10.0.0.0/8".parse().unwrap()];
-        let mut h = headers(&[
-            ("x-forwarded-for", "198.51.100.1"),
-            ("x-forwarded-proto", "https"),
-            ("host", "h"),
-        ]);
+        let mut h = headers(&[("x-forwarded-for", "198.51.100.1"), ("x-forwarded-proto", "https"), ("host", "h")]);
         set_forwarded(&mut h, &uri, "10.1.1.1".parse().unwrap(), false, &trusted);
         assert_eq!(h["x-forwarded-for"], "198.51.100.1, 10.1.1.1");
         assert_eq!(h["x-forwarded-proto"], "https");
@@ -214,13 +180,7 @@ mod tests {
     #[test]
     fn upstream_uri_keeps_path_and_query() {
         let a: http::uri::Authority = "127.0.0.1:1881".parse().unwrap();
-        assert_eq!(
-            upstream_uri(&a, &"/a/b?c=d".parse().unwrap()),
-            "http://127.0.0.1:1881/a/b?c=d"
-        );
-        assert_eq!(
-            upstream_uri(&a, &"http://x:1/p".parse().unwrap()),
-            "http://127.0.0.1:1881/p"
-        );
+        assert_eq!(upstream_uri(&a, &"/a/b?c=d".parse().unwrap()), "http://127.0.0.1:1881/a/b?c=d");
+        assert_eq!(upstream_uri(&a, &"http://x:1/p".parse().unwrap()), "http://127.0.0.1:1881/p");
     }
 }

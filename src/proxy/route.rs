@@ -61,10 +61,7 @@ mod tests {
     use super::*;
 
     fn paths(admin: &str, node: &str) -> NodeRedPaths {
-        NodeRedPaths {
-            admin_root: admin.into(),
-            node_root: node.into(),
-        }
+        NodeRedPaths { admin_root: admin.into(), node_root: node.into() }
     }
 
     #[test]

@@ -32,12 +32,7 @@ pub struct Options {
 
 impl Default for Options {
     fn default() -> Self {
-        Options {
-            started: false,
-            runtime_state: true,
-            token: None,
-            canary_ok: true,
-        }
+        Options { started: false, runtime_state: true, token: None, canary_ok: true }
     }
 }
 
@@ -153,10 +148,7 @@ impl Drop for FakeNodeRed {
     }
 }
 
-async fn handle(
-    inner: Arc<Inner>,
-    req: Request<Incoming>,
-) -> Result<Response<Full<Bytes>>, Infallible> {
+async fn handle(inner: Arc<Inner>, req: Request<Incoming>) -> Result<Response<Full<Bytes>>, Infallible> {
     while inner.hung.load(Ordering::SeqCst) {
         let wake = inner.unhang.notified();
         if !inner.hung.load(Ordering::SeqCst) {
@@ -182,32 +174,19 @@ async fn handle(
         (Method::GET, "/flows/state") => reply(StatusCode::OK, state(started)),
         (Method::POST, "/flows/state") => {
             if !inner.runtime_state.load(Ordering::SeqCst) {
-                return Ok(reply(
-                    StatusCode::NOT_FOUND,
-                    "<pre>Cannot POST /flows/state</pre>",
-                ));
+                return Ok(reply(StatusCode::NOT_FOUND, "<pre>Cannot POST /flows/state</pre>"));
             }
             let body = req.into_body().collect().await.unwrap().to_bytes();
             let want = String::from_utf8_lossy(&body).contains("\"start\"");
-            inner
-                .log
-                .lock()
-                .unwrap()
-                .push((inner.name.clone(), if want { "start" } else { "stop" }));
+            inner.log.lock().unwrap().push((inner.name.clone(), if want { "start" } else { "stop" }));
             inner.started.store(want, Ordering::SeqCst);
             reply(StatusCode::OK, state(want))
         }
         (Method::GET, "/settings") => reply(
             StatusCode::OK,
-            format!(
-                "{{\"runtimeState\":{{\"enabled\":{}}}}}",
-                inner.runtime_state.load(Ordering::SeqCst)
-            ),
+            format!("{{\"runtimeState\":{{\"enabled\":{}}}}}", inner.runtime_state.load(Ordering::SeqCst)),
         ),
-        _ if !started => reply(
-            StatusCode::NOT_FOUND,
-            format!("Cannot {} {path}", req.method()),
-        ),
+        _ if !started => reply(StatusCode::NOT_FOUND, format!("Cannot {} {path}", req.method())),
         (Method::GET, "/canary") => {
             if inner.canary_ok.load(Ordering::SeqCst) {
                 reply(StatusCode::OK, "ok")
@@ -231,10 +210,7 @@ async fn handle(
             reply(StatusCode::OK, body)
         }
         (Method::GET, "/ws") => return Ok(websocket(inner.clone(), req)),
-        _ => reply(
-            StatusCode::NOT_FOUND,
-            format!("Cannot {} {path}", req.method()),
-        ),
+        _ => reply(StatusCode::NOT_FOUND, format!("Cannot {} {path}", req.method())),
     };
     Ok(resp)
 }
@@ -252,15 +228,9 @@ fn websocket(inner: Arc<Inner>, mut req: Request<Incoming>) -> Response<Full<Byt
         let Ok(upgraded) = on_upgrade.await else {
             return;
         };
-        let mut ws = tokio_tungstenite::WebSocketStream::from_raw_socket(
-            TokioIo::new(upgraded),
-            Role::Server,
-            None,
-        )
-        .await;
-        let _ = ws
-            .send(Message::text(format!("hello from {}", inner.name)))
-            .await;
+        let mut ws =
+            tokio_tungstenite::WebSocketStream::from_raw_socket(TokioIo::new(upgraded), Role::Server, None).await;
+        let _ = ws.send(Message::text(format!("hello from {}", inner.name))).await;
         while let Some(Ok(msg)) = ws.next().await {
             if msg.is_text() && ws.send(msg).await.is_err() {
                 break;

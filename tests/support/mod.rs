@@ -38,10 +38,7 @@ pub struct Secrets(pub Vec<(&'static str, String)>);
 
 impl flowgate::config::SecretSource for Secrets {
     fn env(&self, name: &str) -> Option<String> {
-        self.0
-            .iter()
-            .find(|(k, _)| *k == name)
-            .map(|(_, v)| v.clone())
+        self.0.iter().find(|(k, _)| *k == name).map(|(_, v)| v.clone())
     }
     fn file(&self, _: &str) -> std::io::Result<String> {
         Err(std::io::ErrorKind::NotFound.into())
@@ -50,8 +47,7 @@ impl flowgate::config::SecretSource for Secrets {
 
 /// Starts flowgate from YAML text (listen addresses are replaced by port 0).
 pub async fn start_flowgate(yaml: &str, secrets: Secrets) -> flowgate::Handle {
-    let cfg = flowgate::config::parse(yaml, Path::new("test.yaml"), &secrets)
-        .unwrap_or_else(|e| panic!("{e}"));
+    let cfg = flowgate::config::parse(yaml, Path::new("test.yaml"), &secrets).unwrap_or_else(|e| panic!("{e}"));
     let listeners = flowgate::Listeners {
         proxy: tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap(),
         admin: tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap(),
@@ -63,14 +59,10 @@ pub async fn start_flowgate(yaml: &str, secrets: Secrets) -> flowgate::Handle {
 pub fn yaml(backends: &[(&str, String, i64)], extra: &str) -> String {
     let mut y = String::from("backends:\n");
     for (id, url, prio) in backends {
-        y.push_str(&format!(
-            "  - {{ id: {id}, url: \"{url}\", priority: {prio} }}\n"
-        ));
+        y.push_str(&format!("  - {{ id: {id}, url: \"{url}\", priority: {prio} }}\n"));
     }
     if !extra.contains("health:") {
-        y.push_str(
-            "health: { interval: 50ms, timeout: 150ms, rise: 2, fall: 2, promotion_grace: 0ms }\n",
-        );
+        y.push_str("health: { interval: 50ms, timeout: 150ms, rise: 2, fall: 2, promotion_grace: 0ms }\n");
     }
     if !extra.contains("failover:") {
         y.push_str("failover: { hold: 3s }\n");
@@ -92,25 +84,12 @@ pub struct Reply {
 }
 
 pub async fn send(c: &HttpClient, method: &str, url: &str, body: &str) -> Result<Reply, String> {
-    let req = http::Request::builder()
-        .method(method)
-        .uri(url)
-        .body(Full::new(Bytes::from(body.to_string())))
-        .unwrap();
+    let req = http::Request::builder().method(method).uri(url).body(Full::new(Bytes::from(body.to_string()))).unwrap();
     let resp = c.request(req).await.map_err(|e| format!("{e:?}"))?;
     let status = resp.status().as_u16();
     let headers = resp.headers().clone();
-    let body = resp
-        .into_body()
-        .collect()
-        .await
-        .map_err(|e| e.to_string())?
-        .to_bytes();
-    Ok(Reply {
-        status,
-        headers,
-        body: String::from_utf8_lossy(&body).into_owned(),
-    })
+    let body = resp.into_body().collect().await.map_err(|e| e.to_string())?.to_bytes();
+    Ok(Reply { status, headers, body: String::from_utf8_lossy(&body).into_owned() })
 }
 
 pub async fn get(c: &HttpClient, url: &str) -> Result<Reply, String> {
@@ -119,9 +98,7 @@ pub async fn get(c: &HttpClient, url: &str) -> Result<Reply, String> {
 
 /// `/status` of a running flowgate, as JSON.
 pub async fn status(h: &flowgate::Handle) -> serde_json::Value {
-    let r = get(&client(), &format!("http://{}/status", h.admin_addr))
-        .await
-        .unwrap();
+    let r = get(&client(), &format!("http://{}/status", h.admin_addr)).await.unwrap();
     serde_json::from_str(&r.body).unwrap()
 }
 
@@ -130,21 +107,12 @@ pub async fn active(h: &flowgate::Handle) -> Option<String> {
 }
 
 pub async fn metrics(h: &flowgate::Handle) -> String {
-    get(&client(), &format!("http://{}/metrics", h.admin_addr))
-        .await
-        .unwrap()
-        .body
+    get(&client(), &format!("http://{}/metrics", h.admin_addr)).await.unwrap().body
 }
 
 /// The value of one sample line in Prometheus text, e.g. `flowgate_failovers_total{reason="crash"}`.
 pub fn sample(text: &str, series: &str) -> Option<f64> {
-    text.lines().find_map(|l| {
-        l.strip_prefix(series)?
-            .strip_prefix(' ')?
-            .trim()
-            .parse()
-            .ok()
-    })
+    text.lines().find_map(|l| l.strip_prefix(series)?.strip_prefix(' ')?.trim().parse().ok())
 }
 
 pub fn empty_client() -> Client<HttpConnector, Empty<Bytes>> {

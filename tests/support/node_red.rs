@@ -19,11 +19,7 @@ fn red_js() -> &'static Path {
     static RED: OnceLock<PathBuf> = OnceLock::new();
     RED.get_or_init(|| {
         let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/install-node-red.sh");
-        let out = Command::new("bash")
-            .arg(script)
-            .stderr(Stdio::inherit())
-            .output()
-            .expect("run install-node-red.sh");
+        let out = Command::new("bash").arg(script).stderr(Stdio::inherit()).output().expect("run install-node-red.sh");
         assert!(out.status.success(), "installing Node-RED failed");
         let home = String::from_utf8(out.stdout).unwrap();
         PathBuf::from(home.trim()).join("node_modules/node-red/red.js")
@@ -31,11 +27,7 @@ fn red_js() -> &'static Path {
 }
 
 pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
+    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
 }
 
 pub fn temp_dir(tag: &str) -> PathBuf {
@@ -75,12 +67,7 @@ impl NodeRed {
         std::fs::write(user_dir.join("settings.js"), settings).unwrap();
         let flows = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/flows.json");
         std::fs::copy(flows, user_dir.join("flows.json")).unwrap();
-        NodeRed {
-            name: name.to_string(),
-            port: free_port(),
-            user_dir,
-            child: None,
-        }
+        NodeRed { name: name.to_string(), port: free_port(), user_dir, child: None }
     }
 
     pub fn url(&self) -> String {
@@ -98,19 +85,11 @@ impl NodeRed {
         if prepare {
             flowgate::standby::prepare_standby(&self.user_dir).unwrap();
         }
-        let log = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(self.user_dir.join("node-red.log"))
-            .unwrap();
+        let log =
+            std::fs::OpenOptions::new().create(true).append(true).open(self.user_dir.join("node-red.log")).unwrap();
         let child = Command::new("node")
             .arg(red_js())
-            .args([
-                "-u",
-                self.user_dir.to_str().unwrap(),
-                "-p",
-                &self.port.to_string(),
-            ])
+            .args(["-u", self.user_dir.to_str().unwrap(), "-p", &self.port.to_string()])
             .args(["-s", self.user_dir.join("settings.js").to_str().unwrap()])
             .env("FG_NAME", &self.name)
             .stdin(Stdio::null())
@@ -129,18 +108,9 @@ impl NodeRed {
                 return;
             }
             if let Some(status) = self.child.as_mut().unwrap().try_wait().unwrap() {
-                panic!(
-                    "{} exited during boot ({status}); log:\n{}",
-                    self.name,
-                    self.log_tail()
-                );
+                panic!("{} exited during boot ({status}); log:\n{}", self.name, self.log_tail());
             }
-            assert!(
-                tokio::time::Instant::now() < deadline,
-                "{} did not come up; log:\n{}",
-                self.name,
-                self.log_tail()
-            );
+            assert!(tokio::time::Instant::now() < deadline, "{} did not come up; log:\n{}", self.name, self.log_tail());
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
     }
@@ -172,9 +142,7 @@ impl NodeRed {
 
     /// Whether this instance's flows really process messages (the canary http-in answers).
     pub async fn runs_flows(&self) -> bool {
-        self.direct("/flowgate/canary")
-            .await
-            .is_some_and(|(s, _)| s == 200)
+        self.direct("/flowgate/canary").await.is_some_and(|(s, _)| s == 200)
     }
 }
 
@@ -184,12 +152,7 @@ impl Drop for NodeRed {
         if !std::thread::panicking() {
             let _ = std::fs::remove_dir_all(&self.user_dir);
         } else {
-            eprintln!(
-                "--- {} log ({}):\n{}",
-                self.name,
-                self.user_dir.display(),
-                self.log_tail()
-            );
+            eprintln!("--- {} log ({}):\n{}", self.name, self.user_dir.display(), self.log_tail());
         }
     }
 }

@@ -224,3 +224,86 @@ impl Proxy {
         Ok(())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::backend::Backend;
+    use crate::metrics::Metrics;
+    use crate::state::{Status, View};
+    use arc_swap::ArcSwap;
+    use std::path::Path;
+    use tokio::sync::{mpsc, watch};
+
+    fn proxy(hold: &str) -> Arc<Proxy> {
+        let yaml = format!("backends: [{{id: a, url: \"http://127.0.0.1:9\"}}]\nfailover: {{ hold: {hold} }}\n");
+        let config = Arc::new(crate::config::parse(&yaml, Path::new("t.yaml"), &crate::config::System).unwrap());
+        let backends = vec![Arc::new(Backend::new(&config.backends[0], &config.node_red, None))];
+        let shared = Arc::new(Shared {
+            config,
+            backends,
+            kicks: vec![],
+            view: ArcSwap::from_pointee(View::default()),
+            generation: watch::channel(0).0,
+            status: ArcSwap::from_pointee(Status::default()),
+            metrics: Arc::new(Metrics::new()),
+            commands: mpsc::channel(1).0,
+        });
+        Arc::new(Proxy::new(shared, CancellationToken::new()))
+    }
+
+    fn publish(p: &Proxy, generation: u64) -> Arc<Active> {
+        let a = Arc::new(Active {
+            index: 0,
+            backend: p.shared.backends[0].clone(),
+            failed: CancellationToken::new(),
+            demoted: CancellationToken::new(),
+        });
+        p.shared.view.store(Arc::new(View { generation, active: Some(a.clone()) }));
+        p.shared.generation.send_replace(generation);
+        a
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn without_an_active_a_request_is_held_for_exactly_the_hold_time() {
+        let p = proxy("5s");
+        let t0 = Instant::now();
+        assert_eq!(p.active(None).await.unwrap_err(), ProxyError::NoActiveInstance);
+        assert_eq!(t0.elapsed(), Duration::from_secs(5));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_held_request_gets_the_active_as_soon_as_it_is_published() {
+        let p = proxy("5s");
+        let waiter = tokio::spawn({
+            let p = p.clone();
+            async move { (p.active(None).await.map(|a| a.index), Instant::now()) }
+        });
+        tokio::time::sleep(Duration::from_millis(1200)).await;
+        let t = Instant::now();
+        publish(&p, 1);
+        let (got, at) = waiter.await.unwrap();
+        assert_eq!(got, Ok(0));
+        assert_eq!(at, t, "released at publication, not at the next poll");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn after_a_failure_the_same_active_is_reused_only_once_a_probe_could_judge_it() {
+        let p = proxy("5s");
+        let a = publish(&p, 1);
+        let t0 = Instant::now();
+        let again = p.active(Some(&a)).await.unwrap();
+        assert!(Arc::ptr_eq(&again, &a));
+        // health.timeout defaults to 400ms: two probes plus 50ms.
+        assert_eq!(t0.elapsed(), Duration::from_millis(850));
+        // Declared failed: never reused; a new active is waited for.
+        a.failed.cancel();
+        let waiter = tokio::spawn({
+            let (p, a) = (p.clone(), a.clone());
+            async move { p.active(Some(&a)).await.map(|n| Arc::ptr_eq(&n, &a)) }
+        });
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        publish(&p, 2);
+        assert_eq!(waiter.await.unwrap(), Ok(false));
+    }
+}

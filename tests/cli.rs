@@ -1,0 +1,67 @@
+//! The `flowgate` binary: `check` lists every problem and exits non-zero; `prepare-standby`.
+
+use std::process::Command;
+
+fn flowgate() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_flowgate"))
+}
+
+fn temp(name: &str, text: &str) -> std::path::PathBuf {
+    let dir = std::env::temp_dir().join(format!("flowgate-cli-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let p = dir.join(name);
+    std::fs::write(&p, text).unwrap();
+    p
+}
+
+#[test]
+fn check_accepts_the_example_config() {
+    let out = flowgate()
+        .args(["check", "--config", concat!(env!("CARGO_MANIFEST_DIR"), "/config/flowgate.example.yaml")])
+        .env("NR_A_TOKEN", "a")
+        .env("NR_B_TOKEN", "b")
+        .env("FLOWGATE_ADMIN_TOKEN", "c")
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(String::from_utf8_lossy(&out.stdout).contains("ok (2 backends)"));
+}
+
+#[test]
+fn check_lists_every_problem_with_field_and_line_and_exits_64() {
+    let p = temp(
+        "bad.yaml",
+        "backends:\n  - id: a\n    url: http://127.0.0.1:1\n  - id: a\n    url: nope\nhealth:\n  fall: 0\n",
+    );
+    let out = flowgate().args(["check", "--config", p.to_str().unwrap()]).output().unwrap();
+    assert_eq!(out.status.code(), Some(64));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("3 problem(s)"), "{err}");
+    assert!(err.contains("backends[1].id (line 4): duplicate id \"a\""), "{err}");
+    assert!(err.contains("backends[1].url (line 5)"), "{err}");
+    assert!(err.contains("health.fall (line 7): must be at least 1"), "{err}");
+}
+
+#[test]
+fn check_reports_unknown_keys_and_missing_files() {
+    let p = temp("typo.yaml", "backends: []\nhealth:\n  intervall: 1s\n");
+    let out = flowgate().args(["check", "--config", p.to_str().unwrap()]).output().unwrap();
+    assert_eq!(out.status.code(), Some(64));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("unknown field `intervall`") && err.contains("line 3"), "{err}");
+    let out = flowgate().args(["check", "--config", "/nonexistent/flowgate.yaml"]).output().unwrap();
+    assert_eq!(out.status.code(), Some(64));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("cannot read /nonexistent/flowgate.yaml"));
+}
+
+#[test]
+fn prepare_standby_sets_the_stopped_state() {
+    let dir = std::env::temp_dir().join(format!("flowgate-cli-standby-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    let out = flowgate().args(["prepare-standby", "--user-dir", dir.to_str().unwrap()]).output().unwrap();
+    assert!(out.status.success());
+    let v: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.join(".config.runtime.json")).unwrap()).unwrap();
+    assert_eq!(v["runtimeFlowState"], "stop");
+    std::fs::remove_dir_all(&dir).unwrap();
+}

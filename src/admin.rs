@@ -7,6 +7,7 @@
 //! | `GET /healthz` | none | 200 while flowgate runs |
 //! | `GET /ready` | none | 200 while an active instance receives traffic, else 503 |
 //! | `POST /switchover[?to=ID]` | bearer token | planned move of the active role (break-before-make); without `to`, the best standby |
+//! | `GET /auth/token-info` | the token asked about | for Node-RED's `adminAuth.tokens`: 200 `{"username","permissions"}` for an editor token issued through flowgate, else 404 |
 //!
 //! Mutating endpoints need `Authorization: Bearer <admin.token>`, compared in constant time.
 //! Without a configured token they answer 403.
@@ -74,6 +75,21 @@ pub async fn serve(shared: Arc<Shared>, req: Request<Incoming>) -> Result<Respon
             reply(StatusCode::OK, "application/json", serde_json::to_vec(&**status).expect("status serialises"))
         }
         (&Method::GET, "/healthz") => reply(StatusCode::OK, "text/plain", "ok\n"),
+        (&Method::GET, "/auth/token-info") => {
+            let token = req
+                .headers()
+                .get(AUTHORIZATION)
+                .and_then(|v| v.to_str().ok())
+                .and_then(|v| v.strip_prefix("Bearer "))
+                .unwrap_or("");
+            match shared.tokens.lookup(token) {
+                Some(info) => json(
+                    StatusCode::OK,
+                    serde_json::json!({"username": info.username, "permissions": info.permissions}),
+                ),
+                None => json(StatusCode::NOT_FOUND, serde_json::json!({"error": "unknown token"})),
+            }
+        }
         (&Method::GET, "/ready") => match &shared.view.load().active {
             Some(a) => reply(StatusCode::OK, "text/plain", format!("active: {}\n", a.backend.id)),
             None => reply(StatusCode::SERVICE_UNAVAILABLE, "text/plain", "no active instance\n"),
@@ -94,7 +110,7 @@ pub async fn serve(shared: Arc<Shared>, req: Request<Incoming>) -> Result<Respon
                 }
             }
         },
-        (_, "/metrics" | "/status" | "/healthz" | "/ready" | "/switchover") => {
+        (_, "/metrics" | "/status" | "/healthz" | "/ready" | "/switchover" | "/auth/token-info") => {
             json(StatusCode::METHOD_NOT_ALLOWED, serde_json::json!({"error": "method not allowed"}))
         }
         _ => json(StatusCode::NOT_FOUND, serde_json::json!({"error": "not found"})),

@@ -162,7 +162,7 @@ pub fn chain(err: &dyn std::error::Error) -> String {
     out
 }
 
-fn snippet(body: &[u8]) -> String {
+pub fn snippet(body: &[u8]) -> String {
     let s = String::from_utf8_lossy(&body[..body.len().min(120)]);
     s.trim().replace('\n', " ")
 }
@@ -189,6 +189,8 @@ pub struct Backend {
     pub authority: http::uri::Authority,
     pub priority: i64,
     token: Option<HeaderValue>,
+    /// `httpAdminRoot`, e.g. "/" or "/admin/".
+    pub admin_root: String,
     flows_state: Uri,
     settings: Uri,
     canary: Option<Uri>,
@@ -224,6 +226,7 @@ impl Backend {
             authority: cfg.authority.clone(),
             priority: cfg.priority,
             token,
+            admin_root: paths.admin_root.clone(),
             flows_state: uri(&format!("{}flows/state", paths.admin_root)),
             settings: uri(&format!("{}settings", paths.admin_root)),
             canary: canary.map(uri),
@@ -233,6 +236,76 @@ impl Backend {
 
     pub fn has_canary(&self) -> bool {
         self.canary.is_some()
+    }
+
+    /// flowgate's own `Authorization` value for this instance, if configured.
+    pub fn token(&self) -> Option<&HeaderValue> {
+        self.token.as_ref()
+    }
+
+    /// `http://<instance><path_and_query>`.
+    pub fn uri(&self, path_and_query: &str) -> Uri {
+        Uri::builder()
+            .scheme("http")
+            .authority(self.authority.clone())
+            .path_and_query(path_and_query)
+            .build()
+            .unwrap_or_else(|_| Uri::from_static("http://invalid/"))
+    }
+
+    /// One buffered exchange with this instance. `headers` are sent as given (callers decide
+    /// on Authorization); the answer is read in full, bounded by `MAX_ADMIN_BODY` × 16.
+    pub async fn exchange(
+        &self,
+        client: &AdminClient,
+        method: Method,
+        path_and_query: &str,
+        headers: http::HeaderMap,
+        body: Bytes,
+        timeout: Duration,
+    ) -> Result<(StatusCode, http::HeaderMap, Bytes), CallError> {
+        let mut req = Request::new(Body::full(body));
+        *req.method_mut() = method;
+        *req.uri_mut() = self.uri(path_and_query);
+        *req.headers_mut() = headers;
+        let exchange = async {
+            let resp = client.request(req).await.map_err(|e| CallError::from_client(&e))?;
+            let (parts, body) = resp.into_parts();
+            let bytes = Limited::new(body, MAX_ADMIN_BODY * 16)
+                .collect()
+                .await
+                .map_err(|e| CallError::Transport(e.to_string()))?
+                .to_bytes();
+            Ok((parts.status, parts.headers, bytes))
+        };
+        tokio::time::timeout(timeout, exchange).await.unwrap_or(Err(CallError::Timeout(timeout)))
+    }
+
+    /// `GET <admin>/flows` (API v2) with flowgate's token: the instance's rev and its flows
+    /// array exactly as sent.
+    pub async fn flows(&self, client: &AdminClient, timeout: Duration) -> Result<(String, Bytes), CallError> {
+        let mut h = http::HeaderMap::new();
+        h.insert("node-red-api-version", HeaderValue::from_static("v2"));
+        if let Some(t) = &self.token {
+            h.insert(AUTHORIZATION, t.clone());
+        }
+        let path = format!("{}flows", self.admin_root);
+        let (status, _, body) = self.exchange(client, Method::GET, &path, h, Bytes::new(), timeout).await?;
+        match status {
+            StatusCode::OK => {
+                #[derive(serde::Deserialize)]
+                struct V2<'a> {
+                    #[serde(borrow)]
+                    flows: &'a serde_json::value::RawValue,
+                    rev: String,
+                }
+                let v: V2<'_> = serde_json::from_slice(&body).map_err(|_| CallError::BadBody(snippet(&body)))?;
+                let raw = Bytes::copy_from_slice(v.flows.get().as_bytes());
+                Ok((v.rev, raw))
+            }
+            StatusCode::UNAUTHORIZED | StatusCode::FORBIDDEN => Err(CallError::Unauthorized),
+            s => Err(CallError::Status(s.as_u16(), snippet(&body))),
+        }
     }
 
     async fn call(

@@ -13,7 +13,7 @@ use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-pub use units::parse_duration;
+pub use units::{parse_duration, parse_size};
 pub use validate::{SecretSource, System};
 
 use crate::backend::BackendId;
@@ -28,7 +28,29 @@ pub struct Config {
     pub health: HealthConfig,
     pub failover: FailoverConfig,
     pub trusted_proxies: Vec<Cidr>,
+    pub editor: EditorConfig,
+    pub deploy: DeployConfig,
+    pub state: StateConfig,
     pub log: LogConfig,
+}
+
+#[derive(Debug, Clone)]
+pub struct EditorConfig {
+    pub cookie: String,
+    pub cookie_key: Option<Secret>,
+}
+
+#[derive(Debug, Clone)]
+pub struct DeployConfig {
+    pub max_body: usize,
+    pub timeout: Duration,
+    pub palette_timeout: Duration,
+}
+
+#[derive(Debug, Clone)]
+pub struct StateConfig {
+    pub dir: Option<PathBuf>,
+    pub key: Option<Secret>,
 }
 
 #[derive(Debug, Clone)]
@@ -211,9 +233,17 @@ mod tests {
     #[test]
     fn example_config_loads() {
         let text = include_str!("../config/flowgate.example.yaml");
-        let cfg =
-            parse_with(text, &[("NR_A_TOKEN", "tok-a"), ("NR_B_TOKEN", "tok-b"), ("FLOWGATE_ADMIN_TOKEN", "adm")])
-                .unwrap_or_else(|e| panic!("{e}"));
+        let cfg = parse_with(
+            text,
+            &[
+                ("NR_A_TOKEN", "tok-a"),
+                ("NR_B_TOKEN", "tok-b"),
+                ("FLOWGATE_ADMIN_TOKEN", "adm"),
+                ("FLOWGATE_COOKIE_KEY", "ck"),
+                ("FLOWGATE_STATE_KEY", "sk"),
+            ],
+        )
+        .unwrap_or_else(|e| panic!("{e}"));
         assert_eq!(cfg.backends.len(), 2);
         assert_eq!(cfg.backends[0].token.as_ref().map(Secret::expose), Some("tok-a"));
         assert_eq!(cfg.health.canary.as_deref(), Some("/flowgate/canary"));

@@ -5,8 +5,9 @@
 //! 2. An eligible current active is kept, unless failback is on and a higher-priority
 //!    candidate has been healthy for `failback_delay`.
 //! 3. Without an eligible current active: candidates cooling down after a failed promotion or
-//!    canary come last; among the rest, one already running flows is adopted first (a
-//!    restarted flowgate keeps the roles it finds), then the highest priority, then file order.
+//!    canary come last; then out-of-step candidates (missed a deploy) come after in-step ones;
+//!    among the rest, one already running flows is adopted first (a restarted flowgate keeps
+//!    the roles it finds), then the highest priority, then file order.
 
 use std::time::Duration;
 
@@ -19,6 +20,8 @@ pub struct Candidate {
     pub eligible: bool,
     /// Reports flows started.
     pub running: bool,
+    /// Not known to be out of step with the target flows and credentials.
+    pub in_step: bool,
     /// Recently failed a promotion or its canary: chosen only when nothing else is eligible.
     pub cooling: bool,
     /// Since when it has been continuously healthy.
@@ -34,7 +37,7 @@ pub struct Policy {
 pub fn elect(current: Option<usize>, cands: &[Candidate], policy: &Policy, now: Instant) -> Option<usize> {
     let rank = |i: usize| {
         let c = &cands[i];
-        (!c.cooling, c.running, c.priority, std::cmp::Reverse(i))
+        (!c.cooling, c.in_step, c.running, c.priority, std::cmp::Reverse(i))
     };
     if let Some(cur) = current.filter(|&i| cands.get(i).is_some_and(|c| c.eligible)) {
         if !policy.failback {
@@ -75,7 +78,7 @@ mod tests {
     use super::*;
 
     fn c(priority: i64, eligible: bool, running: bool) -> Candidate {
-        Candidate { priority, eligible, running, cooling: false, up_since: None }
+        Candidate { priority, eligible, running, in_step: true, cooling: false, up_since: None }
     }
 
     const KEEP: Policy = Policy { failback: false, failback_delay: Duration::from_secs(60) };
@@ -122,6 +125,16 @@ mod tests {
     }
 
     #[test]
+    fn an_out_of_step_candidate_is_chosen_only_without_an_in_step_one() {
+        let now = Instant::now();
+        let mut cands = [c(200, true, false), c(100, true, false)];
+        cands[0].in_step = false;
+        assert_eq!(elect(None, &cands, &KEEP, now), Some(1));
+        cands[1].eligible = false;
+        assert_eq!(elect(None, &cands, &KEEP, now), Some(0));
+    }
+
+    #[test]
     fn cooling_candidates_are_a_last_resort() {
         let now = Instant::now();
         let mut cands = [c(200, true, false), c(100, true, false)];
@@ -136,12 +149,13 @@ mod tests {
     #[test]
     fn invariants_hold_for_every_small_cluster() {
         let now = Instant::now();
-        let states: Vec<Candidate> = (0..16)
+        let states: Vec<Candidate> = (0..32)
             .map(|b| Candidate {
                 eligible: b & 1 != 0,
                 running: b & 2 != 0,
                 cooling: b & 4 != 0,
                 priority: if b & 8 != 0 { 200 } else { 100 },
+                in_step: b & 16 != 0,
                 up_since: Some(now - Duration::from_secs(120)),
             })
             .collect();
@@ -157,6 +171,10 @@ mod tests {
                             assert_eq!(got.is_some(), any, "{cands:?} {current:?}");
                             if let Some(g) = got {
                                 assert!(cands[g].eligible, "elected an ineligible candidate");
+                                if current.is_none_or(|c| !cands[c].eligible) && !cands[g].cooling {
+                                    let better = cands.iter().any(|c| c.eligible && !c.cooling && c.in_step);
+                                    assert!(cands[g].in_step || !better, "out-of-step chosen over in-step");
+                                }
                             }
                             if let Some(cur) = current.filter(|&i| cands[i].eligible) {
                                 if !failback {

@@ -21,6 +21,16 @@ pub enum ProxyError {
     InstanceFailed,
     #[error("malformed request")]
     BadRequest,
+    #[error("request body too large")]
+    PayloadTooLarge,
+    #[error("deploy refused: {0}")]
+    BadDeploy(&'static str),
+    #[error("a failover, deploy or resync is in progress; nothing was applied, retry shortly")]
+    ChangeInProgress,
+    #[error(
+        "flowgate owns the flow state of every instance; use POST /switchover on flowgate's admin API to move the active role"
+    )]
+    FlowStateOwned,
 }
 
 impl ProxyError {
@@ -31,6 +41,10 @@ impl ProxyError {
             ProxyError::UpstreamFailed => StatusCode::BAD_GATEWAY,
             ProxyError::InstanceFailed => StatusCode::BAD_GATEWAY,
             ProxyError::BadRequest => StatusCode::BAD_REQUEST,
+            ProxyError::PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
+            ProxyError::BadDeploy(_) => StatusCode::BAD_REQUEST,
+            ProxyError::ChangeInProgress => StatusCode::SERVICE_UNAVAILABLE,
+            ProxyError::FlowStateOwned => StatusCode::FORBIDDEN,
         }
     }
 
@@ -41,6 +55,10 @@ impl ProxyError {
             ProxyError::UpstreamFailed => "upstream-failed",
             ProxyError::InstanceFailed => "instance-failed",
             ProxyError::BadRequest => "bad-request",
+            ProxyError::PayloadTooLarge => "payload-too-large",
+            ProxyError::BadDeploy(_) => "bad-deploy",
+            ProxyError::ChangeInProgress => "change-in-progress",
+            ProxyError::FlowStateOwned => "flow-state-owned-by-flowgate",
         }
     }
 
@@ -50,7 +68,7 @@ impl ProxyError {
         let h = resp.headers_mut();
         h.insert(CONTENT_TYPE, HeaderValue::from_static("text/plain; charset=utf-8"));
         h.insert(ERROR_HEADER, HeaderValue::from_static(self.code()));
-        if self == ProxyError::NoActiveInstance {
+        if matches!(self, ProxyError::NoActiveInstance | ProxyError::ChangeInProgress) {
             h.insert(RETRY_AFTER, HeaderValue::from_static("1"));
         }
         resp
@@ -69,6 +87,10 @@ mod tests {
             (ProxyError::UpstreamFailed, 502),
             (ProxyError::InstanceFailed, 502),
             (ProxyError::BadRequest, 400),
+            (ProxyError::PayloadTooLarge, 413),
+            (ProxyError::BadDeploy("x"), 400),
+            (ProxyError::ChangeInProgress, 503),
+            (ProxyError::FlowStateOwned, 403),
         ];
         for (e, status) in table {
             let r = e.response();

@@ -22,9 +22,13 @@
 //! whole proxy in-process on port 0 and the binary is a thin wrapper.
 
 pub mod admin;
+pub mod auth;
 pub mod backend;
 pub mod body;
 pub mod config;
+pub mod crypto;
+pub mod deploy;
+pub mod editor;
 pub mod election;
 pub mod error;
 pub mod health;
@@ -34,6 +38,7 @@ pub mod server;
 pub mod standby;
 pub mod state;
 pub mod supervisor;
+pub mod sync;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -101,8 +106,21 @@ pub fn start(config: Config, listeners: Listeners) -> std::io::Result<Handle> {
     let kicks: Vec<Arc<Notify>> = backends.iter().map(|_| Arc::new(Notify::new())).collect();
     let (commands_tx, commands_rx) = mpsc::channel(16);
     let (reports_tx, reports_rx) = mpsc::channel(64);
+    let ids = backends.iter().map(|b| b.id.to_string()).collect();
+    let state_dir = config.state.dir.as_deref();
+    let sync = sync::SyncTable::open(ids, state_dir, config.state.key.as_ref().map(|k| k.expose()))
+        .map_err(|e| std::io::Error::other(format!("state.dir: {e}")))?;
+    if state_dir.is_some() && !sync.credentials_persisted() {
+        tracing::warn!("state.key is not set: credentials seen in deploys are kept in memory only");
+    }
     let shared = Arc::new(Shared {
         config: config.clone(),
+        sync: std::sync::Mutex::new(sync),
+        sync_changed: Notify::new(),
+        change_lock: tokio::sync::Mutex::new(()),
+        fence: std::sync::Mutex::new(CancellationToken::new()),
+        tokens: auth::TokenStore::open(state_dir),
+        cookies: editor::CookieCodec::new(config.editor.cookie_key.as_ref().map(|k| k.expose())),
         backends: backends.clone(),
         kicks: kicks.clone(),
         view: ArcSwap::from_pointee(View::default()),

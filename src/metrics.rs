@@ -9,7 +9,7 @@ use prometheus::{
 
 use crate::proxy::RouteClass;
 
-pub const ROLES: [&str; 4] = ["active", "standby", "promoting", "down"];
+pub const ROLES: [&str; 5] = ["active", "standby", "promoting", "down", "unmanageable"];
 pub const FLOW_STATES: [&str; 4] = ["start", "stop", "safe", "unknown"];
 pub const CODE_CLASSES: [&str; 5] = ["1xx", "2xx", "3xx", "4xx", "5xx"];
 
@@ -29,6 +29,14 @@ pub struct Metrics {
     pub upstream_retries: IntCounter,
     pub inflight_aborted: IntCounter,
     pub websocket_tunnels: IntGauge,
+    pub deploys: IntCounterVec,
+    pub deploy_fanout: IntCounterVec,
+    pub resyncs: IntCounterVec,
+    pub backend_in_step: IntGaugeVec,
+    pub backend_revision: IntGaugeVec,
+    pub promotions_out_of_step: IntCounter,
+    /// The rev label currently set per backend, so a change replaces the series.
+    revisions: std::sync::Mutex<std::collections::HashMap<String, String>>,
     requests: Vec<[IntCounter; 5]>,
     request_duration: Vec<Histogram>,
 }
@@ -174,6 +182,58 @@ impl Metrics {
                 &registry,
                 IntGauge::new("flowgate_websocket_tunnels", "Open websocket tunnels.").unwrap(),
             ),
+            deploys: reg(
+                &registry,
+                IntCounterVec::new(
+                    Opts::new("flowgate_deploys_total", "Editor deploys by result (ok, rejected, error)."),
+                    &["result"],
+                )
+                .unwrap(),
+            ),
+            deploy_fanout: reg(
+                &registry,
+                IntCounterVec::new(
+                    Opts::new(
+                        "flowgate_deploy_fanout_total",
+                        "Deploys and admin writes per instance by result (ok, conflict, rejected, error, skipped).",
+                    ),
+                    &["backend", "result"],
+                )
+                .unwrap(),
+            ),
+            resyncs: reg(
+                &registry,
+                IntCounterVec::new(
+                    Opts::new("flowgate_resyncs_total", "Instances brought back in step, by result (ok, failed)."),
+                    &["backend", "result"],
+                )
+                .unwrap(),
+            ),
+            backend_in_step: reg(
+                &registry,
+                IntGaugeVec::new(
+                    Opts::new("flowgate_backend_in_step", "1 when the instance has the target flows and credentials."),
+                    &["backend"],
+                )
+                .unwrap(),
+            ),
+            backend_revision: reg(
+                &registry,
+                IntGaugeVec::new(
+                    Opts::new("flowgate_backend_revision_info", "The instance's flows revision (first 12 hex digits)."),
+                    &["backend", "rev"],
+                )
+                .unwrap(),
+            ),
+            promotions_out_of_step: reg(
+                &registry,
+                IntCounter::new(
+                    "flowgate_promotions_out_of_step_total",
+                    "Promotions of an instance that could not be brought in step first (no in-step one existed).",
+                )
+                .unwrap(),
+            ),
+            revisions: Default::default(),
             requests,
             request_duration,
             registry,
@@ -196,6 +256,22 @@ impl Metrics {
         for s in FLOW_STATES {
             self.backend_flow_state.with_label_values(&[backend, s]).set(i64::from(s == flow_state));
         }
+    }
+
+    /// Sets the in-step gauge and the revision series of one backend.
+    pub fn set_sync(&self, backend: &str, in_step: bool, rev: Option<&str>) {
+        self.backend_in_step.with_label_values(&[backend]).set(i64::from(in_step));
+        let rev: String = rev.unwrap_or("unknown").chars().take(12).collect();
+        let mut seen = self.revisions.lock().unwrap_or_else(|e| e.into_inner());
+        match seen.get(backend) {
+            Some(old) if *old == rev => return,
+            Some(old) => {
+                let _ = self.backend_revision.remove_label_values(&[backend, old]);
+            }
+            None => {}
+        }
+        self.backend_revision.with_label_values(&[backend, &rev]).set(1);
+        seen.insert(backend.to_string(), rev);
     }
 
     pub fn encode(&self) -> String {

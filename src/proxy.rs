@@ -97,7 +97,7 @@ impl Proxy {
         let started = Instant::now();
         let upgrade = is_upgrade(req.version(), req.headers());
         let class = route::classify(req.uri().path(), upgrade, &self.shared.config.node_red);
-        let resp = match self.dispatch(req, peer, upgrade).await {
+        let resp = match self.dispatch(req, peer, upgrade, class).await {
             Ok(r) => r,
             Err(e) => e.response(),
         };
@@ -139,20 +139,68 @@ impl Proxy {
         }
     }
 
-    async fn dispatch(&self, req: Request<Incoming>, peer: Peer, upgrade: bool) -> Result<Response<Body>, ProxyError> {
-        let mut active = self.active(None).await?;
-        if upgrade {
-            return upgrade::tunnel(self, req, peer, active).await;
+    async fn dispatch(
+        &self,
+        req: Request<Incoming>,
+        peer: Peer,
+        upgrade: bool,
+        class: RouteClass,
+    ) -> Result<Response<Body>, ProxyError> {
+        let active = self.active(None).await?;
+        let cfg = &self.shared.config;
+        let editor = matches!(class, RouteClass::Editor | RouteClass::EditorSocket);
+        // Sticky editor sessions: the pinned instance must be the active; otherwise the editor
+        // moves to the active and its cookie is re-issued.
+        let reissue =
+            editor && self.shared.cookies.pinned(req.headers(), &cfg.editor.cookie) != Some(active.backend.id.as_str());
+        let pinned_to = active.backend.id.clone();
+        let result = if upgrade {
+            upgrade::tunnel(self, req, peer, active).await
+        } else {
+            let (mut parts, body) = req.into_parts();
+            strip_hop_by_hop(&mut parts.headers, false);
+            forward::set_forwarded(&mut parts.headers, &parts.uri, peer.addr.ip(), peer.tls, &cfg.trusted_proxies);
+            let action = if editor {
+                let rel = parts.uri.path().strip_prefix(cfg.node_red.admin_root.as_str()).unwrap_or("");
+                crate::editor::action(&parts.method, rel)
+            } else {
+                crate::editor::Action::Forward
+            };
+            let (s, c) = (&*self.shared, &self.client);
+            use crate::editor::Action;
+            match action {
+                Action::Forward => self.forward(parts, body, active).await,
+                Action::Deploy => crate::deploy::deploy(s, c, parts, body, active).await,
+                Action::FlowState => Err(ProxyError::FlowStateOwned),
+                Action::AddFlow => crate::deploy::add_flow(s, c, parts, body, active).await,
+                Action::Replay { flows_changed } => {
+                    crate::deploy::replay(s, c, parts, body, active, false, flows_changed).await
+                }
+                Action::Palette => crate::deploy::replay(s, c, parts, body, active, true, false).await,
+                Action::Login => crate::deploy::login(s, c, parts, body, active).await,
+                Action::Logout => crate::deploy::logout(s, c, parts, body, active).await,
+            }
+        };
+        let mut resp = result?;
+        if reissue {
+            let cookie = self.shared.cookies.set_cookie(
+                &cfg.editor.cookie,
+                pinned_to.as_str(),
+                &cfg.node_red.admin_root,
+                peer.tls,
+            );
+            resp.headers_mut().append(http::header::SET_COOKIE, cookie);
         }
-        let (mut parts, body) = req.into_parts();
-        strip_hop_by_hop(&mut parts.headers, false);
-        forward::set_forwarded(
-            &mut parts.headers,
-            &parts.uri,
-            peer.addr.ip(),
-            peer.tls,
-            &self.shared.config.trusted_proxies,
-        );
+        Ok(resp)
+    }
+
+    /// Streams one request to the active, with the retry rules in the module docs.
+    async fn forward(
+        &self,
+        parts: http::request::Parts,
+        body: Incoming,
+        mut active: Arc<Active>,
+    ) -> Result<Response<Body>, ProxyError> {
         let idempotent = matches!(parts.method, Method::GET | Method::HEAD | Method::OPTIONS);
         let (mut body, mut slot) = if body.is_end_stream() {
             (Body::empty(), None)
@@ -239,7 +287,14 @@ mod tests {
         let yaml = format!("backends: [{{id: a, url: \"http://127.0.0.1:9\"}}]\nfailover: {{ hold: {hold} }}\n");
         let config = Arc::new(crate::config::parse(&yaml, Path::new("t.yaml"), &crate::config::System).unwrap());
         let backends = vec![Arc::new(Backend::new(&config.backends[0], &config.node_red, None))];
+        let ids = vec!["a".to_string()];
         let shared = Arc::new(Shared {
+            sync: std::sync::Mutex::new(crate::sync::SyncTable::open(ids, None, None).unwrap()),
+            sync_changed: tokio::sync::Notify::new(),
+            change_lock: tokio::sync::Mutex::new(()),
+            fence: std::sync::Mutex::new(CancellationToken::new()),
+            tokens: crate::auth::TokenStore::open(None),
+            cookies: crate::editor::CookieCodec::new(None),
             config,
             backends,
             kicks: vec![],

@@ -38,6 +38,7 @@ pub struct View {
 #[derive(Debug, Default, Clone, Serialize)]
 pub struct Status {
     pub active: Option<String>,
+    pub target_revision: Option<String>,
     pub phase: &'static str,
     pub backends: Vec<BackendStatus>,
     pub failovers: Vec<FailoverRecord>,
@@ -56,6 +57,10 @@ pub struct BackendStatus {
     pub last_probe_unix_ms: Option<u64>,
     pub last_probe_latency_ms: Option<f64>,
     pub last_error: Option<String>,
+    /// Revision this instance is known to have.
+    pub revision: Option<String>,
+    /// "in_step", "unknown", or why it is out of step.
+    pub step: String,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -71,6 +76,17 @@ pub struct FailoverRecord {
 
 pub struct Shared {
     pub config: Arc<Config>,
+    /// Target revision and per-instance step (deploy path and supervisor).
+    pub sync: std::sync::Mutex<crate::sync::SyncTable>,
+    /// Wakes the supervisor after a deploy changed the sync table.
+    pub sync_changed: Notify,
+    /// Deploys, resyncs and promotions hold this; see `deploy.rs`.
+    pub change_lock: tokio::sync::Mutex<()>,
+    /// Cancelled to make the current holder of `change_lock` give it up.
+    pub fence: std::sync::Mutex<CancellationToken>,
+    /// Editor logins accepted by every instance.
+    pub tokens: crate::auth::TokenStore,
+    pub cookies: crate::editor::CookieCodec,
     pub backends: Vec<Arc<Backend>>,
     /// Per backend: wakes its prober at once (passive detection on live traffic).
     pub kicks: Vec<Arc<Notify>>,

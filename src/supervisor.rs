@@ -36,6 +36,8 @@ const PROMOTION_COOLDOWN: Duration = Duration::from_secs(5);
 const CANARY_COOLDOWN: Duration = Duration::from_secs(60);
 /// Pause before the next election after a promotion failed.
 const RETRY_PAUSE: Duration = Duration::from_millis(200);
+/// Pause before checking an instance's flows again after a failed resync.
+const SYNC_RETRY: Duration = Duration::from_secs(5);
 const HISTORY: usize = 50;
 
 /// Operator commands (admin API).
@@ -46,6 +48,7 @@ pub enum Command {
 
 enum Done {
     Stopped { index: usize, was: FlowState, result: Result<(), CallError> },
+    Synced { index: usize, outcome: crate::deploy::SyncOutcome },
     Promoted(Promotion),
 }
 
@@ -68,6 +71,8 @@ struct Member {
     last_probe: Option<(SystemTime, Duration)>,
     last_error: Option<CallError>,
     warned_unmanageable: bool,
+    sync_in_flight: bool,
+    sync_retry_at: Option<Instant>,
 }
 
 impl Member {
@@ -174,6 +179,7 @@ impl Supervisor {
                 Some((i, r)) = self.reports.recv() => self.on_report(i, r),
                 Some(c) = self.commands.recv() => self.on_command(c),
                 Some(d) = self.done_rx.recv() => self.on_done(d),
+                _ = self.shared.sync_changed.notified() => {}
                 _ = tokio::time::sleep_until(wake) => {}
             }
             self.reconcile();
@@ -191,13 +197,16 @@ impl Supervisor {
     }
 
     fn candidates(&self, now: Instant) -> Vec<Candidate> {
+        let sync = self.shared.sync.lock().unwrap_or_else(|e| e.into_inner());
         self.members
             .iter()
             .zip(&self.shared.backends)
-            .map(|(m, b)| Candidate {
+            .enumerate()
+            .map(|(i, (m, b))| Candidate {
                 priority: b.priority,
                 eligible: m.eligible(),
                 running: m.flow_state == Some(FlowState::Start),
+                in_step: !matches!(sync.steps[i], crate::sync::Step::OutOfStep(_)),
                 cooling: m.cooling(now),
                 up_since: m.up_since,
             })
@@ -219,6 +228,7 @@ impl Supervisor {
         consider(election::failback_due(self.active, &self.candidates(now), &self.policy()));
         for m in &self.members {
             consider(m.cooldown_until);
+            consider(m.sync_retry_at);
         }
         if let Some(p) = self.promoted_at {
             consider(Some(p + self.shared.config.health.promotion_grace));
@@ -283,6 +293,11 @@ impl Supervisor {
         match transition {
             Some(Transition::BecameUp) => {
                 m.up_since = Some(now);
+                // Whatever happened while it was away, check its flows again.
+                let mut sync = self.shared.sync.lock().unwrap_or_else(|e| e.into_inner());
+                if sync.in_step(i) {
+                    sync.steps[i] = crate::sync::Step::Unknown;
+                }
                 info!(backend = %id, flow_state = ?m.flow_state, "instance is up");
             }
             Some(Transition::BecameDown) => {
@@ -368,6 +383,24 @@ impl Supervisor {
                 }
             }
             Done::Promoted(p) => self.on_promoted(p, now),
+            Done::Synced { index, outcome } => {
+                let id = self.shared.backends[index].id.clone();
+                let m = &mut self.members[index];
+                m.sync_in_flight = false;
+                use crate::deploy::SyncOutcome;
+                match outcome {
+                    SyncOutcome::InStep => {}
+                    SyncOutcome::Resynced => {
+                        self.shared.metrics.resyncs.with_label_values(&[id.as_str(), "ok"]).inc();
+                        info!(backend = %id, "instance brought back in step (flows and credentials)");
+                    }
+                    SyncOutcome::Failed(why) => {
+                        m.sync_retry_at = Some(now + SYNC_RETRY);
+                        self.shared.metrics.resyncs.with_label_values(&[id.as_str(), "failed"]).inc();
+                        warn!(backend = %id, error = %why, "could not bring the instance in step; retrying");
+                    }
+                }
+            }
         }
     }
 
@@ -485,6 +518,30 @@ impl Supervisor {
         }
         if !starting {
             self.stop_strays();
+            self.start_syncs(now);
+        }
+    }
+
+    /// Checks (and resyncs) every healthy instance whose step is not known to be right.
+    fn start_syncs(&mut self, now: Instant) {
+        if self.pending.is_some() || self.active.is_none() {
+            return;
+        }
+        let steps: Vec<bool> = {
+            let sync = self.shared.sync.lock().unwrap_or_else(|e| e.into_inner());
+            (0..self.members.len()).map(|i| sync.in_step(i)).collect()
+        };
+        for (i, m) in self.members.iter_mut().enumerate() {
+            if steps[i] || m.sync_in_flight || m.health() != Health::Up || m.sync_retry_at.is_some_and(|t| now < t) {
+                continue;
+            }
+            m.sync_in_flight = true;
+            let (shared, client, tx, active) =
+                (self.shared.clone(), self.client.clone(), self.done_tx.clone(), self.active);
+            tokio::spawn(async move {
+                let outcome = crate::deploy::resync(&shared, &client, i, active).await;
+                let _ = tx.send(Done::Synced { index: i, outcome });
+            });
         }
     }
 
@@ -536,9 +593,37 @@ impl Supervisor {
         let backend = self.shared.backends[target].clone();
         let client = self.client.clone();
         let tx = self.done_tx.clone();
+        let shared = self.shared.clone();
         info!(backend = %backend.id, reason, stopping = others.len(), "promoting");
         tokio::spawn(async move {
-            let p = promote(client, target, backend, others, known_stopped, start_timeout).await;
+            // Deploys and resyncs never interleave with a promotion: fence the current holder
+            // of the change lock (its outstanding calls are abandoned) and take the lock.
+            crate::deploy::fence_changes(&shared);
+            let guard = crate::deploy::lock_changes(&shared, shared.config.deploy.timeout).await;
+            if guard.is_none() {
+                warn!("the change lock stayed busy; promoting without it");
+            }
+            let out_of_step = matches!(
+                shared.sync.lock().unwrap_or_else(|e| e.into_inner()).steps[target],
+                crate::sync::Step::OutOfStep(_)
+            );
+            let p = promote(client.clone(), target, backend.clone(), others, known_stopped, start_timeout, async {
+                if !out_of_step {
+                    return;
+                }
+                // Only out-of-step candidates were eligible: bring this one in step from the
+                // remembered target before starting its flows.
+                let fence = CancellationToken::new();
+                match crate::deploy::resync_locked(&shared, &client, target, None, &fence).await {
+                    crate::deploy::SyncOutcome::Failed(why) => {
+                        shared.metrics.promotions_out_of_step.inc();
+                        error!(backend = %backend.id, error = %why, "promoting an instance that could not be brought in step");
+                    }
+                    _ => info!(backend = %backend.id, "resynced before promotion"),
+                }
+            })
+            .await;
+            drop(guard);
             let _ = tx.send(Done::Promoted(p));
         });
         self.pending = Some(Pending { target, reason, started: now, reply });
@@ -599,6 +684,7 @@ impl Supervisor {
     fn publish_status(&self) {
         let metrics = &self.shared.metrics;
         let mut running = 0;
+        let sync = self.shared.sync.lock().unwrap_or_else(|e| e.into_inner());
         let backends = self
             .shared
             .backends
@@ -611,6 +697,13 @@ impl Supervisor {
                 let state = if up { m.flow_state.map(FlowState::as_str) } else { None };
                 running += i64::from(state == Some("start"));
                 metrics.set_backend(b.id.as_str(), up, role, state.unwrap_or("unknown"));
+                let revision = sync.applied[i].rev.clone();
+                metrics.set_sync(b.id.as_str(), sync.in_step(i), revision.as_deref());
+                let step = match &sync.steps[i] {
+                    crate::sync::Step::InStep => "in_step".to_string(),
+                    crate::sync::Step::Unknown => "unknown".to_string(),
+                    crate::sync::Step::OutOfStep(why) => format!("out_of_step: {why}"),
+                };
                 BackendStatus {
                     id: b.id.to_string(),
                     url: format!("http://{}", b.authority),
@@ -624,6 +717,8 @@ impl Supervisor {
                     last_probe_unix_ms: m.last_probe.map(|(t, _)| unix_ms(t)),
                     last_probe_latency_ms: m.last_probe.map(|(_, l)| l.as_secs_f64() * 1e3),
                     last_error: m.last_error.as_ref().map(|e| e.to_string()),
+                    revision,
+                    step,
                 }
             })
             .collect();
@@ -637,6 +732,7 @@ impl Supervisor {
         };
         self.shared.status.store(Arc::new(Status {
             active: self.active.map(|i| self.shared.backends[i].id.to_string()),
+            target_revision: sync.rev.clone(),
             phase,
             backends,
             failovers: self.history.iter().cloned().collect(),
@@ -654,6 +750,7 @@ async fn promote(
     others: Vec<(usize, Arc<Backend>, Duration)>,
     known_stopped: Vec<usize>,
     start_timeout: Duration,
+    before_start: impl std::future::Future<Output = ()>,
 ) -> Promotion {
     let mut stops = JoinSet::new();
     for (i, b, limit) in others {
@@ -678,6 +775,9 @@ async fn promote(
             Err(_) if known_stopped.contains(&i) => {}
             Err(e) => blocker = Some(format!("cannot stop flows on {id}, which reports them running: {e}")),
         }
+    }
+    if blocker.is_none() {
+        before_start.await;
     }
     let outcome = match blocker {
         Some(b) => Err(b),

@@ -21,6 +21,8 @@ fn check_accepts_the_example_config() {
         .env("NR_A_TOKEN", "a")
         .env("NR_B_TOKEN", "b")
         .env("FLOWGATE_ADMIN_TOKEN", "c")
+        .env("FLOWGATE_COOKIE_KEY", "d")
+        .env("FLOWGATE_STATE_KEY", "e")
         .output()
         .unwrap();
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));

@@ -29,9 +29,50 @@ pub struct RawConfig {
     /// Proxy behaviour towards clients.
     #[serde(default)]
     pub proxy: RawProxy,
+    /// Editor sessions.
+    #[serde(default)]
+    pub editor: RawEditor,
+    /// Deploy fan-out.
+    #[serde(default)]
+    pub deploy: RawDeploy,
+    /// Where flowgate keeps what it must remember across restarts.
+    #[serde(default)]
+    pub state: RawState,
     /// Logging.
     #[serde(default)]
     pub log: RawLog,
+}
+
+#[derive(Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct RawEditor {
+    /// Name of the sticky-session cookie (default "flowgate_editor").
+    pub cookie: Option<String>,
+    /// Key that signs the cookie. Default: random at each start (cookies are then simply
+    /// re-issued after a restart). Set it when several flowgate replicas share clients.
+    pub cookie_key: Option<RawSecret>,
+}
+
+#[derive(Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct RawDeploy {
+    /// Largest deploy or admin write body (default 5MiB, Node-RED's apiMaxLength).
+    pub max_body: Option<String>,
+    /// Limit for one instance to answer a deploy (default 30s).
+    pub timeout: Option<String>,
+    /// Limit for palette changes, which run npm (default 300s).
+    pub palette_timeout: Option<String>,
+}
+
+#[derive(Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct RawState {
+    /// Folder for the target revision, flows and sealed credentials (created, mode 0600 files).
+    /// Without it, nothing survives a flowgate restart.
+    pub dir: Option<String>,
+    /// Key that encrypts remembered credentials at rest. Without it credentials are kept in
+    /// memory only.
+    pub key: Option<RawSecret>,
 }
 
 #[derive(Debug, Deserialize, Default)]

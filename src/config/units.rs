@@ -26,9 +26,39 @@ pub fn parse_duration(text: &str) -> Result<Duration, String> {
     Ok(Duration::from_secs_f64(secs))
 }
 
+/// Parses `512KiB`, `5MiB`, `1GiB`, `5MB`, `100kB`, `1024B`.
+pub fn parse_size(text: &str) -> Result<usize, String> {
+    let t = text.trim();
+    let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
+    let (num, unit) = t.split_at(split);
+    let value: u64 = num.parse().map_err(|_| format!("\"{text}\" is not a size; write e.g. \"5MiB\""))?;
+    let mult: u64 = match unit.trim() {
+        "B" => 1,
+        "kB" | "KB" => 1000,
+        "KiB" => 1 << 10,
+        "MB" => 1_000_000,
+        "MiB" => 1 << 20,
+        "GB" => 1_000_000_000,
+        "GiB" => 1 << 30,
+        "" => return Err(format!("\"{text}\" has no unit; write e.g. \"5MiB\"")),
+        other => return Err(format!("unknown unit \"{other}\" in \"{text}\"; use B, kB, KiB, MB, MiB, GB or GiB")),
+    };
+    value.checked_mul(mult).and_then(|v| usize::try_from(v).ok()).ok_or_else(|| format!("\"{text}\" is too large"))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn parses_sizes() {
+        assert_eq!(parse_size("5MiB"), Ok(5 << 20));
+        assert_eq!(parse_size("100kB"), Ok(100_000));
+        assert_eq!(parse_size("1024B"), Ok(1024));
+        for bad in ["5", "5 mb", "MiB", "-1MiB", "99999999999999999999GiB"] {
+            assert!(parse_size(bad).is_err(), "{bad}");
+        }
+    }
 
     #[test]
     fn parses_the_documented_units() {

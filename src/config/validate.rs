@@ -5,9 +5,10 @@ use std::net::{IpAddr, SocketAddr};
 use std::time::Duration;
 
 use super::raw::{RawConfig, RawSecret};
-use super::units::parse_duration;
+use super::units::{parse_duration, parse_size};
 use super::{
-    BackendConfig, Cidr, Config, FailoverConfig, HealthConfig, Listen, LogConfig, NodeRedPaths, Problem, Secret,
+    BackendConfig, Cidr, Config, DeployConfig, EditorConfig, FailoverConfig, HealthConfig, Listen, LogConfig,
+    NodeRedPaths, Problem, Secret, StateConfig,
 };
 use crate::backend::BackendId;
 
@@ -23,6 +24,10 @@ pub const DEFAULT_FAILBACK_DELAY: Duration = Duration::from_secs(60);
 pub const DEFAULT_HOLD: Duration = Duration::from_secs(5);
 pub const DEFAULT_STOP_TIMEOUT: Duration = Duration::from_secs(20);
 pub const DEFAULT_START_TIMEOUT: Duration = Duration::from_secs(15);
+pub const DEFAULT_COOKIE: &str = "flowgate_editor";
+pub const DEFAULT_MAX_BODY: usize = 5 << 20;
+pub const DEFAULT_DEPLOY_TIMEOUT: Duration = Duration::from_secs(30);
+pub const DEFAULT_PALETTE_TIMEOUT: Duration = Duration::from_secs(300);
 
 /// Reads secrets from the process environment and the file system; a seam for tests.
 pub trait SecretSource {
@@ -239,6 +244,29 @@ pub fn validate(raw: RawConfig, secrets: &dyn SecretSource) -> Result<Config, Ve
         }
     }
 
+    let cookie = raw.editor.cookie.clone().unwrap_or_else(|| DEFAULT_COOKIE.to_string());
+    if cookie.is_empty() || !cookie.bytes().all(|c| c.is_ascii_alphanumeric() || b"-_".contains(&c)) {
+        p.add("editor.cookie", format!("\"{cookie}\" must be letters, digits, - and _"));
+    }
+    let editor = EditorConfig { cookie, cookie_key: p.secret("editor.cookie_key", &raw.editor.cookie_key, secrets) };
+    let max_body = match raw.deploy.max_body.as_deref().map(parse_size) {
+        None => DEFAULT_MAX_BODY,
+        Some(Ok(n)) => n,
+        Some(Err(e)) => {
+            p.add("deploy.max_body", e);
+            DEFAULT_MAX_BODY
+        }
+    };
+    let deploy = DeployConfig {
+        max_body,
+        timeout: p.duration("deploy.timeout", &raw.deploy.timeout, DEFAULT_DEPLOY_TIMEOUT),
+        palette_timeout: p.duration("deploy.palette_timeout", &raw.deploy.palette_timeout, DEFAULT_PALETTE_TIMEOUT),
+    };
+    let state = StateConfig {
+        dir: raw.state.dir.as_deref().map(std::path::PathBuf::from),
+        key: p.secret("state.key", &raw.state.key, secrets),
+    };
+
     let json = match raw.log.format.as_deref() {
         None | Some("text") => false,
         Some("json") => true,
@@ -257,6 +285,9 @@ pub fn validate(raw: RawConfig, secrets: &dyn SecretSource) -> Result<Config, Ve
             health,
             failover,
             trusted_proxies,
+            editor,
+            deploy,
+            state,
             log: LogConfig { level: raw.log.level, json },
         })
     } else {

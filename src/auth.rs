@@ -1,0 +1,145 @@
+//! Editor logins that survive a failover.
+//!
+//! Node-RED keeps access tokens per instance, so a token issued by one instance is refused by
+//! the others. flowgate sees every login (`POST <admin>/auth/token`) pass through it and
+//! remembers each issued token with its user and permissions (read back from the issuing
+//! instance's `GET <admin>/settings`). Each instance's settings.js asks flowgate about tokens
+//! it does not know itself, through `adminAuth.tokens` (a function Node-RED calls for unknown
+//! bearer tokens, on HTTP and on the `/comms` websocket) and flowgate's admin endpoint
+//! `GET /auth/token-info`. So a token obtained before a failover keeps working after it,
+//! with no rewriting of requests or websocket messages.
+//!
+//! Only SHA-256 hashes of tokens are kept (memory and `state.dir/tokens.json`), with their
+//! expiry; a logout (`POST <admin>/auth/revoke`) removes the token.
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::Mutex;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+use crate::crypto;
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TokenInfo {
+    pub username: String,
+    pub permissions: Value,
+    pub expires_unix: u64,
+}
+
+pub struct TokenStore {
+    tokens: Mutex<HashMap<String, TokenInfo>>,
+    path: Option<PathBuf>,
+}
+
+fn now() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs())
+}
+
+fn hash(token: &str) -> String {
+    crypto::hex(&crypto::sha256(token.as_bytes()))
+}
+
+impl TokenStore {
+    pub fn open(dir: Option<&std::path::Path>) -> Self {
+        let path = dir.map(|d| d.join("tokens.json"));
+        let mut tokens: HashMap<String, TokenInfo> = path
+            .as_ref()
+            .and_then(|p| std::fs::read(p).ok())
+            .and_then(|b| serde_json::from_slice(&b).ok())
+            .unwrap_or_default();
+        let t = now();
+        tokens.retain(|_, i| i.expires_unix > t);
+        TokenStore { tokens: Mutex::new(tokens), path }
+    }
+
+    fn save(&self, tokens: &HashMap<String, TokenInfo>) {
+        let Some(path) = &self.path else { return };
+        let data = serde_json::to_vec(tokens).expect("serialises");
+        let tmp = path.with_extension("tmp");
+        let result = (|| {
+            use std::io::Write;
+            let mut opts = std::fs::OpenOptions::new();
+            opts.write(true).create(true).truncate(true);
+            #[cfg(unix)]
+            std::os::unix::fs::OpenOptionsExt::mode(&mut opts, 0o600);
+            let mut f = opts.open(&tmp)?;
+            f.write_all(&data)?;
+            std::fs::rename(&tmp, path)
+        })();
+        if let Err(e) = result {
+            tracing::warn!(path = %path.display(), error = %e, "cannot save editor tokens");
+        }
+    }
+
+    pub fn insert(&self, token: &str, username: String, permissions: Value, expires_in: u64) {
+        let mut m = self.tokens.lock().unwrap_or_else(|e| e.into_inner());
+        let t = now();
+        m.retain(|_, i| i.expires_unix > t);
+        m.insert(hash(token), TokenInfo { username, permissions, expires_unix: t.saturating_add(expires_in) });
+        self.save(&m);
+    }
+
+    pub fn remove(&self, token: &str) {
+        let mut m = self.tokens.lock().unwrap_or_else(|e| e.into_inner());
+        if m.remove(&hash(token)).is_some() {
+            self.save(&m);
+        }
+    }
+
+    pub fn lookup(&self, token: &str) -> Option<TokenInfo> {
+        let m = self.tokens.lock().unwrap_or_else(|e| e.into_inner());
+        m.get(&hash(token)).filter(|i| i.expires_unix > now()).cloned()
+    }
+}
+
+/// The `access_token` and `expires_in` of a Node-RED login answer.
+pub fn parse_login(body: &[u8]) -> Option<(String, u64)> {
+    let v: Value = serde_json::from_slice(body).ok()?;
+    Some((v.get("access_token")?.as_str()?.to_string(), v.get("expires_in").and_then(Value::as_u64).unwrap_or(604_800)))
+}
+
+/// The `token` field of a form-encoded `auth/revoke` body.
+pub fn revoked_token(body: &[u8]) -> Option<String> {
+    std::str::from_utf8(body)
+        .ok()?
+        .split('&')
+        .find_map(|kv| kv.strip_prefix("token="))
+        .map(|t| t.replace("%2B", "+").replace("%2F", "/").replace("%3D", "="))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tokens_are_stored_hashed_and_expire() {
+        let d = std::env::temp_dir().join(format!("flowgate-auth-{}", std::process::id()));
+        std::fs::create_dir_all(&d).unwrap();
+        let s = TokenStore::open(Some(&d));
+        s.insert("tok-1", "admin".into(), Value::String("*".into()), 3600);
+        s.insert("tok-old", "admin".into(), Value::String("*".into()), 0);
+        assert_eq!(s.lookup("tok-1").unwrap().username, "admin");
+        assert_eq!(s.lookup("tok-old"), None, "expired");
+        assert_eq!(s.lookup("tok-2"), None);
+        let on_disk = std::fs::read_to_string(d.join("tokens.json")).unwrap();
+        assert!(!on_disk.contains("tok-1"), "only hashes are written");
+        let again = TokenStore::open(Some(&d));
+        assert!(again.lookup("tok-1").is_some(), "survives a restart");
+        again.remove("tok-1");
+        assert_eq!(TokenStore::open(Some(&d)).lookup("tok-1"), None);
+        std::fs::remove_dir_all(&d).unwrap();
+    }
+
+    #[test]
+    fn parses_login_and_revoke_bodies() {
+        assert_eq!(
+            parse_login(br#"{"access_token":"abc","expires_in":60,"token_type":"Bearer"}"#),
+            Some(("abc".into(), 60))
+        );
+        assert_eq!(parse_login(b"nope"), None);
+        assert_eq!(revoked_token(b"token=ab%2Bc%3D"), Some("ab+c=".into()));
+    }
+}

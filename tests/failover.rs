@@ -329,7 +329,7 @@ async fn metrics_and_status_describe_roles() {
     wait_active(&h, "a").await;
     eventually(SECS, "b standby", || async { status(&h).await["backends"][1]["role"] == "standby" }).await;
     let _ = get(&client(), &format!("http://{}/hello", h.proxy_addr)).await.unwrap();
-    let _ = get(&client(), &format!("http://{}/flows", h.proxy_addr)).await.unwrap();
+    let _ = get(&client(), &format!("http://{}/red/missing.js", h.proxy_addr)).await.unwrap();
     let m = metrics(&h).await;
     for (series, want) in [
         ("flowgate_backend_role{backend=\"a\",role=\"active\"}", 1.0),

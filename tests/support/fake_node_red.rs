@@ -8,6 +8,8 @@ use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
+pub use serde_json;
+
 use bytes::Bytes;
 use futures_util::{SinkExt, StreamExt};
 use http::{Method, Request, Response, StatusCode};
@@ -46,6 +48,54 @@ pub struct Inner {
     token: Option<String>,
     pub hello_count: AtomicUsize,
     pub log: EventLog,
+    /// Deployed flows (credentials removed), their rev, and credentials by node id.
+    pub flows: Mutex<(serde_json::Value, String, serde_json::Map<String, serde_json::Value>)>,
+    /// When set, `POST /flows` answers 500.
+    pub refuse_deploys: AtomicBool,
+    pub deploys: AtomicUsize,
+    issued: Mutex<Vec<String>>,
+}
+
+/// Node-RED's rev: sha256 of the JSON of the flows without credentials.
+pub fn rev_of(flows: &serde_json::Value) -> String {
+    use sha2::Digest;
+    let digest = sha2::Sha256::digest(serde_json::to_string(flows).unwrap().as_bytes());
+    digest.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+impl Inner {
+    pub fn rev(&self) -> String {
+        self.flows.lock().unwrap().1.clone()
+    }
+    pub fn credentials(&self) -> serde_json::Map<String, serde_json::Value> {
+        self.flows.lock().unwrap().2.clone()
+    }
+    /// Like Node-RED's setFlows: strip and merge node credentials, then compute the rev.
+    pub fn set_flows(&self, mut flows: serde_json::Value, plain: Option<&serde_json::Map<String, serde_json::Value>>) {
+        let mut st = self.flows.lock().unwrap();
+        let creds = &mut st.2;
+        let mut ids = std::collections::HashSet::new();
+        for node in flows.as_array_mut().into_iter().flatten() {
+            let id = node["id"].as_str().unwrap_or("").to_string();
+            ids.insert(id.clone());
+            if let Some(serde_json::Value::Object(c)) = node.as_object_mut().and_then(|o| o.remove("credentials")) {
+                let entry = creds.entry(id).or_insert_with(|| serde_json::json!({}));
+                for (k, v) in c {
+                    if v != "__PWRD__" {
+                        entry[k] = v;
+                    }
+                }
+            }
+        }
+        if let Some(plain) = plain {
+            for (id, c) in plain {
+                creds.insert(id.clone(), c.clone());
+            }
+        }
+        creds.retain(|id, _| ids.contains(id));
+        st.1 = rev_of(&flows);
+        st.0 = flows;
+    }
 }
 
 pub struct FakeNodeRed {
@@ -73,6 +123,10 @@ impl FakeNodeRed {
             token: opts.token,
             hello_count: AtomicUsize::new(0),
             log,
+            flows: Mutex::new((serde_json::json!([]), rev_of(&serde_json::json!([])), serde_json::Map::new())),
+            refuse_deploys: AtomicBool::new(false),
+            deploys: AtomicUsize::new(0),
+            issued: Mutex::new(Vec::new()),
         });
         Self::serve(listener, inner)
     }
@@ -157,13 +211,13 @@ async fn handle(inner: Arc<Inner>, req: Request<Incoming>) -> Result<Response<Fu
         wake.await;
     }
     let path = req.uri().path().to_string();
-    let admin = matches!(path.as_str(), "/flows/state" | "/settings");
+    let admin =
+        matches!(path.as_str(), "/flows/state" | "/settings" | "/flows" | "/flow") || path.starts_with("/flow/");
+    let bearer = req.headers().get("authorization").and_then(|v| v.to_str().ok()).map(str::to_string);
     if admin && let Some(t) = &inner.token {
-        let ok = req
-            .headers()
-            .get("authorization")
-            .and_then(|v| v.to_str().ok())
-            .is_some_and(|v| v == format!("Bearer {t}"));
+        let ok = bearer.as_deref().is_some_and(|v| {
+            v == format!("Bearer {t}") || inner.issued.lock().unwrap().iter().any(|i| v == format!("Bearer {i}"))
+        });
         if !ok {
             return Ok(reply(StatusCode::UNAUTHORIZED, "Unauthorized"));
         }
@@ -184,8 +238,70 @@ async fn handle(inner: Arc<Inner>, req: Request<Incoming>) -> Result<Response<Fu
         }
         (Method::GET, "/settings") => reply(
             StatusCode::OK,
-            format!("{{\"runtimeState\":{{\"enabled\":{}}}}}", inner.runtime_state.load(Ordering::SeqCst)),
+            format!(
+                "{{\"runtimeState\":{{\"enabled\":{}}},\"user\":{{\"username\":\"admin\",\"permissions\":\"*\"}}}}",
+                inner.runtime_state.load(Ordering::SeqCst)
+            ),
         ),
+        (Method::POST, "/auth/token") => {
+            let body = req.into_body().collect().await.unwrap().to_bytes();
+            if !String::from_utf8_lossy(&body).contains("password=password") {
+                return Ok(reply(StatusCode::FORBIDDEN, "bad login"));
+            }
+            let mut issued = inner.issued.lock().unwrap();
+            let token = format!("tok-{}-{}", inner.name, issued.len());
+            issued.push(token.clone());
+            reply(
+                StatusCode::OK,
+                format!("{{\"access_token\":\"{token}\",\"expires_in\":600,\"token_type\":\"Bearer\"}}"),
+            )
+        }
+        (Method::GET, "/flows") => {
+            let st = inner.flows.lock().unwrap();
+            if req.headers().get("node-red-api-version").is_some_and(|v| v == "v2") {
+                reply(StatusCode::OK, serde_json::json!({"flows": st.0, "rev": st.1}).to_string())
+            } else {
+                reply(StatusCode::OK, st.0.to_string())
+            }
+        }
+        (Method::POST, "/flows") => {
+            inner.deploys.fetch_add(1, Ordering::SeqCst);
+            inner.log.lock().unwrap().push((inner.name.clone(), "deploy"));
+            if inner.refuse_deploys.load(Ordering::SeqCst) {
+                return Ok(reply(StatusCode::INTERNAL_SERVER_ERROR, "{\"code\":\"unexpected_error\"}"));
+            }
+            let v2 = req.headers().get("node-red-api-version").is_some_and(|v| v == "v2");
+            let body: serde_json::Value =
+                serde_json::from_slice(&req.into_body().collect().await.unwrap().to_bytes()).unwrap();
+            let (flows, rev, creds) = if v2 {
+                (
+                    body["flows"].clone(),
+                    body.get("rev").and_then(|r| r.as_str()).map(str::to_string),
+                    body.get("credentials").and_then(|c| c.as_object()).cloned(),
+                )
+            } else {
+                (body, None, None)
+            };
+            if let Some(r) = rev
+                && r != inner.rev()
+            {
+                return Ok(reply(StatusCode::CONFLICT, "{\"code\":\"version_mismatch\",\"message\":\"Error\"}"));
+            }
+            inner.set_flows(flows, creds.as_ref());
+            if v2 {
+                reply(StatusCode::OK, format!("{{\"rev\":\"{}\"}}", inner.rev()))
+            } else {
+                reply(StatusCode::NO_CONTENT, "")
+            }
+        }
+        (Method::POST, "/flow") => {
+            // A random id on each instance, like Node-RED's addFlow.
+            let id = format!("{}-{}", inner.name, inner.deploys.fetch_add(1, Ordering::SeqCst));
+            let mut flows = inner.flows.lock().unwrap().0.clone();
+            flows.as_array_mut().unwrap().push(serde_json::json!({"id": id, "type": "tab"}));
+            inner.set_flows(flows, None);
+            reply(StatusCode::OK, format!("{{\"id\":\"{id}\"}}"))
+        }
         _ if !started => reply(StatusCode::NOT_FOUND, format!("Cannot {} {path}", req.method())),
         (Method::GET, "/canary") => {
             if inner.canary_ok.load(Ordering::SeqCst) {

@@ -43,6 +43,8 @@ pub struct NodeRed {
     pub name: String,
     pub port: u16,
     pub user_dir: PathBuf,
+    /// Extra environment for the process (read by settings.js).
+    pub env: Vec<(String, String)>,
     child: Option<Child>,
 }
 
@@ -67,7 +69,7 @@ impl NodeRed {
         std::fs::write(user_dir.join("settings.js"), settings).unwrap();
         let flows = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/flows.json");
         std::fs::copy(flows, user_dir.join("flows.json")).unwrap();
-        NodeRed { name: name.to_string(), port: free_port(), user_dir, child: None }
+        NodeRed { name: name.to_string(), port: free_port(), user_dir, env: Vec::new(), child: None }
     }
 
     pub fn url(&self) -> String {
@@ -92,6 +94,8 @@ impl NodeRed {
             .args(["-u", self.user_dir.to_str().unwrap(), "-p", &self.port.to_string()])
             .args(["-s", self.user_dir.join("settings.js").to_str().unwrap()])
             .env("FG_NAME", &self.name)
+            .env("FG_PORT", self.port.to_string())
+            .envs(self.env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
             .stdin(Stdio::null())
             .stdout(log.try_clone().unwrap())
             .stderr(log)

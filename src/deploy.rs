@@ -12,11 +12,13 @@
 //!    that cannot get it within `failover.hold` answers 503.
 //! 3. The editor's exact bytes and headers go to the active. A non-2xx answer (such as the 409
 //!    for a stale `rev`) goes back to the editor and nothing else happens.
-//! 4. On success the same flow bytes go to every other healthy instance with flowgate's own
-//!    token. For API v2 the `rev` field is replaced by the revision that instance is known to
-//!    have, so an in-step instance accepts and a drifted one answers 409 and is resynced
-//!    instead of being silently skipped. Standbys stay stopped (Node-RED only saves flows on a
-//!    stopped runtime). Instances that are down, fail, or drift are marked out of step.
+//! 4. In-step standbys receive the editor's exact request at the same time (see [`deploy`]):
+//!    they make the same decision as the active. Every other healthy instance gets the same
+//!    flow bytes once the active succeeded, with flowgate's own token; for API v2 the `rev`
+//!    field is replaced by the revision that instance should have, so a drifted one answers
+//!    409 and is resynced instead of being silently skipped. Standbys stay stopped (Node-RED
+//!    only saves flows on a stopped runtime). Instances that are down, fail, disagree with the
+//!    active, or drift are marked out of step.
 //! 5. Out-of-step instances are brought back in step by the supervisor (`resync`): the
 //!    active's flows (or, with no active, the remembered ones) plus every credential flowgate
 //!    remembers, deployed in full. An out-of-step instance is not promoted while an in-step
@@ -222,7 +224,59 @@ fn save(shared: &Shared) {
     }
 }
 
+/// What one instance answered to a copy of a deploy; updates its step.
+fn apply_copy(
+    shared: &Shared,
+    t: &mut crate::sync::SyncTable,
+    i: usize,
+    r: Result<(StatusCode, HeaderMap, Bytes), CallError>,
+    v2: bool,
+    old_gen: u64,
+    new_gen: u64,
+) -> bool {
+    let id = &shared.backends[i].id;
+    let cgen = if t.applied[i].cred_gen >= old_gen { new_gen } else { t.applied[i].cred_gen };
+    match r {
+        Ok((s, _, body)) if s.is_success() => {
+            record(shared, i, "ok");
+            if v2 {
+                t.mark_applied(i, rev_of(&body), cgen);
+            } else {
+                t.applied[i].cred_gen = cgen;
+                t.steps[i] = Step::Unknown; // its rev is checked by the supervisor
+            }
+            true
+        }
+        Ok((StatusCode::CONFLICT, _, _)) => {
+            record(shared, i, "conflict");
+            warn!(backend = %id, "standby had drifted (409 for the revision it should have); it will be resynced");
+            t.mark_out_of_step(i, "drifted: its flows differed from the target (409)");
+            false
+        }
+        Ok((s, _, body)) => {
+            record(shared, i, "error");
+            warn!(backend = %id, status = s.as_u16(), body = %crate::backend::snippet(&body), "standby refused the deploy");
+            t.mark_out_of_step(i, format!("refused the deploy: {s}"));
+            false
+        }
+        Err(e) => {
+            record(shared, i, "error");
+            warn!(backend = %id, error = %e, "deploy to standby failed");
+            t.mark_out_of_step(i, format!("deploy failed: {e}"));
+            false
+        }
+    }
+}
+
 /// `POST <admin>/flows`.
+///
+/// In-step standbys get the editor's exact request (bytes, `rev`, `Authorization`) at the
+/// same time as the active: they hold the same revision and accept the same tokens (through
+/// `adminAuth.tokens` and `/auth/token-info`), so they make the same decision as the active (a
+/// 409 for a stale rev, a 401 for a bad token) and a deploy costs about one instance's time,
+/// not two. A standby whose answer differs from the active's is resynced to the active. A
+/// standby that refuses editor tokens, and every standby not known to be in step, gets its
+/// copy after the active succeeded, with flowgate's token and the rev it should have.
 pub async fn deploy(
     shared: &Shared,
     client: &AdminClient,
@@ -241,39 +295,78 @@ pub async fn deploy(
     };
     let ai = active.index;
     let ab = &active.backend;
+    let total = shared.backends.len();
+    let v2 = checked.api == Api::V2 && !checked.reload;
     let pq = parts.uri.path_and_query().map_or("/", |p| p.as_str()).to_string();
     let mut editor_headers = parts.headers.clone();
     editor_headers.remove(header::HOST);
     editor_headers.remove(header::CONTENT_LENGTH);
-    let first = tokio::select! {
-        r = fenced(ab.exchange(client, Method::POST, &pq, editor_headers, bytes.clone(), cfg.deploy.timeout), &guard.fence) => r,
-        _ = active.failed.cancelled() => Err(CallError::Transport("the active failed during the deploy".into())),
+    editor_headers.remove(header::COOKIE);
+    let (up, down) = others(shared, ai);
+    let (speculative, mut later, old_gen, expected) = {
+        let t = shared.sync.lock().unwrap_or_else(|e| e.into_inner());
+        let (spec, later): (Vec<usize>, Vec<usize>) = up.iter().partition(|&&i| {
+            t.in_step(i) && !shared.editor_token_refused[i].load(std::sync::atomic::Ordering::Relaxed)
+        });
+        let expected: Vec<Option<String>> =
+            (0..total).map(|i| if t.in_step(i) { t.applied[i].rev.clone() } else { None }).collect();
+        (spec, later, t.cred_gen, expected)
     };
-    let (status, resp_headers, resp_body) = first.map_err(|e| {
-        warn!(backend = %ab.id, error = %e, "deploy to the active failed; not sent to the others");
-        record(shared, ai, "error");
-        shared.sync.lock().unwrap_or_else(|e| e.into_inner()).steps[ai] = Step::Unknown;
-        shared.metrics.deploys.with_label_values(&["error"]).inc();
-        ProxyError::UpstreamFailed
-    })?;
-    let total = shared.backends.len();
+
+    let started = tokio::time::Instant::now();
+    let to_active = async {
+        tokio::select! {
+            r = fenced(ab.exchange(client, Method::POST, &pq, editor_headers.clone(), bytes.clone(), cfg.deploy.timeout), &guard.fence) => r,
+            _ = active.failed.cancelled() => Err(CallError::Transport("the active failed during the deploy".into())),
+        }
+    };
+    let to_standbys = futures_util::future::join_all(speculative.iter().map(|&i| {
+        let (b, h, body, pq) = (shared.backends[i].clone(), editor_headers.clone(), bytes.clone(), pq.clone());
+        let fence = guard.fence.clone();
+        async move { (i, fenced(b.exchange(client, Method::POST, &pq, h, body, cfg.deploy.timeout), &fence).await) }
+    }));
+    let (first, spec_results) = tokio::join!(to_active, to_standbys);
+    let active_ms = started.elapsed().as_secs_f64() * 1e3;
+
+    let (status, resp_headers, resp_body) = match first {
+        Ok(r) => r,
+        Err(e) => {
+            warn!(backend = %ab.id, error = %e, "deploy to the active failed; the editor is told it was not applied");
+            record(shared, ai, "error");
+            let mut t = shared.sync.lock().unwrap_or_else(|e| e.into_inner());
+            t.steps[ai] = Step::Unknown;
+            for (i, r) in &spec_results {
+                if matches!(r, Ok((s, ..)) if s.is_success()) {
+                    t.mark_out_of_step(*i, "took a deploy whose outcome on the active is unknown");
+                }
+            }
+            drop(t);
+            shared.metrics.deploys.with_label_values(&["error"]).inc();
+            shared.sync_changed.notify_one();
+            return Err(ProxyError::UpstreamFailed);
+        }
+    };
     if !status.is_success() {
         record(shared, ai, if status == StatusCode::CONFLICT { "conflict" } else { "rejected" });
         shared.metrics.deploys.with_label_values(&["rejected"]).inc();
+        let mut t = shared.sync.lock().unwrap_or_else(|e| e.into_inner());
+        for (i, r) in &spec_results {
+            if matches!(r, Ok((s, ..)) if s.is_success()) {
+                record(shared, *i, "diverged");
+                warn!(backend = %shared.backends[*i].id, "standby took a deploy its active refused; it will be resynced");
+                t.mark_out_of_step(*i, "took a deploy the active refused");
+            }
+        }
+        drop(t);
+        shared.sync_changed.notify_one();
         return Ok(reply(status, resp_headers, resp_body, 0, total));
     }
     record(shared, ai, "ok");
 
     // The new target.
-    let new_rev = match (checked.api, checked.reload) {
-        (Api::V2, false) => rev_of(&resp_body),
-        _ => None,
-    };
-    let (old_gen, new_gen, expected) = {
+    let new_rev = if v2 { rev_of(&resp_body) } else { None };
+    let new_gen = {
         let mut t = shared.sync.lock().unwrap_or_else(|e| e.into_inner());
-        let old_gen = t.cred_gen;
-        let expected: Vec<Option<String>> =
-            (0..total).map(|i| if t.in_step(i) { t.applied[i].rev.clone() } else { None }).collect();
         match (&new_rev, &checked.flows) {
             (Some(rev), flows) => {
                 t.deployed(rev.clone(), flows.as_ref());
@@ -285,79 +378,66 @@ pub async fn deploy(
             }
             (None, None) => {}
         }
-        (old_gen, t.cred_gen, expected)
+        t.cred_gen
     };
     let target_rev = match new_rev {
         Some(r) => Some(r),
         None => adopt_active_flows(shared, client, ai).await,
     };
-    shared.sync.lock().unwrap_or_else(|e| e.into_inner()).mark_applied(ai, target_rev.clone(), new_gen);
-
-    // Copies for every other healthy instance.
-    let (up, down) = others(shared, ai);
-    let raw: Option<V2Body<'_>> =
-        if checked.api == Api::V2 && !checked.reload { serde_json::from_slice(&bytes).ok() } else { None };
-    let mut calls = Vec::new();
-    for &i in &up {
-        let b = shared.backends[i].clone();
-        let body = match &raw {
-            Some(v2) => v2_body(v2.flows.get(), expected[i].as_deref(), v2.credentials.map(RawValue::get)),
-            None => bytes.clone(),
-        };
-        let headers = copy_headers(&parts.headers, &b);
-        let fence = guard.fence.clone();
-        let pq = pq.clone();
-        calls.push(async move {
-            (i, fenced(b.exchange(client, Method::POST, &pq, headers, body, cfg.deploy.timeout), &fence).await)
-        });
-    }
-    let results = futures_util::future::join_all(calls).await;
     let mut took = 1;
     {
         let mut t = shared.sync.lock().unwrap_or_else(|e| e.into_inner());
-        for i in down {
+        t.mark_applied(ai, target_rev.clone(), new_gen);
+        for (i, r) in spec_results {
+            if matches!(r, Ok((StatusCode::UNAUTHORIZED | StatusCode::FORBIDDEN, ..))) {
+                // This instance does not accept editor tokens: copy with flowgate's token.
+                shared.editor_token_refused[i].store(true, std::sync::atomic::Ordering::Relaxed);
+                info!(backend = %shared.backends[i].id, "instance refuses editor tokens (no /auth/token-info in its adminAuth.tokens); deploys to it wait for the active");
+                later.push(i);
+                continue;
+            }
+            took += usize::from(apply_copy(shared, &mut t, i, r, v2, old_gen, new_gen));
+        }
+        for &i in &down {
             record(shared, i, "skipped");
             t.mark_out_of_step(i, format!("missed the deploy of rev {} while down", short(target_rev.as_deref())));
         }
-        for (i, r) in results {
-            let id = &shared.backends[i].id;
-            let had_all = t.applied[i].cred_gen >= old_gen;
-            let cgen = if had_all { new_gen } else { t.applied[i].cred_gen };
-            match r {
-                Ok((s, _, body)) if s.is_success() => {
-                    took += 1;
-                    record(shared, i, "ok");
-                    match (checked.api, checked.reload) {
-                        (Api::V2, false) => t.mark_applied(i, rev_of(&body), cgen),
-                        _ => {
-                            t.applied[i].cred_gen = cgen;
-                            t.steps[i] = Step::Unknown; // rev checked by the supervisor
-                        }
-                    }
-                }
-                Ok((StatusCode::CONFLICT, _, _)) => {
-                    record(shared, i, "conflict");
-                    warn!(backend = %id, "standby had drifted (409 on its expected rev); it will be resynced");
-                    t.mark_out_of_step(i, "drifted: its flows differed from the target (409)");
-                }
-                Ok((s, _, body)) => {
-                    record(shared, i, "error");
-                    warn!(backend = %id, status = s.as_u16(), body = %crate::backend::snippet(&body), "standby refused the deploy");
-                    t.mark_out_of_step(i, format!("refused the deploy: {s}"));
-                }
-                Err(e) => {
-                    record(shared, i, "error");
-                    warn!(backend = %id, error = %e, "deploy to standby failed");
-                    t.mark_out_of_step(i, format!("deploy failed: {e}"));
-                }
+    }
+
+    // Copies with flowgate's token for the others, now that the active took the deploy.
+    let raw: Option<V2Body<'_>> = if v2 { serde_json::from_slice(&bytes).ok() } else { None };
+    let copies =
+        futures_util::future::join_all(later.iter().map(|&i| {
+            let b = shared.backends[i].clone();
+            let body = match &raw {
+                Some(v2) => v2_body(v2.flows.get(), expected[i].as_deref(), v2.credentials.map(RawValue::get)),
+                None => bytes.clone(),
+            };
+            let (headers, fence, pq) = (copy_headers(&parts.headers, &b), guard.fence.clone(), pq.clone());
+            async move {
+                (i, fenced(b.exchange(client, Method::POST, &pq, headers, body, cfg.deploy.timeout), &fence).await)
             }
+        }))
+        .await;
+    {
+        let mut t = shared.sync.lock().unwrap_or_else(|e| e.into_inner());
+        for (i, r) in copies {
+            took += usize::from(apply_copy(shared, &mut t, i, r, v2, old_gen, new_gen));
         }
     }
     drop(guard);
     save(shared);
     shared.sync_changed.notify_one();
     shared.metrics.deploys.with_label_values(&["ok"]).inc();
-    info!(rev = short(target_rev.as_deref()), took, total, "deploy fanned out");
+    let total_ms = started.elapsed().as_secs_f64() * 1e3;
+    info!(
+        rev = short(target_rev.as_deref()),
+        took,
+        total,
+        active_ms = format!("{active_ms:.1}"),
+        total_ms = format!("{total_ms:.1}"),
+        "deploy fanned out"
+    );
     Ok(reply(status, resp_headers, resp_body, took, total))
 }
 

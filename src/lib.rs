@@ -123,6 +123,7 @@ pub fn start(config: Config, listeners: Listeners) -> std::io::Result<Handle> {
         cookies: editor::CookieCodec::new(config.editor.cookie_key.as_ref().map(|k| k.expose())),
         backends: backends.clone(),
         kicks: kicks.clone(),
+        editor_token_refused: backends.iter().map(|_| Default::default()).collect(),
         view: ArcSwap::from_pointee(View::default()),
         generation: watch::channel(0).0,
         status: ArcSwap::from_pointee(Status::default()),

@@ -298,6 +298,7 @@ mod tests {
             config,
             backends,
             kicks: vec![],
+            editor_token_refused: vec![Default::default()],
             view: ArcSwap::from_pointee(View::default()),
             generation: watch::channel(0).0,
             status: ArcSwap::from_pointee(Status::default()),

@@ -90,6 +90,8 @@ pub struct Shared {
     pub backends: Vec<Arc<Backend>>,
     /// Per backend: wakes its prober at once (passive detection on live traffic).
     pub kicks: Vec<Arc<Notify>>,
+    /// Per backend: it refused an editor's token on a deploy copy (no token-info hook).
+    pub editor_token_refused: Vec<std::sync::atomic::AtomicBool>,
     pub view: ArcSwap<View>,
     pub generation: watch::Sender<u64>,
     pub status: ArcSwap<Status>,

@@ -75,7 +75,7 @@ fn flows_v2(n: u32, password: Option<&str>) -> String {
 }
 
 #[tokio::test]
-async fn a_deploy_reaches_every_instance_active_first_with_one_rev() {
+async fn a_deploy_reaches_every_instance_with_one_rev() {
     let c = cluster(3, "").await;
     c.log.lock().unwrap().clear();
     let r = deploy(&c.url("/flows"), "v2", &flows_v2(1, Some("p1"))).await;
@@ -85,7 +85,7 @@ async fn a_deploy_reaches_every_instance_active_first_with_one_rev() {
     let revs = c.revs();
     assert!(revs.iter().all(|x| *x == revs[0]) && rev["rev"] == revs[0], "{revs:?} vs {rev}");
     let log = c.log.lock().unwrap().clone();
-    assert_eq!(log[0], ("a".to_string(), "deploy"), "the editor's instance first: {log:?}");
+    assert_eq!(log.iter().filter(|(_, w)| *w == "deploy").count(), 3, "{log:?}");
     assert!(!log.iter().any(|(_, what)| *what == "start"), "standbys stay stopped: {log:?}");
     assert!(!c.fakes[1].started() && !c.fakes[2].started());
     for f in &c.fakes {
@@ -98,16 +98,78 @@ async fn a_deploy_reaches_every_instance_active_first_with_one_rev() {
     assert_eq!(sample(&m, "flowgate_backend_in_step{backend=\"b\"}"), Some(1.0));
 }
 
+/// Like the editor: read the rev through flowgate, then deploy with it.
+async fn editor_deploy(c: &Cluster, body: &str) -> Reply {
+    let req =
+        http::Request::get(c.url("/flows")).header("node-red-api-version", "v2").body(Full::new(Bytes::new())).unwrap();
+    let current = client().request(req).await.unwrap().into_body().collect().await.unwrap().to_bytes();
+    let rev = serde_json::from_slice::<serde_json::Value>(&current).unwrap()["rev"].clone();
+    let mut body: serde_json::Value = serde_json::from_str(body).unwrap();
+    body["rev"] = rev;
+    deploy(&c.url("/flows"), "v2", &body.to_string()).await
+}
+
 #[tokio::test]
-async fn a_409_from_the_active_goes_back_and_nothing_is_fanned_out() {
+async fn a_stale_rev_is_refused_by_the_active_and_in_step_standbys_alike() {
     let c = cluster(2, "").await;
+    let (rev_a, rev_b) = (c.fakes[0].inner.rev(), c.fakes[1].inner.rev());
     let before = c.fakes[1].inner.deploys.load(Ordering::SeqCst);
     let body = json!({"flows": [{"id": "t", "type": "tab"}], "rev": "stale"}).to_string();
     let r = deploy(&c.url("/flows"), "v2", &body).await;
     assert_eq!(r.status, 409);
     assert!(r.body.contains("version_mismatch"));
     assert_eq!(r.headers["x-flowgate-deployed"], "0/2");
-    assert_eq!(c.fakes[1].inner.deploys.load(Ordering::SeqCst), before);
+    assert_eq!(c.fakes[1].inner.deploys.load(Ordering::SeqCst), before + 1, "b got the editor's request too");
+    assert_eq!((c.fakes[0].inner.rev(), c.fakes[1].inner.rev()), (rev_a, rev_b), "and refused it the same way");
+    assert_eq!(status(&c.h).await["backends"][1]["step"], "in_step");
+}
+
+#[tokio::test]
+async fn in_step_standbys_get_the_deploy_at_the_same_time_as_the_active() {
+    let c = cluster(2, "").await;
+    c.fakes[0].hang(); // the active takes its time...
+    let deploying = tokio::spawn({
+        let url = c.url("/flows");
+        async move { deploy(&url, "v2", &flows_v2(7, None)).await }
+    });
+    let b = &c.fakes[1].inner;
+    let before = b.rev();
+    eventually(SECS, "b took the deploy before the active answered", || async { b.rev() != before }).await;
+    c.fakes[0].unhang();
+    let r = deploying.await.unwrap();
+    assert_eq!((r.status, r.headers["x-flowgate-deployed"].to_str().unwrap()), (200, "2/2"));
+    assert_eq!(c.fakes[0].inner.rev(), b.rev());
+}
+
+#[tokio::test]
+async fn a_standby_refusing_editor_tokens_gets_the_copy_with_flowgates_token() {
+    let log = EventLog::default();
+    let tok = |t: &str| Options { token: Some(t.into()), ..Options::default() };
+    let fa = FakeNodeRed::start("a", tok("ta"), log.clone()).await;
+    let fb = FakeNodeRed::start("b", tok("tb"), log.clone()).await;
+    let y = format!(
+        "backends:\n  - {{ id: a, url: \"{}\", priority: 200, token: {{ env: TA }} }}\n  - {{ id: b, url: \"{}\", priority: 100, token: {{ env: TB }} }}\nhealth: {{ interval: 50ms, timeout: 150ms }}\n",
+        fa.url(),
+        fb.url()
+    );
+    let h = start_flowgate(&y, Secrets(vec![("TA", "ta".into()), ("TB", "tb".into())])).await;
+    eventually(SECS, "in step", || async {
+        let st = status(&h).await;
+        st["active"] == "a" && st["backends"][1]["step"] == "in_step"
+    })
+    .await;
+    // The editor's token is a's; b does not know it.
+    for round in 0..2 {
+        let req = http::Request::post(format!("http://{}/flows", h.proxy_addr))
+            .header("node-red-api-version", "v2")
+            .header("authorization", "Bearer ta")
+            .body(Full::new(Bytes::from(flows_v2(round, None))))
+            .unwrap();
+        let resp = client().request(req).await.unwrap();
+        assert_eq!(resp.status(), 200);
+        assert_eq!(resp.headers()["x-flowgate-deployed"], "2/2", "round {round}");
+        assert_eq!(fa.inner.rev(), fb.inner.rev());
+    }
 }
 
 #[tokio::test]
@@ -115,7 +177,7 @@ async fn a_drifted_standby_answers_409_and_is_resynced() {
     let c = cluster(2, "").await;
     // Someone changed b behind flowgate's back.
     c.fakes[1].inner.set_flows(json!([{"id": "rogue", "type": "tab"}]), None);
-    let r = deploy(&c.url("/flows"), "v2", &flows_v2(2, None)).await;
+    let r = editor_deploy(&c, &flows_v2(2, None)).await;
     assert_eq!(r.status, 200);
     assert_eq!(r.headers["x-flowgate-deployed"], "1/2", "b refused the deploy for its expected rev");
     c.wait_in_step().await;

@@ -198,7 +198,7 @@ async fn a_standby_that_missed_deploys_is_back_in_step_before_promotion() {
     let cred = get(&client(), &format!("{base}/credcheck")).await.unwrap();
     assert_eq!((cred.status, cred.body.as_str()), (200, "Basic dTE6cDI="), "the resynced credential works in b's flow");
     let m = metrics(&h).await;
-    assert_eq!(sample(&m, "flowgate_resyncs_total{backend=\"nr-b\",result=\"ok\"}"), Some(1.0), "{m}");
+    assert!(sample(&m, "flowgate_resyncs_total{backend=\"nr-b\",result=\"ok\"}").unwrap_or(0.0) >= 1.0, "{m}");
     assert!(!std::fs::read_to_string(state.join("target.json")).unwrap().contains("p2"), "no plaintext at rest");
     let _ = std::fs::remove_dir_all(state);
 }

@@ -45,8 +45,16 @@ impl flowgate::config::SecretSource for Secrets {
     }
 }
 
+/// Logs go to the test's captured output (shown when it fails); RUST_LOG filters, default warn.
+pub fn trace_init() {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
+    let _ = tracing_subscriber::fmt().with_env_filter(filter).with_test_writer().try_init();
+}
+
 /// Starts flowgate from YAML text (listen addresses are replaced by port 0).
 pub async fn start_flowgate(yaml: &str, secrets: Secrets) -> flowgate::Handle {
+    trace_init();
     let cfg = flowgate::config::parse(yaml, Path::new("test.yaml"), &secrets).unwrap_or_else(|e| panic!("{e}"));
     let listeners = flowgate::Listeners {
         proxy: tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap(),

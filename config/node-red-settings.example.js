@@ -1,0 +1,30 @@
+// Node-RED settings.js for an instance behind flowgate. Merge these keys into your own file.
+module.exports = {
+    // The same explicit secret on every instance, so credentials can move between them.
+    credentialSecret: process.env.NODE_RED_CREDENTIAL_SECRET,
+
+    // flowgate starts and stops flows; the editor must not offer Start/Stop itself.
+    runtimeState: { enabled: true, ui: false },
+
+    // With adminAuth: flowgate's own token (the backend's `token` in flowgate.yaml), and editor
+    // logins made through flowgate accepted by every instance, so an editor stays logged in
+    // across a failover. FLOWGATE_ADMIN is flowgate's admin listener as this instance reaches it.
+    adminAuth: {
+        type: "credentials",
+        users: [{ username: "admin", password: "<bcrypt hash>", permissions: "*" }],
+        tokens: async function (token) {
+            if (token === process.env.FLOWGATE_TOKEN) return { username: "flowgate", permissions: "*" };
+            try {
+                const r = await fetch(process.env.FLOWGATE_ADMIN + "/auth/token-info", {
+                    headers: { authorization: "Bearer " + token },
+                    signal: AbortSignal.timeout(2000),
+                });
+                if (r.ok) return await r.json(); // { username, permissions }
+            } catch (e) { /* flowgate unreachable: only this instance's own logins work */ }
+            return null;
+        },
+    },
+
+    // Keep the deploy limit in line with flowgate's deploy.max_body (default 5MiB).
+    apiMaxLength: "5mb",
+};

@@ -7,6 +7,7 @@
 //! | `GET /healthz` | none | 200 while flowgate runs |
 //! | `GET /ready` | none | 200 while an active instance receives traffic, else 503 |
 //! | `POST /switchover[?to=ID]` | bearer token | planned move of the active role (break-before-make); without `to`, the best standby |
+//! | `POST /reload` | bearer token | re-reads the configuration file; 422 with every problem if it is rejected (the running configuration stays) |
 //! | `GET /auth/token-info` | the token asked about | for Node-RED's `adminAuth.tokens`: 200 `{"username","permissions"}` for an editor token issued through flowgate, else 404 |
 //!
 //! Mutating endpoints need `Authorization: Bearer <admin.token>`, compared in constant time.
@@ -67,8 +68,16 @@ fn query_param<'a>(req: &'a Request<Incoming>, key: &str) -> Option<&'a str> {
     req.uri().query()?.split('&').find_map(|kv| kv.strip_prefix(key)?.strip_prefix('='))
 }
 
-pub async fn serve(shared: Arc<Shared>, req: Request<Incoming>) -> Result<Response<Body>, Infallible> {
+pub async fn serve(app: Arc<crate::App>, req: Request<Incoming>) -> Result<Response<Body>, Infallible> {
+    let shared = app.shared();
     let resp = match (req.method(), req.uri().path()) {
+        (&Method::POST, "/reload") => match authorised(&shared, &req) {
+            Err(r) => *r,
+            Ok(()) => match app.reload_file().await {
+                Ok(msg) => json(StatusCode::OK, serde_json::json!({"result": msg})),
+                Err(e) => json(StatusCode::UNPROCESSABLE_ENTITY, serde_json::json!({"error": e})),
+            },
+        },
         (&Method::GET, "/metrics") => reply(StatusCode::OK, "text/plain; version=0.0.4", shared.metrics.encode()),
         (&Method::GET, "/status") => {
             let status = shared.status.load();
@@ -110,7 +119,7 @@ pub async fn serve(shared: Arc<Shared>, req: Request<Incoming>) -> Result<Respon
                 }
             }
         },
-        (_, "/metrics" | "/status" | "/healthz" | "/ready" | "/switchover" | "/auth/token-info") => {
+        (_, "/metrics" | "/status" | "/healthz" | "/ready" | "/switchover" | "/auth/token-info" | "/reload") => {
             json(StatusCode::METHOD_NOT_ALLOWED, serde_json::json!({"error": "method not allowed"}))
         }
         _ => json(StatusCode::NOT_FOUND, serde_json::json!({"error": "not found"})),

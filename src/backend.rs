@@ -167,25 +167,45 @@ pub fn snippet(body: &[u8]) -> String {
     s.trim().replace('\n', " ")
 }
 
-/// The client for admin calls and probes: its own pool, so probes never queue behind traffic.
-pub type AdminClient = Client<HttpConnector, Body>;
+/// The client type for every call to an instance (plain HTTP, or HTTPS with a configured CA).
+pub type AdminClient = Client<hyper_rustls::HttpsConnector<HttpConnector>, Body>;
 
 /// Idle pooled connections to Node-RED are dropped before Node's HTTP server closes them
 /// itself (its `keepAliveTimeout` is 5 s): otherwise a request can race the server's close.
 pub const UPSTREAM_IDLE_TIMEOUT: Duration = Duration::from_secs(4);
 
-pub fn admin_client() -> AdminClient {
+/// A pooled client for the configured instances. `max_idle_per_host: None` is unbounded.
+pub fn client(cfg: &crate::config::Config, max_idle_per_host: Option<usize>) -> Result<AdminClient, String> {
     let mut conn = HttpConnector::new();
     conn.set_nodelay(true);
     conn.set_connect_timeout(Some(Duration::from_secs(5)));
-    // Calls to one instance are sequential (probes) or serialised (flow state): one idle
-    // connection per instance is enough, and fewer stale ones after a crash.
-    Client::builder(TokioExecutor::new()).pool_idle_timeout(UPSTREAM_IDLE_TIMEOUT).pool_max_idle_per_host(1).build(conn)
+    conn.enforce_http(false);
+    let cas: Vec<std::path::PathBuf> = cfg.backends.iter().filter_map(|b| b.ca.clone()).collect();
+    let tls = crate::tls::client_config(&cas)?;
+    let https = hyper_rustls::HttpsConnectorBuilder::new()
+        .with_tls_config(tls)
+        .https_or_http()
+        .enable_http1()
+        .wrap_connector(conn);
+    let mut b = Client::builder(TokioExecutor::new());
+    b.pool_idle_timeout(UPSTREAM_IDLE_TIMEOUT);
+    if let Some(n) = max_idle_per_host {
+        b.pool_max_idle_per_host(n);
+    }
+    Ok(b.build(https))
+}
+
+/// The client for probes and flow-state calls: its own pool, so probes never queue behind
+/// traffic. Calls to one instance are sequential (probes) or serialised (flow state): one idle
+/// connection per instance is enough, and leaves fewer stale ones after a crash.
+pub fn admin_client(cfg: &crate::config::Config) -> Result<AdminClient, String> {
+    client(cfg, Some(1))
 }
 
 /// One configured Node-RED instance.
 pub struct Backend {
     pub id: BackendId,
+    pub scheme: http::uri::Scheme,
     pub authority: http::uri::Authority,
     pub priority: i64,
     token: Option<HeaderValue>,
@@ -210,7 +230,7 @@ impl Backend {
     pub fn new(cfg: &BackendConfig, paths: &NodeRedPaths, canary: Option<&str>) -> Self {
         let uri = |path: &str| -> Uri {
             Uri::builder()
-                .scheme("http")
+                .scheme(cfg.scheme.clone())
                 .authority(cfg.authority.clone())
                 .path_and_query(path)
                 .build()
@@ -223,6 +243,7 @@ impl Backend {
         });
         Backend {
             id: cfg.id.clone(),
+            scheme: cfg.scheme.clone(),
             authority: cfg.authority.clone(),
             priority: cfg.priority,
             token,
@@ -246,7 +267,7 @@ impl Backend {
     /// `http://<instance><path_and_query>`.
     pub fn uri(&self, path_and_query: &str) -> Uri {
         Uri::builder()
-            .scheme("http")
+            .scheme(self.scheme.clone())
             .authority(self.authority.clone())
             .path_and_query(path_and_query)
             .build()

@@ -31,6 +31,9 @@ pub struct Config {
     pub editor: EditorConfig,
     pub deploy: DeployConfig,
     pub state: StateConfig,
+    pub tls: Option<TlsConfig>,
+    pub limits: Limits,
+    pub shutdown_grace: Duration,
     pub log: LogConfig,
 }
 
@@ -53,16 +56,35 @@ pub struct StateConfig {
     pub key: Option<Secret>,
 }
 
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Listen {
-    pub proxy: SocketAddr,
+    pub proxy: Option<SocketAddr>,
+    pub https: Option<SocketAddr>,
+    pub redirect: Option<SocketAddr>,
     pub admin: SocketAddr,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TlsConfig {
+    pub certs: PathBuf,
+    pub default: Option<String>,
+    pub reload_interval: Duration,
+}
+
+#[derive(Debug, Clone)]
+pub struct Limits {
+    pub header_read_timeout: Duration,
+    pub max_header_bytes: usize,
+    pub max_headers: usize,
+    pub max_connections: usize,
 }
 
 #[derive(Debug, Clone)]
 pub struct BackendConfig {
     pub id: BackendId,
+    pub scheme: http::uri::Scheme,
     pub authority: http::uri::Authority,
+    pub ca: Option<PathBuf>,
     pub priority: i64,
     pub token: Option<Secret>,
 }
@@ -252,7 +274,10 @@ mod tests {
     #[test]
     fn defaults_apply_to_a_minimal_file() {
         let cfg = parse_with("backends:\n  - id: a\n    url: http://127.0.0.1:1880\n", &[]).unwrap();
-        assert_eq!(cfg.listen.proxy, "0.0.0.0:1880".parse().unwrap());
+        assert_eq!(cfg.listen.proxy, Some("0.0.0.0:1880".parse().unwrap()));
+        assert_eq!((cfg.listen.https, cfg.listen.redirect), (None, None));
+        assert_eq!(cfg.limits.max_header_bytes, 64 << 10);
+        assert_eq!(cfg.shutdown_grace, Duration::from_secs(10));
         assert_eq!(cfg.listen.admin, "127.0.0.1:9901".parse().unwrap(), "admin is loopback by default");
         assert_eq!(cfg.health.interval, Duration::from_millis(500));
         assert_eq!(cfg.health.timeout, Duration::from_millis(400));

@@ -30,6 +30,17 @@ enum Cmd {
         #[arg(long)]
         user_dir: PathBuf,
     },
+    /// Write a self-signed certificate and key (NAME.crt, NAME.key) into a certs folder.
+    SelfSigned {
+        /// DNS names (and IPs) the certificate serves.
+        #[arg(long = "name", required = true)]
+        names: Vec<String>,
+        #[arg(long, default_value = "certs")]
+        out: PathBuf,
+        /// File name without extension.
+        #[arg(long, default_value = "self-signed")]
+        file: String,
+    },
 }
 
 /// Exit code for a bad config (EX_USAGE).
@@ -57,6 +68,32 @@ fn main() -> ExitCode {
                 ExitCode::FAILURE
             }
         },
+        Cmd::SelfSigned { names, out, file } => {
+            let names: Vec<&str> = names.iter().map(String::as_str).collect();
+            let written = flowgate::tls::self_signed(&names).and_then(|(cert, key)| {
+                std::fs::create_dir_all(&out).map_err(|e| e.to_string())?;
+                std::fs::write(out.join(format!("{file}.crt")), cert).map_err(|e| e.to_string())?;
+                let key_path = out.join(format!("{file}.key"));
+                std::fs::write(&key_path, key).map_err(|e| e.to_string())?;
+                #[cfg(unix)]
+                {
+                    use std::os::unix::fs::PermissionsExt;
+                    std::fs::set_permissions(&key_path, std::fs::Permissions::from_mode(0o600))
+                        .map_err(|e| e.to_string())?;
+                }
+                Ok(())
+            });
+            match written {
+                Ok(()) => {
+                    println!("{}: wrote {file}.crt and {file}.key", out.display());
+                    ExitCode::SUCCESS
+                }
+                Err(e) => {
+                    eprintln!("self-signed: {e}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
         Cmd::Run { config } => {
             let cfg = match flowgate::config::load(&config) {
                 Ok(c) => c,
@@ -67,7 +104,7 @@ fn main() -> ExitCode {
             };
             init_logging(&cfg.log);
             let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build().expect("tokio runtime");
-            rt.block_on(run(cfg))
+            rt.block_on(run(cfg, config))
         }
     }
 }
@@ -79,7 +116,7 @@ fn init_logging(log: &flowgate::config::LogConfig) {
     if log.json { builder.json().init() } else { builder.init() }
 }
 
-async fn run(cfg: flowgate::config::Config) -> ExitCode {
+async fn run(cfg: flowgate::config::Config, path: PathBuf) -> ExitCode {
     let listeners = match flowgate::Listeners::bind(&cfg).await {
         Ok(l) => l,
         Err(e) => {
@@ -87,20 +124,32 @@ async fn run(cfg: flowgate::config::Config) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    let handle = match flowgate::start(cfg, listeners) {
+    let handle = match flowgate::start(cfg, listeners, Some(path)) {
         Ok(h) => h,
         Err(e) => {
             tracing::error!(error = %e, "cannot start");
             return ExitCode::FAILURE;
         }
     };
+    handle.watch_config(Duration::from_secs(2));
+    #[cfg(unix)]
+    {
+        let app = handle.app.clone();
+        tokio::spawn(async move {
+            use tokio::signal::unix::{SignalKind, signal};
+            let Ok(mut hup) = signal(SignalKind::hangup()) else { return };
+            while hup.recv().await.is_some() {
+                let _ = app.reload_file().await;
+            }
+        });
+    }
     shutdown_signal().await;
     tracing::info!("shutting down; Node-RED instances keep their state (the active keeps running flows)");
-    handle.shutdown(Duration::from_secs(15)).await;
+    handle.shutdown().await;
     ExitCode::SUCCESS
 }
 
-/// SIGTERM (service managers) or SIGINT (Ctrl-C).
+/// SIGTERM (service managers) or SIGINT (Ctrl-C). SIGHUP reloads the configuration.
 async fn shutdown_signal() {
     #[cfg(unix)]
     {

@@ -35,6 +35,9 @@ pub struct Metrics {
     pub backend_in_step: IntGaugeVec,
     pub backend_revision: IntGaugeVec,
     pub promotions_out_of_step: IntCounter,
+    pub config_reloads: IntCounterVec,
+    pub tls_reload_errors: IntCounter,
+    pub tls_not_after: IntGaugeVec,
     /// The rev label currently set per backend, so a change replaces the series.
     revisions: std::sync::Mutex<std::collections::HashMap<String, String>>,
     requests: Vec<[IntCounter; 5]>,
@@ -233,6 +236,30 @@ impl Metrics {
                 )
                 .unwrap(),
             ),
+            config_reloads: reg(
+                &registry,
+                IntCounterVec::new(
+                    Opts::new("flowgate_config_reloads_total", "Configuration reloads by result (ok, rejected)."),
+                    &["result"],
+                )
+                .unwrap(),
+            ),
+            tls_reload_errors: reg(
+                &registry,
+                IntCounter::new(
+                    "flowgate_tls_reload_errors_total",
+                    "Certificates that failed to load; the last good one stays in use.",
+                )
+                .unwrap(),
+            ),
+            tls_not_after: reg(
+                &registry,
+                IntGaugeVec::new(
+                    Opts::new("flowgate_tls_cert_not_after_timestamp_seconds", "Expiry of each served certificate."),
+                    &["cert"],
+                )
+                .unwrap(),
+            ),
             revisions: Default::default(),
             requests,
             request_duration,
@@ -272,6 +299,21 @@ impl Metrics {
         }
         self.backend_revision.with_label_values(&[backend, &rev]).set(1);
         seen.insert(backend.to_string(), rev);
+    }
+
+    /// Drops the per-backend gauges of an instance removed from the config.
+    pub fn forget_backend(&self, backend: &str) {
+        let _ = self.backend_up.remove_label_values(&[backend]);
+        let _ = self.backend_in_step.remove_label_values(&[backend]);
+        for r in ROLES {
+            let _ = self.backend_role.remove_label_values(&[backend, r]);
+        }
+        for s in FLOW_STATES {
+            let _ = self.backend_flow_state.remove_label_values(&[backend, s]);
+        }
+        if let Some(rev) = self.revisions.lock().unwrap_or_else(|e| e.into_inner()).remove(backend) {
+            let _ = self.backend_revision.remove_label_values(&[backend, &rev]);
+        }
     }
 
     pub fn encode(&self) -> String {

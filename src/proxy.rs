@@ -27,9 +27,6 @@ use std::time::Duration;
 use http::{Method, Request, Response, Version};
 use http_body::Body as _;
 use hyper::body::Incoming;
-use hyper_util::client::legacy::Client;
-use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::rt::TokioExecutor;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -63,7 +60,7 @@ impl RouteClass {
     }
 }
 
-pub type ProxyClient = Client<HttpConnector, Body>;
+pub type ProxyClient = crate::backend::AdminClient;
 
 /// Attempts per request: the first plus retries on a new active.
 const MAX_ATTEMPTS: u32 = 3;
@@ -84,13 +81,8 @@ pub struct Peer {
 }
 
 impl Proxy {
-    pub fn new(shared: Arc<Shared>, shutdown: CancellationToken) -> Self {
-        let mut conn = HttpConnector::new();
-        conn.set_nodelay(true);
-        conn.set_connect_timeout(Some(Duration::from_secs(5)));
-        let client =
-            Client::builder(TokioExecutor::new()).pool_idle_timeout(crate::backend::UPSTREAM_IDLE_TIMEOUT).build(conn);
-        Proxy { shared, client, tunnels: TaskTracker::new(), shutdown }
+    pub fn new(shared: Arc<Shared>, client: ProxyClient, tunnels: TaskTracker, shutdown: CancellationToken) -> Self {
+        Proxy { shared, client, tunnels, shutdown }
     }
 
     pub async fn serve(self: Arc<Self>, req: Request<Incoming>, peer: Peer) -> Result<Response<Body>, Infallible> {
@@ -213,7 +205,7 @@ impl Proxy {
         loop {
             let mut out = Request::new(body);
             *out.method_mut() = parts.method.clone();
-            *out.uri_mut() = forward::upstream_uri(&active.backend.authority, &parts.uri);
+            *out.uri_mut() = forward::upstream_uri(&active.backend.scheme, &active.backend.authority, &parts.uri);
             *out.version_mut() = Version::HTTP_11;
             *out.headers_mut() = parts.headers.clone();
             let result = tokio::select! {
@@ -291,10 +283,10 @@ mod tests {
         let shared = Arc::new(Shared {
             sync: std::sync::Mutex::new(crate::sync::SyncTable::open(ids, None, None).unwrap()),
             sync_changed: tokio::sync::Notify::new(),
-            change_lock: tokio::sync::Mutex::new(()),
-            fence: std::sync::Mutex::new(CancellationToken::new()),
-            tokens: crate::auth::TokenStore::open(None),
-            cookies: crate::editor::CookieCodec::new(None),
+            change_lock: Default::default(),
+            fence: Default::default(),
+            tokens: Arc::new(crate::auth::TokenStore::open(None)),
+            cookies: Arc::new(crate::editor::CookieCodec::new(None)),
             config,
             backends,
             kicks: vec![],
@@ -305,7 +297,8 @@ mod tests {
             metrics: Arc::new(Metrics::new()),
             commands: mpsc::channel(1).0,
         });
-        Arc::new(Proxy::new(shared, CancellationToken::new()))
+        let client = crate::backend::client(&shared.config, None).unwrap();
+        Arc::new(Proxy::new(shared, client, TaskTracker::new(), CancellationToken::new()))
     }
 
     fn publish(p: &Proxy, generation: u64) -> Arc<Active> {

@@ -80,13 +80,13 @@ pub struct Shared {
     pub sync: std::sync::Mutex<crate::sync::SyncTable>,
     /// Wakes the supervisor after a deploy changed the sync table.
     pub sync_changed: Notify,
-    /// Deploys, resyncs and promotions hold this; see `deploy.rs`.
-    pub change_lock: tokio::sync::Mutex<()>,
+    /// Deploys, resyncs and promotions hold this; see `deploy.rs`. Outlives config reloads.
+    pub change_lock: Arc<tokio::sync::Mutex<()>>,
     /// Cancelled to make the current holder of `change_lock` give it up.
-    pub fence: std::sync::Mutex<CancellationToken>,
+    pub fence: Arc<std::sync::Mutex<CancellationToken>>,
     /// Editor logins accepted by every instance.
-    pub tokens: crate::auth::TokenStore,
-    pub cookies: crate::editor::CookieCodec,
+    pub tokens: Arc<crate::auth::TokenStore>,
+    pub cookies: Arc<crate::editor::CookieCodec>,
     pub backends: Vec<Arc<Backend>>,
     /// Per backend: wakes its prober at once (passive detection on live traffic).
     pub kicks: Vec<Arc<Notify>>,

@@ -40,10 +40,34 @@ const RETRY_PAUSE: Duration = Duration::from_millis(200);
 const SYNC_RETRY: Duration = Duration::from_secs(5);
 const HISTORY: usize = 50;
 
-/// Operator commands (admin API).
+/// Operator commands (admin API, reload).
 pub enum Command {
     /// Planned move of the active role; `to: None` picks the best standby.
     Switchover { to: Option<BackendId>, reply: oneshot::Sender<Result<String, String>> },
+    /// Config reload: hand the HA state over and stop, once no promotion is in flight. If the
+    /// receiver is gone by then, keep supervising.
+    Handover { reply: oneshot::Sender<Seed> },
+}
+
+/// HA state carried across a config reload, by instance identity (id, scheme, authority).
+pub struct Seed {
+    members: Vec<(String, String, Member)>,
+    active: Option<(String, String, Arc<Active>)>,
+    promoted_at: Option<Instant>,
+    history: VecDeque<FailoverRecord>,
+    elected_once: bool,
+    lost: Option<(Instant, Option<String>, &'static str)>,
+}
+
+impl Seed {
+    /// The id of the active instance and its `scheme://authority`.
+    pub fn active(&self) -> Option<(&str, &str)> {
+        self.active.as_ref().map(|(id, at, _)| (id.as_str(), at.as_str()))
+    }
+}
+
+fn identity(b: &Backend) -> String {
+    format!("{}://{}", b.scheme, b.authority)
 }
 
 enum Done {
@@ -58,7 +82,7 @@ struct Promotion {
     outcome: Result<(), String>,
 }
 
-#[derive(Default)]
+#[derive(Default, Clone)]
 struct Member {
     tracker: Option<Tracker>,
     flow_state: Option<FlowState>,
@@ -120,6 +144,7 @@ pub struct Supervisor {
     commands: mpsc::Receiver<Command>,
     done_tx: mpsc::UnboundedSender<Done>,
     done_rx: mpsc::UnboundedReceiver<Done>,
+    handover: Option<oneshot::Sender<Seed>>,
 }
 
 fn unix_ms(t: SystemTime) -> u64 {
@@ -140,6 +165,7 @@ impl Supervisor {
         client: AdminClient,
         reports: mpsc::Receiver<(usize, Report)>,
         commands: mpsc::Receiver<Command>,
+        seed: Option<Seed>,
     ) -> Self {
         let h = &shared.config.health;
         let members = (0..shared.backends.len())
@@ -166,9 +192,93 @@ impl Supervisor {
             commands,
             done_tx,
             done_rx,
+            handover: None,
         };
+        let mut s = s;
+        if let Some(seed) = seed {
+            s.adopt(seed);
+        }
         s.publish_status();
         s
+    }
+
+    /// Takes over the state of the supervisor before a reload.
+    fn adopt(&mut self, seed: Seed) {
+        let backends = self.shared.backends.clone();
+        for (i, b) in backends.iter().enumerate() {
+            if let Some((_, _, m)) = seed.members.iter().find(|(id, at, _)| *id == b.id.as_str() && *at == identity(b))
+            {
+                let mut m = m.clone();
+                m.sync_in_flight = false;
+                m.stop_in_flight = false;
+                let h = &self.shared.config.health;
+                // Thresholds may have changed: keep the health, take the new rise/fall.
+                let mut t = Tracker::new(h.rise, h.fall);
+                match m.health() {
+                    Health::Up => {
+                        t.observe(true);
+                    }
+                    Health::Down => {
+                        t.observe(false);
+                    }
+                    Health::Unknown => {}
+                }
+                m.tracker = Some(t);
+                self.members[i] = m;
+            }
+        }
+        self.history = seed.history;
+        self.elected_once = seed.elected_once;
+        self.promoted_at = seed.promoted_at;
+        self.lost = seed.lost.map(|(at, from, reason)| Lost {
+            at,
+            from: from.and_then(|f| backends.iter().position(|b| b.id.as_str() == f)),
+            reason,
+        });
+        if let Some((id, at, old)) = seed.active
+            && let Some(i) = backends.iter().position(|b| b.id.as_str() == id && identity(b) == at)
+        {
+            // Same instance: keep its fencing signals, so open tunnels close on a later demotion.
+            let active = Arc::new(Active {
+                index: i,
+                backend: backends[i].clone(),
+                failed: old.failed.clone(),
+                demoted: old.demoted.clone(),
+            });
+            self.active = Some(i);
+            self.current = Some(active.clone());
+            self.generation += 1;
+            self.shared.view.store(Arc::new(View { generation: self.generation, active: Some(active) }));
+            self.shared.generation.send_replace(self.generation);
+        }
+    }
+
+    fn seed(&self) -> Seed {
+        let b = &self.shared.backends;
+        Seed {
+            members: self
+                .members
+                .iter()
+                .enumerate()
+                .map(|(i, m)| (b[i].id.to_string(), identity(&b[i]), m.clone()))
+                .collect(),
+            active: self.current.as_ref().map(|a| (a.backend.id.to_string(), identity(&a.backend), a.clone())),
+            promoted_at: self.promoted_at,
+            history: self.history.clone(),
+            elected_once: self.elected_once,
+            lost: self.lost.as_ref().map(|l| (l.at, l.from.map(|f| b[f].id.to_string()), l.reason)),
+        }
+    }
+
+    /// Answers a pending handover once nothing is in flight. True when this supervisor ends.
+    fn try_handover(&mut self) -> bool {
+        if self.pending.is_some() {
+            return false;
+        }
+        match self.handover.take() {
+            Some(reply) => reply.send(self.seed()).is_ok(),
+            None => false,
+        }
     }
 
     pub async fn run(mut self, cancel: CancellationToken) {
@@ -181,6 +291,10 @@ impl Supervisor {
                 Some(d) = self.done_rx.recv() => self.on_done(d),
                 _ = self.shared.sync_changed.notified() => {}
                 _ = tokio::time::sleep_until(wake) => {}
+            }
+            if self.try_handover() {
+                info!("supervision handed over to the reloaded configuration");
+                return;
             }
             self.reconcile();
             self.publish_status();
@@ -314,7 +428,13 @@ impl Supervisor {
     }
 
     fn on_command(&mut self, cmd: Command) {
-        let Command::Switchover { to, reply } = cmd;
+        let (to, reply) = match cmd {
+            Command::Switchover { to, reply } => (to, reply),
+            Command::Handover { reply } => {
+                self.handover = Some(reply);
+                return;
+            }
+        };
         if self.pending.is_some() {
             let _ = reply.send(Err("a promotion is already in progress; try again shortly".into()));
             return;

@@ -218,6 +218,20 @@ impl SyncTable {
     pub fn ids(&self) -> &[String] {
         &self.ids
     }
+
+    /// After a config reload: the target and every kept instance's state from `old`.
+    pub fn carry_from(&mut self, old: &SyncTable) {
+        self.rev = old.rev.clone();
+        self.flows = old.flows.clone();
+        self.credentials = old.credentials.clone();
+        self.cred_gen = old.cred_gen;
+        for (i, id) in self.ids.iter().enumerate() {
+            if let Some(j) = old.ids.iter().position(|o| o == id) {
+                self.steps[i] = old.steps[j].clone();
+                self.applied[i] = old.applied[j].clone();
+            }
+        }
+    }
 }
 
 fn short(rev: Option<&str>) -> String {

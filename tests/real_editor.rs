@@ -290,8 +290,8 @@ async fn an_editor_login_survives_a_failover() {
         &Secrets(vec![("TOK", "flowgate-static-token".into())]),
     )
     .unwrap();
-    let listeners = flowgate::Listeners { proxy: tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap(), admin };
-    let h = flowgate::start(cfg, listeners).unwrap();
+    let listeners = flowgate::Listeners::plain(tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap(), admin);
+    let h = flowgate::start(cfg, listeners, None).unwrap();
     wait_active(&h, "nr-a", BOOT).await;
     let base = format!("http://{}", h.proxy_addr);
     let login = request(

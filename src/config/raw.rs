@@ -38,9 +38,48 @@ pub struct RawConfig {
     /// Where flowgate keeps what it must remember across restarts.
     #[serde(default)]
     pub state: RawState,
+    /// TLS termination.
+    pub tls: Option<RawTls>,
+    /// Protection against slow, large and numerous client requests.
+    #[serde(default)]
+    pub limits: RawLimits,
+    /// Graceful shutdown.
+    #[serde(default)]
+    pub shutdown: RawShutdown,
     /// Logging.
     #[serde(default)]
     pub log: RawLog,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawTls {
+    /// Folder of `NAME.crt` (or `NAME.pem`) certificate chains with their `NAME.key`.
+    pub certs: String,
+    /// The certificate for clients without SNI or with an unknown name (default: first by name).
+    pub default: Option<String>,
+    /// How often the folder is checked for changed certificates (default 10s).
+    pub reload_interval: Option<String>,
+}
+
+#[derive(Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct RawLimits {
+    /// Time a client has to send a complete request head (default 10s).
+    pub header_read_timeout: Option<String>,
+    /// Largest request head (default 64KiB); larger gets 431.
+    pub max_header_bytes: Option<String>,
+    /// Most request headers (default 100); more gets 431.
+    pub max_headers: Option<u32>,
+    /// Most open client connections (default 10000); more get 503 and are closed.
+    pub max_connections: Option<u32>,
+}
+
+#[derive(Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct RawShutdown {
+    /// How long in-flight requests may take to finish after SIGTERM/SIGINT (default 10s).
+    pub grace: Option<String>,
 }
 
 #[derive(Debug, Deserialize, Default)]
@@ -78,8 +117,12 @@ pub struct RawState {
 #[derive(Debug, Deserialize, Default)]
 #[serde(deny_unknown_fields)]
 pub struct RawListen {
-    /// Client-facing HTTP listener, e.g. "0.0.0.0:1880".
+    /// Client-facing plain HTTP listener, e.g. "0.0.0.0:1880" (default, unless `https` is set).
     pub proxy: Option<String>,
+    /// Client-facing HTTPS listener (needs `tls.certs`), e.g. "0.0.0.0:1443".
+    pub https: Option<String>,
+    /// Plain HTTP listener that only redirects to the HTTPS listener (308).
+    pub redirect: Option<String>,
     /// Admin listener (metrics, status, switchover), loopback by default.
     pub admin: Option<String>,
 }
@@ -110,6 +153,8 @@ pub struct RawBackend {
     pub priority: Option<i64>,
     /// flowgate's own bearer token for this instance (Node-RED `adminAuth.tokens`).
     pub token: Option<RawSecret>,
+    /// PEM file of the CA that signed the instance's certificate (for `https://` URLs).
+    pub ca: Option<String>,
 }
 
 #[derive(Debug, Deserialize, Default)]

@@ -28,6 +28,12 @@ pub const DEFAULT_COOKIE: &str = "flowgate_editor";
 pub const DEFAULT_MAX_BODY: usize = 5 << 20;
 pub const DEFAULT_DEPLOY_TIMEOUT: Duration = Duration::from_secs(30);
 pub const DEFAULT_PALETTE_TIMEOUT: Duration = Duration::from_secs(300);
+pub const DEFAULT_CERT_RELOAD: Duration = Duration::from_secs(10);
+pub const DEFAULT_HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
+pub const DEFAULT_MAX_HEADER_BYTES: usize = 64 << 10;
+pub const DEFAULT_MAX_HEADERS: u32 = 100;
+pub const DEFAULT_MAX_CONNECTIONS: u32 = 10_000;
+pub const DEFAULT_GRACE: Duration = Duration::from_secs(10);
 
 /// Reads secrets from the process environment and the file system; a seam for tests.
 pub trait SecretSource {
@@ -126,12 +132,40 @@ fn root(problems: &mut Problems, field: &str, value: &Option<String>) -> String 
 pub fn validate(raw: RawConfig, secrets: &dyn SecretSource) -> Result<Config, Vec<Problem>> {
     let mut p = Problems(Vec::new());
 
-    let listen = Listen {
-        proxy: p.addr("listen.proxy", &raw.listen.proxy, DEFAULT_PROXY_ADDR),
-        admin: p.addr("listen.admin", &raw.listen.admin, DEFAULT_ADMIN_ADDR),
+    let https = raw.listen.https.as_ref().map(|_| p.addr("listen.https", &raw.listen.https, "0.0.0.0:443"));
+    let proxy = match (&raw.listen.proxy, https) {
+        (Some(_), _) | (None, None) => Some(p.addr("listen.proxy", &raw.listen.proxy, DEFAULT_PROXY_ADDR)),
+        (None, Some(_)) => None,
     };
-    if raw.listen.proxy.is_some() && listen.proxy == listen.admin {
-        p.add("listen.admin", "must differ from listen.proxy");
+    let redirect = raw.listen.redirect.as_ref().map(|_| p.addr("listen.redirect", &raw.listen.redirect, "0.0.0.0:80"));
+    let listen =
+        Listen { proxy, https, redirect, admin: p.addr("listen.admin", &raw.listen.admin, DEFAULT_ADMIN_ADDR) };
+    let bound: Vec<(&str, SocketAddr)> =
+        [("listen.proxy", listen.proxy), ("listen.https", listen.https), ("listen.redirect", listen.redirect)]
+            .into_iter()
+            .filter_map(|(n, a)| a.map(|a| (n, a)))
+            .collect();
+    for (name, addr) in &bound {
+        if *addr == listen.admin && (raw.listen.proxy.is_some() || *name != "listen.proxy") {
+            p.add("listen.admin", format!("must differ from {name}"));
+        }
+    }
+    if listen.redirect.is_some() && listen.https.is_none() {
+        p.add("listen.redirect", "redirects to the HTTPS listener: set listen.https too");
+    }
+    let tls = raw.tls.as_ref().map(|t| {
+        let certs = std::path::PathBuf::from(&t.certs);
+        if !certs.is_dir() {
+            p.add("tls.certs", format!("{} is not a folder of NAME.crt + NAME.key files", t.certs));
+        }
+        super::TlsConfig {
+            certs,
+            default: t.default.clone(),
+            reload_interval: p.duration("tls.reload_interval", &t.reload_interval, DEFAULT_CERT_RELOAD),
+        }
+    });
+    if listen.https.is_some() && tls.is_none() {
+        p.add("listen.https", "needs tls.certs (a folder of certificates)");
     }
     let admin_token = p.secret("admin.token", &raw.admin.token, secrets);
 
@@ -151,7 +185,7 @@ pub fn validate(raw: RawConfig, secrets: &dyn SecretSource) -> Result<Config, Ve
             p.add(format!("{field}.id"), format!("duplicate id \"{}\" (first defined at backends[{first}])", b.id));
         }
         let url: Option<http::Uri> = match b.url.parse::<http::Uri>() {
-            Ok(u) if u.scheme_str() == Some("http") && u.authority().is_some() => {
+            Ok(u) if matches!(u.scheme_str(), Some("http" | "https")) && u.authority().is_some() => {
                 if u.path_and_query().is_some_and(|pq| pq.as_str() != "/") {
                     p.add(
                         format!("{field}.url"),
@@ -162,13 +196,6 @@ pub fn validate(raw: RawConfig, secrets: &dyn SecretSource) -> Result<Config, Ve
                     Some(u)
                 }
             }
-            Ok(u) if u.scheme_str() == Some("https") => {
-                p.add(
-                    format!("{field}.url"),
-                    "https to instances is not supported yet; use http:// on a trusted network",
-                );
-                None
-            }
             _ => {
                 p.add(
                     format!("{field}.url"),
@@ -178,9 +205,24 @@ pub fn validate(raw: RawConfig, secrets: &dyn SecretSource) -> Result<Config, Ve
             }
         };
         let token = p.secret(&format!("{field}.token"), &b.token, secrets);
+        let ca = b.ca.as_ref().map(std::path::PathBuf::from);
+        if let Some(ca) = &ca
+            && !ca.is_file()
+        {
+            p.add(format!("{field}.ca"), format!("{} is not a readable PEM file", ca.display()));
+        }
         if let (true, Some(url)) = (id_ok, url) {
+            let scheme = url.scheme().expect("checked above").clone();
+            if scheme == http::uri::Scheme::HTTPS && ca.is_none() {
+                p.add(
+                    format!("{field}.ca"),
+                    "an https:// instance needs `ca: PATH` (the PEM of the CA that signed its certificate)",
+                );
+            }
             backends.push(BackendConfig {
                 id: BackendId::from(b.id.as_str()),
+                scheme,
+                ca,
                 authority: url.authority().expect("checked above").clone(),
                 priority: b.priority.unwrap_or(DEFAULT_PRIORITY),
                 token,
@@ -267,6 +309,31 @@ pub fn validate(raw: RawConfig, secrets: &dyn SecretSource) -> Result<Config, Ve
         key: p.secret("state.key", &raw.state.key, secrets),
     };
 
+    let l = &raw.limits;
+    let max_header_bytes = match l.max_header_bytes.as_deref().map(parse_size) {
+        None => DEFAULT_MAX_HEADER_BYTES,
+        Some(Ok(n)) if n >= 8192 => n,
+        Some(Ok(_)) => {
+            p.add("limits.max_header_bytes", "must be at least 8KiB");
+            DEFAULT_MAX_HEADER_BYTES
+        }
+        Some(Err(e)) => {
+            p.add("limits.max_header_bytes", e);
+            DEFAULT_MAX_HEADER_BYTES
+        }
+    };
+    let limits = super::Limits {
+        header_read_timeout: p.duration(
+            "limits.header_read_timeout",
+            &l.header_read_timeout,
+            DEFAULT_HEADER_READ_TIMEOUT,
+        ),
+        max_header_bytes,
+        max_headers: l.max_headers.unwrap_or(DEFAULT_MAX_HEADERS).max(1) as usize,
+        max_connections: l.max_connections.unwrap_or(DEFAULT_MAX_CONNECTIONS).max(1) as usize,
+    };
+    let shutdown_grace = p.duration("shutdown.grace", &raw.shutdown.grace, DEFAULT_GRACE);
+
     let json = match raw.log.format.as_deref() {
         None | Some("text") => false,
         Some("json") => true,
@@ -288,6 +355,9 @@ pub fn validate(raw: RawConfig, secrets: &dyn SecretSource) -> Result<Config, Ve
             editor,
             deploy,
             state,
+            tls,
+            limits,
+            shutdown_grace,
             log: LogConfig { level: raw.log.level, json },
         })
     } else {

@@ -99,10 +99,10 @@ pub fn set_forwarded(headers: &mut HeaderMap, uri: &Uri, peer: IpAddr, tls: bool
     }
 }
 
-/// `http://<backend authority><path and query of the client's request>`.
-pub fn upstream_uri(authority: &http::uri::Authority, client_uri: &Uri) -> Uri {
+/// `<backend scheme>://<backend authority><path and query of the client's request>`.
+pub fn upstream_uri(scheme: &Scheme, authority: &http::uri::Authority, client_uri: &Uri) -> Uri {
     let mut parts = http::uri::Parts::default();
-    parts.scheme = Some(Scheme::HTTP);
+    parts.scheme = Some(scheme.clone());
     parts.authority = Some(authority.clone());
     parts.path_and_query = Some(client_uri.path_and_query().cloned().unwrap_or_else(|| PathAndQuery::from_static("/")));
     Uri::from_parts(parts).expect("scheme, authority and path are set")
@@ -180,7 +180,7 @@ mod tests {
     #[test]
     fn upstream_uri_keeps_path_and_query() {
         let a: http::uri::Authority = "127.0.0.1:1881".parse().unwrap();
-        assert_eq!(upstream_uri(&a, &"/a/b?c=d".parse().unwrap()), "http://127.0.0.1:1881/a/b?c=d");
-        assert_eq!(upstream_uri(&a, &"http://x:1/p".parse().unwrap()), "http://127.0.0.1:1881/p");
+        assert_eq!(upstream_uri(&Scheme::HTTP, &a, &"/a/b?c=d".parse().unwrap()), "http://127.0.0.1:1881/a/b?c=d");
+        assert_eq!(upstream_uri(&Scheme::HTTPS, &a, &"http://x:1/p".parse().unwrap()), "https://127.0.0.1:1881/p");
     }
 }

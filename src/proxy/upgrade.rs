@@ -33,7 +33,7 @@ pub async fn tunnel(
     );
     let mut out = Request::new(Body::empty());
     *out.method_mut() = parts.method;
-    *out.uri_mut() = forward::upstream_uri(&active.backend.authority, &parts.uri);
+    *out.uri_mut() = forward::upstream_uri(&active.backend.scheme, &active.backend.authority, &parts.uri);
     *out.version_mut() = Version::HTTP_11;
     *out.headers_mut() = parts.headers;
 

@@ -56,11 +56,11 @@ pub fn trace_init() {
 pub async fn start_flowgate(yaml: &str, secrets: Secrets) -> flowgate::Handle {
     trace_init();
     let cfg = flowgate::config::parse(yaml, Path::new("test.yaml"), &secrets).unwrap_or_else(|e| panic!("{e}"));
-    let listeners = flowgate::Listeners {
-        proxy: tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap(),
-        admin: tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap(),
-    };
-    flowgate::start(cfg, listeners).unwrap()
+    let listeners = flowgate::Listeners::plain(
+        tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap(),
+        tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap(),
+    );
+    flowgate::start(cfg, listeners, None).unwrap()
 }
 
 /// YAML for fakes `(id, url, priority)` with fast test timings and extra sections appended.

@@ -112,6 +112,11 @@ fn reply(status: StatusCode, body: impl Into<Bytes>) -> Response<Full<Bytes>> {
 
 impl FakeNodeRed {
     pub async fn start(name: &str, opts: Options, log: EventLog) -> Self {
+        Self::start_with(name, opts, log, None).await
+    }
+
+    /// Serves HTTPS with `tls` (for https:// instances).
+    pub async fn start_with(name: &str, opts: Options, log: EventLog, tls: Option<Arc<rustls::ServerConfig>>) -> Self {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let inner = Arc::new(Inner {
             name: name.to_string(),
@@ -128,10 +133,10 @@ impl FakeNodeRed {
             deploys: AtomicUsize::new(0),
             issued: Mutex::new(Vec::new()),
         });
-        Self::serve(listener, inner)
+        Self::serve(listener, inner, tls)
     }
 
-    fn serve(listener: TcpListener, inner: Arc<Inner>) -> Self {
+    fn serve(listener: TcpListener, inner: Arc<Inner>, tls: Option<Arc<rustls::ServerConfig>>) -> Self {
         let addr = listener.local_addr().unwrap();
         let stop = CancellationToken::new();
         let (st, inn) = (stop.clone(), inner.clone());
@@ -143,13 +148,26 @@ impl FakeNodeRed {
                 };
                 let inn = inn.clone();
                 let st = st.clone();
+                let tls = tls.clone();
                 tokio::spawn(async move {
                     let svc = service_fn(move |req| handle(inn.clone(), req));
                     let builder = auto::Builder::new(TokioExecutor::new());
-                    let conn = builder.serve_connection_with_upgrades(TokioIo::new(stream), svc);
-                    tokio::select! {
-                        _ = conn => {}
-                        _ = st.cancelled() => {} // crash: the connection is dropped (reset)
+                    match tls {
+                        None => {
+                            let conn = builder.serve_connection_with_upgrades(TokioIo::new(stream), svc);
+                            tokio::select! {
+                                _ = conn => {}
+                                _ = st.cancelled() => {} // crash: the connection is dropped (reset)
+                            }
+                        }
+                        Some(cfg) => {
+                            let Ok(stream) = tokio_rustls::TlsAcceptor::from(cfg).accept(stream).await else { return };
+                            let conn = builder.serve_connection_with_upgrades(TokioIo::new(stream), svc);
+                            tokio::select! {
+                                _ = conn => {}
+                                _ = st.cancelled() => {}
+                            }
+                        }
                     }
                 });
             }
@@ -191,7 +209,7 @@ impl FakeNodeRed {
         };
         self.inner.started.store(started, Ordering::SeqCst);
         self.inner.hung.store(false, Ordering::SeqCst);
-        let fresh = std::mem::ManuallyDrop::new(Self::serve(listener, self.inner.clone()));
+        let fresh = std::mem::ManuallyDrop::new(Self::serve(listener, self.inner.clone(), None));
         self.stop = fresh.stop.clone();
     }
 }
@@ -326,6 +344,12 @@ async fn handle(inner: Arc<Inner>, req: Request<Incoming>) -> Result<Response<Fu
             reply(StatusCode::OK, body)
         }
         (Method::GET, "/ws") => return Ok(websocket(inner.clone(), req)),
+        (Method::GET, "/slow") => {
+            let ms: u64 =
+                req.uri().query().and_then(|q| q.strip_prefix("ms=")).and_then(|v| v.parse().ok()).unwrap_or(500);
+            tokio::time::sleep(std::time::Duration::from_millis(ms)).await;
+            reply(StatusCode::OK, "slow done")
+        }
         _ => reply(StatusCode::NOT_FOUND, format!("Cannot {} {path}", req.method())),
     };
     Ok(resp)

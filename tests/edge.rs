@@ -1,0 +1,474 @@
+//! The edge: TLS (handshake, SNI, ALPN, reload), hot reload of the config, graceful shutdown
+//! and hardening against bad clients. Against in-process fake instances.
+
+mod support;
+
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Empty};
+use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
+use support::*;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+const SECS: Duration = Duration::from_secs(5);
+
+fn temp(tag: &str) -> PathBuf {
+    let d = std::env::temp_dir().join(format!("flowgate-edge-{tag}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&d);
+    std::fs::create_dir_all(&d).unwrap();
+    d
+}
+
+fn write_pair(dir: &Path, name: &str, names: &[&str]) -> String {
+    let (cert, key) = flowgate::tls::self_signed(names).unwrap();
+    std::fs::write(dir.join(format!("{name}.crt")), &cert).unwrap();
+    std::fs::write(dir.join(format!("{name}.key")), key).unwrap();
+    cert
+}
+
+/// Accepts any server certificate and remembers the one presented (tests only).
+#[derive(Debug, Default)]
+struct Capture(Mutex<Vec<Vec<u8>>>);
+
+impl rustls::client::danger::ServerCertVerifier for Capture {
+    fn verify_server_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        _: &[CertificateDer<'_>],
+        _: &ServerName<'_>,
+        _: &[u8],
+        _: UnixTime,
+    ) -> Result<rustls::client::danger::ServerCertVerified, rustls::Error> {
+        self.0.lock().unwrap().push(end_entity.to_vec());
+        Ok(rustls::client::danger::ServerCertVerified::assertion())
+    }
+    fn verify_tls12_signature(
+        &self,
+        m: &[u8],
+        c: &CertificateDer<'_>,
+        d: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls12_signature(
+            m,
+            c,
+            d,
+            &rustls::crypto::ring::default_provider().signature_verification_algorithms,
+        )
+    }
+    fn verify_tls13_signature(
+        &self,
+        m: &[u8],
+        c: &CertificateDer<'_>,
+        d: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls13_signature(
+            m,
+            c,
+            d,
+            &rustls::crypto::ring::default_provider().signature_verification_algorithms,
+        )
+    }
+    fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
+        rustls::crypto::ring::default_provider().signature_verification_algorithms.supported_schemes()
+    }
+}
+
+fn der_of(pem: &str) -> Vec<u8> {
+    use rustls::pki_types::pem::PemObject;
+    CertificateDer::from_pem_slice(pem.as_bytes()).unwrap().to_vec()
+}
+
+struct TlsClient {
+    capture: Arc<Capture>,
+    connector: tokio_rustls::TlsConnector,
+}
+
+fn tls_client(alpn: &[&[u8]], version: &'static rustls::SupportedProtocolVersion) -> TlsClient {
+    let capture = Arc::new(Capture::default());
+    let mut cfg = rustls::ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
+        .with_protocol_versions(&[version])
+        .unwrap()
+        .dangerous()
+        .with_custom_certificate_verifier(capture.clone())
+        .with_no_client_auth();
+    cfg.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
+    TlsClient { capture, connector: tokio_rustls::TlsConnector::from(Arc::new(cfg)) }
+}
+
+impl TlsClient {
+    async fn connect(&self, addr: std::net::SocketAddr, sni: &str) -> tokio_rustls::client::TlsStream<TcpStream> {
+        let tcp = TcpStream::connect(addr).await.unwrap();
+        self.connector.connect(ServerName::try_from(sni.to_string()).unwrap(), tcp).await.expect("handshake")
+    }
+    fn last_cert(&self) -> Vec<u8> {
+        self.capture.0.lock().unwrap().last().cloned().unwrap()
+    }
+}
+
+/// One HTTP request over an established stream; returns (version, status, body).
+async fn over<S>(stream: S, h2: bool, path: &str) -> (http::Version, u16, String)
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    let io = hyper_util::rt::TokioIo::new(stream);
+    let req = http::Request::get(path).header("host", "a.example").body(Empty::<Bytes>::new()).unwrap();
+    let resp = if h2 {
+        let (mut send, conn) =
+            hyper::client::conn::http2::handshake(hyper_util::rt::TokioExecutor::new(), io).await.unwrap();
+        tokio::spawn(conn);
+        let mut req = req;
+        *req.uri_mut() = format!("https://a.example{path}").parse().unwrap();
+        send.send_request(req).await.unwrap()
+    } else {
+        let (mut send, conn) = hyper::client::conn::http1::handshake(io).await.unwrap();
+        tokio::spawn(conn);
+        send.send_request(req).await.unwrap()
+    };
+    let v = resp.version();
+    let s = resp.status().as_u16();
+    let b = resp.into_body().collect().await.unwrap().to_bytes();
+    (v, s, String::from_utf8_lossy(&b).into_owned())
+}
+
+struct Edge {
+    fakes: Vec<FakeNodeRed>,
+    h: flowgate::Handle,
+    certs: PathBuf,
+    cert_a: String,
+    cert_b: String,
+    config: PathBuf,
+}
+
+/// flowgate with plain, HTTPS and redirect listeners in front of two fakes, started from a
+/// config file (so it can be reloaded).
+async fn edge(extra: &str) -> Edge {
+    let log = EventLog::default();
+    let fakes = vec![
+        FakeNodeRed::start("a", Options::default(), log.clone()).await,
+        FakeNodeRed::start("b", Options::default(), log.clone()).await,
+    ];
+    let dir = temp(&format!("{}", rand_tag()));
+    let certs = dir.join("certs");
+    std::fs::create_dir_all(&certs).unwrap();
+    let cert_a = write_pair(&certs, "a", &["a.example"]);
+    let cert_b = write_pair(&certs, "b", &["b.example", "*.wild.example"]);
+    let bind = || async { tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap() };
+    let (proxy, https, redirect, admin) = (bind().await, bind().await, bind().await, bind().await);
+    let addr = |l: &tokio::net::TcpListener| l.local_addr().unwrap();
+    let yaml = format!(
+        "listen: {{ proxy: \"{}\", https: \"{}\", redirect: \"{}\", admin: \"{}\" }}\ntls: {{ certs: \"{}\", default: b, reload_interval: 100ms }}\nadmin: {{ token: {{ env: PATH }} }}\n{}",
+        addr(&proxy),
+        addr(&https),
+        addr(&redirect),
+        addr(&admin),
+        certs.display(),
+        yaml(&[("a", fakes[0].url(), 200), ("b", fakes[1].url(), 100)], extra)
+    );
+    let config = dir.join("flowgate.yaml");
+    std::fs::write(&config, &yaml).unwrap();
+    trace_init();
+    let cfg = flowgate::config::load(&config).unwrap_or_else(|e| panic!("{e}"));
+    let listeners = flowgate::Listeners { proxy: Some(proxy), https: Some(https), redirect: Some(redirect), admin };
+    let h = flowgate::start(cfg, listeners, Some(config.clone())).unwrap();
+    eventually(SECS, "a active", || async { active(&h).await.as_deref() == Some("a") }).await;
+    Edge { fakes, h, certs, cert_a, cert_b, config }
+}
+
+fn rand_tag() -> u64 {
+    static N: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    N.fetch_add(1, std::sync::atomic::Ordering::SeqCst)
+}
+
+/// The admin token is the PATH environment variable's value (always set, never logged here).
+fn admin_token() -> String {
+    std::env::var("PATH").unwrap()
+}
+
+async fn admin_post(h: &flowgate::Handle, path: &str) -> Reply {
+    let req = http::Request::post(format!("http://{}{path}", h.admin_addr))
+        .header("authorization", format!("Bearer {}", admin_token()))
+        .body(http_body_util::Full::new(Bytes::new()))
+        .unwrap();
+    let resp = client().request(req).await.unwrap();
+    let status = resp.status().as_u16();
+    let headers = resp.headers().clone();
+    let body = String::from_utf8_lossy(&resp.into_body().collect().await.unwrap().to_bytes()).into_owned();
+    Reply { status, headers, body }
+}
+
+#[tokio::test]
+async fn tls_handshake_sni_alpn_and_both_versions() {
+    let e = edge("").await;
+    let https = e.h.https_addr.unwrap();
+    for version in [&rustls::version::TLS13, &rustls::version::TLS12] {
+        let c = tls_client(&[b"http/1.1"], version);
+        let s = c.connect(https, "a.example").await;
+        assert_eq!(c.last_cert(), der_of(&e.cert_a), "SNI a.example picks a");
+        let (v, status, body) = over(s, false, "/hello").await;
+        assert_eq!((v, status, body.as_str()), (http::Version::HTTP_11, 200, "hello from a"));
+        c.connect(https, "x.wild.example").await;
+        assert_eq!(c.last_cert(), der_of(&e.cert_b), "wildcard");
+        c.connect(https, "unknown.example").await;
+        assert_eq!(c.last_cert(), der_of(&e.cert_b), "the default certificate");
+    }
+    let c = tls_client(&[b"h2", b"http/1.1"], &rustls::version::TLS13);
+    let s = c.connect(https, "a.example").await;
+    assert_eq!(s.get_ref().1.alpn_protocol(), Some(&b"h2"[..]));
+    let (v, status, body) = over(s, true, "/headers").await;
+    assert_eq!((v, status), (http::Version::HTTP_2, 200));
+    assert!(body.contains("x-forwarded-proto: https"), "{body}");
+    let m = metrics(&e.h).await;
+    assert!(sample(&m, "flowgate_tls_cert_not_after_timestamp_seconds{cert=\"a\"}").unwrap() > 1.7e9, "{m}");
+}
+
+#[tokio::test]
+async fn certificates_reload_without_dropping_connections_and_keep_the_last_good_one() {
+    let e = edge("").await;
+    let https = e.h.https_addr.unwrap();
+    let c = tls_client(&[b"http/1.1"], &rustls::version::TLS13);
+    // An open keep-alive connection from before the reload.
+    let s = c.connect(https, "a.example").await;
+    let io = hyper_util::rt::TokioIo::new(s);
+    let (mut send, conn) = hyper::client::conn::http1::handshake(io).await.unwrap();
+    tokio::spawn(conn);
+    let get =
+        |path: &'static str| http::Request::get(path).header("host", "a.example").body(Empty::<Bytes>::new()).unwrap();
+    assert_eq!(send.send_request(get("/hello")).await.unwrap().status(), 200);
+
+    tokio::time::sleep(Duration::from_millis(20)).await; // a later mtime
+    let new_a = write_pair(&e.certs, "a", &["a.example"]);
+    eventually(SECS, "new certificate served", || async {
+        c.connect(https, "a.example").await;
+        c.last_cert() == der_of(&new_a)
+    })
+    .await;
+    assert_eq!(send.send_request(get("/hello")).await.unwrap().status(), 200, "the old connection still works");
+
+    std::fs::write(e.certs.join("a.crt"), "garbage").unwrap();
+    eventually(SECS, "the broken certificate is reported", || async {
+        sample(&metrics(&e.h).await, "flowgate_tls_reload_errors_total").unwrap_or(0.0) >= 1.0
+    })
+    .await;
+    c.connect(https, "a.example").await;
+    assert_eq!(c.last_cert(), der_of(&new_a), "the last good certificate stays");
+}
+
+#[tokio::test]
+async fn plain_http_is_redirected_to_https() {
+    let e = edge("").await;
+    let r = get(&client(), &format!("http://{}/admin/x?y=1", e.h.redirect_addr.unwrap())).await.unwrap();
+    assert_eq!(r.status, 308);
+    let port = e.h.https_addr.unwrap().port();
+    assert_eq!(r.headers["location"], format!("https://{}:{port}/admin/x?y=1", "127.0.0.1"));
+}
+
+#[tokio::test]
+async fn https_instances_are_reached_with_the_configured_ca() {
+    let dir = temp("ca");
+    let ca_key = rcgen::KeyPair::generate().unwrap();
+    let mut ca_params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+    ca_params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+    let ca = ca_params.self_signed(&ca_key).unwrap();
+    let leaf_key = rcgen::KeyPair::generate().unwrap();
+    let leaf = rcgen::CertificateParams::new(vec!["localhost".to_string()])
+        .unwrap()
+        .signed_by(&leaf_key, &rcgen::Issuer::new(ca_params, ca_key))
+        .unwrap();
+    std::fs::write(dir.join("ca.pem"), ca.pem()).unwrap();
+    let server = rustls::ServerConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_no_client_auth()
+        .with_single_cert(
+            vec![leaf.der().clone()],
+            rustls::pki_types::PrivateKeyDer::try_from(leaf_key.serialize_der()).unwrap(),
+        )
+        .unwrap();
+    let fake = FakeNodeRed::start_with("s", Options::default(), EventLog::default(), Some(Arc::new(server))).await;
+    let y = format!(
+        "backends:\n  - {{ id: s, url: \"https://localhost:{}\", ca: \"{}\" }}\nhealth: {{ interval: 50ms, timeout: 300ms }}\n",
+        fake.addr.port(),
+        dir.join("ca.pem").display()
+    );
+    let h = start_flowgate(&y, Secrets(vec![])).await;
+    eventually(SECS, "the https instance is active", || async { active(&h).await.as_deref() == Some("s") }).await;
+    let r = get(&client(), &format!("http://{}/hello", h.proxy_addr)).await.unwrap();
+    assert_eq!((r.status, r.body.as_str()), (200, "hello from s"));
+    // Without the CA the instance's certificate is not trusted.
+    let p = flowgate::config::parse(
+        &y.replace(&format!(", ca: \"{}\"", dir.join("ca.pem").display()), ""),
+        Path::new("t"),
+        &Secrets(vec![]),
+    );
+    assert!(p.unwrap_err().to_string().contains("needs `ca: PATH`"));
+}
+
+#[tokio::test]
+async fn reload_keeps_roles_and_websockets_and_applies_the_diff() {
+    use futures_util::StreamExt;
+    let e = edge("").await;
+    let (mut ws, _) = tokio_tungstenite::connect_async(format!("ws://{}/ws", e.h.proxy_addr)).await.unwrap();
+    assert_eq!(ws.next().await.unwrap().unwrap().to_text().unwrap(), "hello from a");
+    // Swap the priorities (b would now win an election) and add a third instance.
+    let c = FakeNodeRed::start("c", Options::default(), EventLog::default()).await;
+    let text = std::fs::read_to_string(&e.config).unwrap();
+    let text = text
+        .replace("priority: 200", "priority: 1")
+        .replace("priority: 100 }", &format!("priority: 500 }}\n  - {{ id: c, url: \"{}\", priority: 900 }}", c.url()));
+    std::fs::write(&e.config, text).unwrap();
+    let r = admin_post(&e.h, "/reload").await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert!(r.body.contains("added: [c]"), "{}", r.body);
+    eventually(SECS, "c probed", || async { status(&e.h).await["backends"][2]["role"] == "standby" }).await;
+    for _ in 0..5 {
+        assert_eq!(active(&e.h).await.as_deref(), Some("a"), "roles are kept across a reload");
+        tokio::time::sleep(Duration::from_millis(40)).await;
+    }
+    assert!(!c.started(), "an added instance is never promoted on sight");
+    use futures_util::SinkExt;
+    ws.send(tokio_tungstenite::tungstenite::Message::text("still there?")).await.unwrap();
+    assert_eq!(ws.next().await.unwrap().unwrap().to_text().unwrap(), "still there?", "the websocket survived");
+    // The kept active's fencing still works after the reload: a crash moves the role to c.
+    e.fakes[0].crash();
+    eventually(SECS, "c active", || async { active(&e.h).await.as_deref() == Some("c") }).await;
+    let end = tokio::time::timeout(SECS, ws.next()).await.expect("the old tunnel closes on demotion");
+    assert!(!matches!(end, Some(Ok(ref m)) if m.is_text()));
+    let m = metrics(&e.h).await;
+    assert_eq!(sample(&m, "flowgate_config_reloads_total{result=\"ok\"}"), Some(1.0), "{m}");
+}
+
+#[tokio::test]
+async fn a_rejected_reload_keeps_the_running_config() {
+    let e = edge("").await;
+    let good = std::fs::read_to_string(&e.config).unwrap();
+    std::fs::write(&e.config, good.replace("health:", "healthh:")).unwrap();
+    let r = admin_post(&e.h, "/reload").await;
+    assert_eq!(r.status, 422);
+    assert!(r.body.contains("healthh"), "{}", r.body);
+    // Removing the active instance is refused too.
+    let without_a: String = good.lines().filter(|l| !l.contains("id: a,")).collect::<Vec<_>>().join("\n");
+    std::fs::write(&e.config, without_a).unwrap();
+    let r = admin_post(&e.h, "/reload").await;
+    assert_eq!(r.status, 422);
+    assert!(r.body.contains("backend a is active"), "{}", r.body);
+    assert_eq!(active(&e.h).await.as_deref(), Some("a"));
+    assert_eq!(get(&client(), &format!("http://{}/hello", e.h.proxy_addr)).await.unwrap().body, "hello from a");
+    let m = metrics(&e.h).await;
+    assert_eq!(sample(&m, "flowgate_config_reloads_total{result=\"rejected\"}"), Some(2.0), "{m}");
+    // A changed listen address is reported, not applied.
+    std::fs::write(&e.config, good.replace(&e.h.admin_addr.to_string(), "127.0.0.1:1")).unwrap();
+    let r = admin_post(&e.h, "/reload").await;
+    assert_eq!(r.status, 200);
+    assert!(r.body.contains("restart flowgate"), "{}", r.body);
+}
+
+#[tokio::test]
+async fn the_config_file_is_watched() {
+    let e = edge("").await;
+    e.h.watch_config(Duration::from_millis(50));
+    tokio::time::sleep(Duration::from_millis(20)).await;
+    let text = std::fs::read_to_string(&e.config).unwrap().replace("hold: 3s", "hold: 2s");
+    std::fs::write(&e.config, text).unwrap();
+    eventually(SECS, "reloaded", || async {
+        sample(&metrics(&e.h).await, "flowgate_config_reloads_total{result=\"ok\"}") == Some(1.0)
+    })
+    .await;
+    assert_eq!(e.h.shared().config.failover.hold, Duration::from_secs(2));
+}
+
+#[tokio::test]
+async fn shutdown_lets_in_flight_requests_finish_and_refuses_new_ones() {
+    let log = EventLog::default();
+    let fa = FakeNodeRed::start("a", Options::default(), log.clone()).await;
+    let h = start_flowgate(&yaml(&[("a", fa.url(), 100)], "shutdown: { grace: 5s }\n"), Secrets(vec![])).await;
+    eventually(SECS, "a active", || async { active(&h).await.as_deref() == Some("a") }).await;
+    let addr = h.proxy_addr;
+    let slow = tokio::spawn(async move { get(&client(), &format!("http://{addr}/slow?ms=600")).await });
+    tokio::time::sleep(Duration::from_millis(100)).await; // the request is in flight
+    let t = tokio::time::Instant::now();
+    h.shutdown().await;
+    let r = slow.await.unwrap().unwrap();
+    assert_eq!((r.status, r.body.as_str()), (200, "slow done"), "the in-flight request completed");
+    assert!(t.elapsed() >= Duration::from_millis(400), "shutdown waited for it");
+    assert!(TcpStream::connect(addr).await.is_err(), "no longer accepting");
+    assert!(fa.started(), "the active keeps running its flows");
+}
+
+async fn raw(addr: std::net::SocketAddr, request: &[u8]) -> String {
+    let mut s = TcpStream::connect(addr).await.unwrap();
+    s.write_all(request).await.unwrap();
+    let mut out = Vec::new();
+    let _ = tokio::time::timeout(SECS, s.read_to_end(&mut out)).await;
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+#[tokio::test]
+async fn a_slowloris_client_is_cut_off() {
+    let log = EventLog::default();
+    let fa = FakeNodeRed::start("a", Options::default(), log.clone()).await;
+    let h = start_flowgate(&yaml(&[("a", fa.url(), 100)], "limits: { header_read_timeout: 300ms }\n"), Secrets(vec![]))
+        .await;
+    let mut s = TcpStream::connect(h.proxy_addr).await.unwrap();
+    s.write_all(b"GET /hello HTTP/1.1\r\nHost: x\r\n").await.unwrap();
+    let t = tokio::time::Instant::now();
+    let mut buf = [0u8; 256];
+    let n = tokio::time::timeout(SECS, s.read(&mut buf)).await.expect("closed by flowgate, not by the test");
+    let took = t.elapsed();
+    assert!(matches!(n, Ok(_) | Err(_)));
+    assert!(took >= Duration::from_millis(250) && took < Duration::from_secs(2), "cut off after {took:?}");
+    // The connection is gone: the next read sees end-of-stream (or a reset).
+    let again = tokio::time::timeout(SECS, s.read(&mut buf)).await.unwrap();
+    assert!(matches!(again, Ok(0) | Err(_)), "{again:?}");
+}
+
+#[tokio::test]
+async fn oversized_heads_get_431_and_smuggling_shapes_get_400() {
+    let log = EventLog::default();
+    let fa = FakeNodeRed::start("a", Options::default(), log.clone()).await;
+    let h = start_flowgate(
+        &yaml(&[("a", fa.url(), 100)], "limits: { max_header_bytes: 16KiB, max_headers: 20 }\n"),
+        Secrets(vec![]),
+    )
+    .await;
+    eventually(SECS, "a active", || async { active(&h).await.as_deref() == Some("a") }).await;
+    let big = format!("GET /hello HTTP/1.1\r\nHost: x\r\nX-Big: {}\r\n\r\n", "y".repeat(20_000));
+    assert!(raw(h.proxy_addr, big.as_bytes()).await.starts_with("HTTP/1.1 431"), "header too large");
+    let mut many = String::from("GET /hello HTTP/1.1\r\nHost: x\r\n");
+    for i in 0..30 {
+        many.push_str(&format!("X-H{i}: v\r\n"));
+    }
+    many.push_str("\r\n");
+    assert!(raw(h.proxy_addr, many.as_bytes()).await.starts_with("HTTP/1.1 431"), "too many headers");
+    // CL.TE smuggling: the chunked framing wins, Content-Length is dropped and the connection
+    // is closed after the answer, so the smuggled second request is never read.
+    let both = b"POST /echo HTTP/1.1\r\nHost: x\r\nContent-Length: 4\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\nGET /hello HTTP/1.1\r\nHost: x\r\n\r\n";
+    let answer = raw(h.proxy_addr, both).await;
+    assert_eq!(answer.matches("HTTP/1.1 ").count(), 1, "one answer only: {answer}");
+    assert!(!answer.contains("hello from a"), "the smuggled request was not served: {answer}");
+    let two = b"POST /echo HTTP/1.1\r\nHost: x\r\nContent-Length: 4\r\nContent-Length: 5\r\n\r\nabcde";
+    assert!(raw(h.proxy_addr, two).await.starts_with("HTTP/1.1 400"), "conflicting lengths");
+    let bad_te = b"POST /echo HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: gzip\r\n\r\nabc";
+    assert!(raw(h.proxy_addr, bad_te).await.starts_with("HTTP/1.1 400"), "TE without chunked last");
+    let ok = raw(h.proxy_addr, b"GET /hello HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").await;
+    assert!(ok.starts_with("HTTP/1.1 200"), "{ok}");
+}
+
+#[tokio::test]
+async fn beyond_the_connection_limit_clients_get_503() {
+    let log = EventLog::default();
+    let fa = FakeNodeRed::start("a", Options::default(), log.clone()).await;
+    let h = start_flowgate(&yaml(&[("a", fa.url(), 100)], "limits: { max_connections: 2 }\n"), Secrets(vec![])).await;
+    eventually(SECS, "a active", || async { active(&h).await.as_deref() == Some("a") }).await;
+    let _held: Vec<TcpStream> = futures_util::future::join_all((0..2).map(|_| TcpStream::connect(h.proxy_addr)))
+        .await
+        .into_iter()
+        .map(Result::unwrap)
+        .collect();
+    tokio::time::sleep(Duration::from_millis(50)).await; // both accepted
+    let r = raw(h.proxy_addr, b"GET /hello HTTP/1.1\r\nHost: x\r\n\r\n").await;
+    assert!(r.starts_with("HTTP/1.1 503") && r.contains("x-flowgate-error: too-many-connections"), "{r}");
+}

@@ -5,15 +5,15 @@
 #   - prepares two user directories in $FLOWGATE_DEMO_DIR (default ./demo-run) with a small
 #     flow, boots both instances with their flows stopped (flowgate prepare-standby)
 #   - runs flowgate in the foreground; Ctrl-C stops flowgate and both instances
-# Ports (override with env): PROXY_PORT=1880 ADMIN_PORT=9901 NR_A_PORT=18801 NR_B_PORT=18802
+# Ports (override with env): PROXY_PORT=1880 HTTPS_PORT=1443 ADMIN_PORT=9901 NR_A_PORT=18801 NR_B_PORT=18802
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ROOT=$(pwd)
-PROXY_PORT=${PROXY_PORT:-1880}; ADMIN_PORT=${ADMIN_PORT:-9901}
+PROXY_PORT=${PROXY_PORT:-1880}; HTTPS_PORT=${HTTPS_PORT:-1443}; ADMIN_PORT=${ADMIN_PORT:-9901}
 NR_A_PORT=${NR_A_PORT:-18801}; NR_B_PORT=${NR_B_PORT:-18802}
 DIR=${FLOWGATE_DEMO_DIR:-$ROOT/demo-run}
 
-for p in "$PROXY_PORT" "$ADMIN_PORT" "$NR_A_PORT" "$NR_B_PORT"; do
+for p in "$PROXY_PORT" "$HTTPS_PORT" "$ADMIN_PORT" "$NR_A_PORT" "$NR_B_PORT"; do
   if (exec 3<>"/dev/tcp/127.0.0.1/$p") 2>/dev/null; then
     echo "port $p is in use; set PROXY_PORT/ADMIN_PORT/NR_A_PORT/NR_B_PORT" >&2; exit 1
   fi
@@ -53,8 +53,14 @@ for port in "$NR_A_PORT" "$NR_B_PORT"; do
   done
 done
 
+[ -f "$DIR/certs/self-signed.crt" ] || "$FLOWGATE" self-signed --name localhost --name 127.0.0.1 --out "$DIR/certs" >/dev/null
+ADMIN_TOKEN=$(od -An -tx1 -N16 /dev/urandom | tr -d ' \n')
+export FLOWGATE_ADMIN_TOKEN=$ADMIN_TOKEN
 cat > "$DIR/flowgate.yaml" <<YAML
-listen: { proxy: "127.0.0.1:$PROXY_PORT", admin: "127.0.0.1:$ADMIN_PORT" }
+listen: { proxy: "127.0.0.1:$PROXY_PORT", https: "127.0.0.1:$HTTPS_PORT", admin: "127.0.0.1:$ADMIN_PORT" }
+tls: { certs: certs }
+admin: { token: { env: FLOWGATE_ADMIN_TOKEN } }
+state: { dir: state }
 backends:
   - { id: nr-a, url: "http://127.0.0.1:$NR_A_PORT", priority: 200 }
   - { id: nr-b, url: "http://127.0.0.1:$NR_B_PORT", priority: 100 }
@@ -69,6 +75,7 @@ cat <<INFO
     nr-b  PID $(cat "$DIR/nr-b/node-red.pid")  http://127.0.0.1:$NR_B_PORT
 
   Point a browser at   http://127.0.0.1:$PROXY_PORT/          (the editor of the active instance)
+                  or   https://127.0.0.1:$HTTPS_PORT/         (self-signed certificate: the browser warns)
   A flow endpoint:     curl http://127.0.0.1:$PROXY_PORT/hello
   Status:              curl http://127.0.0.1:$ADMIN_PORT/status
   Metrics:             curl http://127.0.0.1:$ADMIN_PORT/metrics
@@ -76,6 +83,8 @@ cat <<INFO
   Watch a failover:    while sleep 0.2; do curl -s http://127.0.0.1:$PROXY_PORT/hello; echo; done
                        kill -9 \$(cat $DIR/nr-a/node-red.pid)
   Watch a hang:        curl -m1 http://127.0.0.1:$NR_A_PORT/spin   (a while(true) in a function node)
+  Planned switchover:  curl -X POST -H "Authorization: Bearer $ADMIN_TOKEN" http://127.0.0.1:$ADMIN_PORT/switchover
+  Reload the config:   kill -HUP <flowgate pid>, or edit $DIR/flowgate.yaml
   Ctrl-C stops flowgate and both instances.
 
 INFO

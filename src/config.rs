@@ -210,7 +210,8 @@ pub fn load(path: &Path) -> Result<Config, ConfigError> {
     parse(&text, path, &System)
 }
 
-/// Parses and validates config text; `path` is used in messages only.
+/// Parses and validates config text; `path` names the file in messages, and relative paths in
+/// the text are relative to its folder.
 pub fn parse(text: &str, path: &Path, secrets: &dyn SecretSource) -> Result<Config, ConfigError> {
     // An empty document is an empty mapping, so that "no backends" is reported as such.
     let raw: raw::RawConfig = if text.trim().is_empty() {
@@ -218,7 +219,8 @@ pub fn parse(text: &str, path: &Path, secrets: &dyn SecretSource) -> Result<Conf
     } else {
         serde_yaml::from_str(text).map_err(|e| ConfigError::Syntax { path: path.to_owned(), message: e.to_string() })?
     };
-    validate::validate(raw, secrets).map_err(|mut problems| {
+    let base = path.parent().unwrap_or(Path::new(""));
+    validate::validate(raw, secrets, base).map_err(|mut problems| {
         for p in &mut problems {
             p.line = locate::line_of(text, &p.field);
         }
@@ -255,17 +257,19 @@ mod tests {
     #[test]
     fn example_config_loads() {
         let text = include_str!("../config/flowgate.example.yaml");
-        let cfg = parse_with(
-            text,
-            &[
+        let secrets = Fake(
+            [
                 ("NR_A_TOKEN", "tok-a"),
                 ("NR_B_TOKEN", "tok-b"),
                 ("FLOWGATE_ADMIN_TOKEN", "adm"),
                 ("FLOWGATE_COOKIE_KEY", "ck"),
                 ("FLOWGATE_STATE_KEY", "sk"),
-            ],
-        )
-        .unwrap_or_else(|e| panic!("{e}"));
+            ]
+            .into_iter()
+            .collect(),
+        );
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("config/flowgate.example.yaml");
+        let cfg = parse(text, &path, &secrets).unwrap_or_else(|e| panic!("{e}"));
         assert_eq!(cfg.backends.len(), 2);
         assert_eq!(cfg.backends[0].token.as_ref().map(Secret::expose), Some("tok-a"));
         assert_eq!(cfg.health.canary.as_deref(), Some("/flowgate/canary"));

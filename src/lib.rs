@@ -31,6 +31,8 @@ pub mod deploy;
 pub mod editor;
 pub mod election;
 pub mod error;
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod health;
 pub mod metrics;
 pub mod proxy;

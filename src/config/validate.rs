@@ -129,8 +129,10 @@ fn root(problems: &mut Problems, field: &str, value: &Option<String>) -> String 
     r
 }
 
-pub fn validate(raw: RawConfig, secrets: &dyn SecretSource) -> Result<Config, Vec<Problem>> {
+/// `base` is the config file's folder: relative paths in the file are relative to it.
+pub fn validate(raw: RawConfig, secrets: &dyn SecretSource, base: &std::path::Path) -> Result<Config, Vec<Problem>> {
     let mut p = Problems(Vec::new());
+    let at = |s: &str| base.join(s);
 
     let https = raw.listen.https.as_ref().map(|_| p.addr("listen.https", &raw.listen.https, "0.0.0.0:443"));
     let proxy = match (&raw.listen.proxy, https) {
@@ -154,7 +156,7 @@ pub fn validate(raw: RawConfig, secrets: &dyn SecretSource) -> Result<Config, Ve
         p.add("listen.redirect", "redirects to the HTTPS listener: set listen.https too");
     }
     let tls = raw.tls.as_ref().map(|t| {
-        let certs = std::path::PathBuf::from(&t.certs);
+        let certs = at(&t.certs);
         if !certs.is_dir() {
             p.add("tls.certs", format!("{} is not a folder of NAME.crt + NAME.key files", t.certs));
         }
@@ -205,7 +207,7 @@ pub fn validate(raw: RawConfig, secrets: &dyn SecretSource) -> Result<Config, Ve
             }
         };
         let token = p.secret(&format!("{field}.token"), &b.token, secrets);
-        let ca = b.ca.as_ref().map(std::path::PathBuf::from);
+        let ca = b.ca.as_deref().map(at);
         if let Some(ca) = &ca
             && !ca.is_file()
         {
@@ -304,10 +306,8 @@ pub fn validate(raw: RawConfig, secrets: &dyn SecretSource) -> Result<Config, Ve
         timeout: p.duration("deploy.timeout", &raw.deploy.timeout, DEFAULT_DEPLOY_TIMEOUT),
         palette_timeout: p.duration("deploy.palette_timeout", &raw.deploy.palette_timeout, DEFAULT_PALETTE_TIMEOUT),
     };
-    let state = StateConfig {
-        dir: raw.state.dir.as_deref().map(std::path::PathBuf::from),
-        key: p.secret("state.key", &raw.state.key, secrets),
-    };
+    let state =
+        StateConfig { dir: raw.state.dir.as_deref().map(at), key: p.secret("state.key", &raw.state.key, secrets) };
 
     let l = &raw.limits;
     let max_header_bytes = match l.max_header_bytes.as_deref().map(parse_size) {

@@ -2,11 +2,14 @@
 //!
 //! | Endpoint | Auth | What |
 //! |---|---|---|
+//! | `GET /` | none | the status page (live, embedded; no external assets) |
+//! | `GET /events` | none | server-sent events: the `/status` JSON whenever it changes |
 //! | `GET /metrics` | none | Prometheus text format |
 //! | `GET /status` | none | JSON: each instance's health, role, flow state, last probe and error; the active; recent failovers |
 //! | `GET /healthz` | none | 200 while flowgate runs |
 //! | `GET /ready` | none | 200 while an active instance receives traffic, else 503 |
 //! | `POST /switchover[?to=ID]` | bearer token | planned move of the active role (break-before-make); without `to`, the best standby |
+//! | `POST /resync?to=ID` | bearer token | marks an instance out of step so it is brought back in step now |
 //! | `POST /reload` | bearer token | re-reads the configuration file; 422 with every problem if it is rejected (the running configuration stays) |
 //! | `GET /auth/token-info` | the token asked about | for Node-RED's `adminAuth.tokens`: 200 `{"username","permissions"}` for an editor token issued through flowgate, else 404 |
 //!
@@ -64,6 +67,47 @@ fn authorised(shared: &Shared, req: &Request<Incoming>) -> Result<(), Box<Respon
     }
 }
 
+const STATUS_PAGE: &str = include_str!("admin/status.html");
+
+/// Server-sent events: the status JSON when it changes (checked every 250 ms), a comment
+/// every 15 s to keep proxies from closing an idle stream.
+fn events(app: Arc<crate::App>) -> Response<Body> {
+    let (body, tx) = Body::channel(4);
+    tokio::spawn(async move {
+        let mut last = String::new();
+        let mut tick = tokio::time::interval(std::time::Duration::from_millis(250));
+        let mut quiet = 0u32;
+        loop {
+            tokio::select! {
+                _ = tick.tick() => {}
+                _ = app.shutting_down() => return,
+            }
+            let now = serde_json::to_string(&**app.shared().status.load()).expect("status serialises");
+            let chunk = if now != last {
+                quiet = 0;
+                let c = format!("data: {now}\n\n");
+                last = now;
+                c
+            } else {
+                quiet += 1;
+                if quiet < 60 {
+                    continue;
+                }
+                quiet = 0;
+                ": keep-alive\n\n".to_string()
+            };
+            if tx.send(bytes::Bytes::from(chunk)).await.is_err() {
+                return; // the client went away
+            }
+        }
+    });
+    let mut r = Response::new(body);
+    let h = r.headers_mut();
+    h.insert(CONTENT_TYPE, HeaderValue::from_static("text/event-stream"));
+    h.insert("cache-control", HeaderValue::from_static("no-cache"));
+    r
+}
+
 fn query_param<'a>(req: &'a Request<Incoming>, key: &str) -> Option<&'a str> {
     req.uri().query()?.split('&').find_map(|kv| kv.strip_prefix(key)?.strip_prefix('='))
 }
@@ -71,6 +115,38 @@ fn query_param<'a>(req: &'a Request<Incoming>, key: &str) -> Option<&'a str> {
 pub async fn serve(app: Arc<crate::App>, req: Request<Incoming>) -> Result<Response<Body>, Infallible> {
     let shared = app.shared();
     let resp = match (req.method(), req.uri().path()) {
+        (&Method::GET, "/") => {
+            let mut r = reply(StatusCode::OK, "text/html; charset=utf-8", STATUS_PAGE);
+            r.headers_mut().insert(
+                "content-security-policy",
+                HeaderValue::from_static("default-src 'self'; style-src 'unsafe-inline'; script-src 'unsafe-inline'"),
+            );
+            r
+        }
+        (&Method::GET, "/events") => events(app.clone()),
+        (&Method::POST, "/resync") => match authorised(&shared, &req) {
+            Err(r) => *r,
+            Ok(()) => {
+                match query_param(&req, "to").and_then(|id| shared.backends.iter().position(|b| b.id.as_str() == id)) {
+                    Some(i) => {
+                        shared
+                            .sync
+                            .lock()
+                            .unwrap_or_else(|e| e.into_inner())
+                            .mark_out_of_step(i, "resync requested by an operator");
+                        shared.sync_changed.notify_one();
+                        json(
+                            StatusCode::ACCEPTED,
+                            serde_json::json!({"result": format!("{} will be resynced", shared.backends[i].id)}),
+                        )
+                    }
+                    None => json(
+                        StatusCode::NOT_FOUND,
+                        serde_json::json!({"error": "give ?to=<backend id> of a configured backend"}),
+                    ),
+                }
+            }
+        },
         (&Method::POST, "/reload") => match authorised(&shared, &req) {
             Err(r) => *r,
             Ok(()) => match app.reload_file().await {
@@ -119,9 +195,11 @@ pub async fn serve(app: Arc<crate::App>, req: Request<Incoming>) -> Result<Respo
                 }
             }
         },
-        (_, "/metrics" | "/status" | "/healthz" | "/ready" | "/switchover" | "/auth/token-info" | "/reload") => {
-            json(StatusCode::METHOD_NOT_ALLOWED, serde_json::json!({"error": "method not allowed"}))
-        }
+        (
+            _,
+            "/" | "/events" | "/resync" | "/metrics" | "/status" | "/healthz" | "/ready" | "/switchover"
+            | "/auth/token-info" | "/reload",
+        ) => json(StatusCode::METHOD_NOT_ALLOWED, serde_json::json!({"error": "method not allowed"})),
         _ => json(StatusCode::NOT_FOUND, serde_json::json!({"error": "not found"})),
     };
     Ok(resp)

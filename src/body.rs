@@ -18,7 +18,14 @@ enum Kind {
     Empty,
     Full(Option<Bytes>),
     Incoming(Incoming),
-    Reclaim { slot: Slot, taken: Option<Incoming>, hint: SizeHint, end: bool },
+    Reclaim {
+        slot: Slot,
+        taken: Option<Incoming>,
+        hint: SizeHint,
+        end: bool,
+    },
+    /// Chunks produced by a task (server-sent events).
+    Channel(tokio::sync::mpsc::Receiver<Bytes>),
 }
 
 /// Holds a request body until its first poll; see [`Body::reclaimable`].
@@ -45,6 +52,12 @@ impl Body {
         Body(Kind::Incoming(inc))
     }
 
+    /// A streamed body: each chunk sent on the returned sender is written as it comes.
+    pub fn channel(capacity: usize) -> (Self, tokio::sync::mpsc::Sender<Bytes>) {
+        let (tx, rx) = tokio::sync::mpsc::channel(capacity);
+        (Body(Kind::Channel(rx)), tx)
+    }
+
     /// A body that can be taken back through the returned slot until it is first polled.
     pub fn reclaimable(inc: Incoming) -> (Self, Slot) {
         let hint = http_body::Body::size_hint(&inc);
@@ -63,6 +76,7 @@ impl http_body::Body for Body {
             Kind::Empty => Poll::Ready(None),
             Kind::Full(b) => Poll::Ready(b.take().map(|b| Ok(Frame::data(b)))),
             Kind::Incoming(inc) => Pin::new(inc).poll_frame(cx),
+            Kind::Channel(rx) => rx.poll_recv(cx).map(|c| c.map(|b| Ok(Frame::data(b)))),
             Kind::Reclaim { slot, taken, .. } => {
                 if taken.is_none() {
                     *taken = slot.reclaim();
@@ -82,6 +96,7 @@ impl http_body::Body for Body {
             Kind::Incoming(inc) => inc.is_end_stream(),
             Kind::Reclaim { taken: Some(inc), .. } => inc.is_end_stream(),
             Kind::Reclaim { end, .. } => *end,
+            Kind::Channel(_) => false,
         }
     }
 
@@ -92,6 +107,7 @@ impl http_body::Body for Body {
             Kind::Incoming(inc) => inc.size_hint(),
             Kind::Reclaim { taken: Some(inc), .. } => inc.size_hint(),
             Kind::Reclaim { hint, .. } => *hint,
+            Kind::Channel(_) => SizeHint::default(),
         }
     }
 }

@@ -120,6 +120,7 @@ pub struct FailoverConfig {
 pub struct LogConfig {
     pub level: Option<String>,
     pub json: bool,
+    pub access: bool,
 }
 
 /// An IP block of trusted proxies.

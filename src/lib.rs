@@ -141,6 +141,11 @@ impl App {
         self.core.load().shared.clone()
     }
 
+    /// Resolves when shutdown begins.
+    pub fn shutting_down(&self) -> tokio_util::sync::WaitForCancellationFuture<'_> {
+        self.shutdown.cancelled()
+    }
+
     /// The request path of the current configuration.
     pub fn proxy(&self) -> Arc<Proxy> {
         self.core.load().proxy.clone()
@@ -164,6 +169,9 @@ impl App {
             .map(|b| Arc::new(Backend::new(b, &config.node_red, config.health.canary.as_deref())))
             .collect();
         let kicks: Vec<Arc<Notify>> = backends.iter().map(|_| Arc::new(Notify::new())).collect();
+        for b in &backends {
+            self.metrics.init_backend(b.id.as_str());
+        }
         let (commands_tx, commands_rx) = mpsc::channel(16);
         let (reports_tx, reports_rx) = mpsc::channel(64);
         let shared = Arc::new(Shared {

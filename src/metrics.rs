@@ -12,6 +12,12 @@ use crate::proxy::RouteClass;
 pub const ROLES: [&str; 5] = ["active", "standby", "promoting", "down", "unmanageable"];
 pub const FLOW_STATES: [&str; 4] = ["start", "stop", "safe", "unknown"];
 pub const CODE_CLASSES: [&str; 5] = ["1xx", "2xx", "3xx", "4xx", "5xx"];
+/// Every `reason` label of the failover families.
+pub const REASONS: [&str; 8] =
+    ["initial", "crash", "hang", "unhealthy", "unmanageable", "canary", "switchover", "failback"];
+pub const PROBE_FAILURES: [&str; 8] =
+    ["refused", "connect", "reset", "timeout", "unauthorized", "runtime_state_disabled", "status", "bad_body"];
+pub const FANOUT_RESULTS: [&str; 6] = ["ok", "conflict", "rejected", "diverged", "error", "skipped"];
 
 pub struct Metrics {
     registry: Registry,
@@ -46,6 +52,12 @@ pub struct Metrics {
 
 impl Metrics {
     pub fn new() -> Self {
+        let m = Self::build();
+        m.init_fixed();
+        m
+    }
+
+    fn build() -> Self {
         let registry = Registry::new();
         fn reg<T: prometheus::core::Collector + Clone + 'static>(r: &Registry, c: T) -> T {
             r.register(Box::new(c.clone())).expect("metric names are unique");
@@ -283,6 +295,36 @@ impl Metrics {
         for s in FLOW_STATES {
             self.backend_flow_state.with_label_values(&[backend, s]).set(i64::from(s == flow_state));
         }
+    }
+
+    /// Creates every labelled series at zero, so dashboards and `increase()` see them from the
+    /// start (fixed label sets).
+    fn init_fixed(&self) {
+        for r in REASONS {
+            self.failovers.with_label_values(&[r]);
+            self.failover_failures.with_label_values(&[r]);
+        }
+        for r in ["ok", "rejected", "error"] {
+            self.deploys.with_label_values(&[r]);
+        }
+        for r in ["ok", "rejected"] {
+            self.config_reloads.with_label_values(&[r]);
+        }
+    }
+
+    /// Creates a backend's labelled series at zero.
+    pub fn init_backend(&self, backend: &str) {
+        for k in PROBE_FAILURES {
+            self.probe_failures.with_label_values(&[backend, k]);
+        }
+        for r in FANOUT_RESULTS {
+            self.deploy_fanout.with_label_values(&[backend, r]);
+        }
+        for r in ["ok", "failed"] {
+            self.resyncs.with_label_values(&[backend, r]);
+        }
+        self.stray_starts_stopped.with_label_values(&[backend]);
+        self.probe_duration.with_label_values(&[backend]);
     }
 
     /// Sets the in-step gauge and the revision series of one backend.

@@ -88,12 +88,31 @@ impl Proxy {
     pub async fn serve(self: Arc<Self>, req: Request<Incoming>, peer: Peer) -> Result<Response<Body>, Infallible> {
         let started = Instant::now();
         let upgrade = is_upgrade(req.version(), req.headers());
+        let access = if self.shared.config.log.access {
+            (req.method().clone(), req.uri().path().to_string())
+        } else {
+            (http::Method::GET, String::new())
+        };
         let class = route::classify(req.uri().path(), upgrade, &self.shared.config.node_red);
         let resp = match self.dispatch(req, peer, upgrade, class).await {
             Ok(r) => r,
             Err(e) => e.response(),
         };
-        self.shared.metrics.request(class, resp.status().as_u16(), started.elapsed().as_secs_f64());
+        let status = resp.status().as_u16();
+        let elapsed = started.elapsed();
+        self.shared.metrics.request(class, status, elapsed.as_secs_f64());
+        if self.shared.config.log.access {
+            tracing::info!(
+                target: "flowgate::access",
+                client = %peer.addr,
+                method = %access.0,
+                path = %access.1,
+                status,
+                route = class.as_str(),
+                ms = format!("{:.1}", elapsed.as_secs_f64() * 1e3),
+                "request"
+            );
+        }
         Ok(resp)
     }
 

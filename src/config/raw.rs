@@ -214,4 +214,6 @@ pub struct RawLog {
     pub level: Option<String>,
     /// "text" (default) or "json".
     pub format: Option<String>,
+    /// One line per client request (target `flowgate::access`), default false.
+    pub access: Option<bool>,
 }

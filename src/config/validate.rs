@@ -358,7 +358,7 @@ pub fn validate(raw: RawConfig, secrets: &dyn SecretSource, base: &std::path::Pa
             tls,
             limits,
             shutdown_grace,
-            log: LogConfig { level: raw.log.level, json },
+            log: LogConfig { level: raw.log.level, json, access: raw.log.access.unwrap_or(false) },
         })
     } else {
         Err(p.0)

@@ -103,7 +103,15 @@ fn main() -> ExitCode {
                 }
             };
             init_logging(&cfg.log);
-            let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build().expect("tokio runtime");
+            // FLOWGATE_WORKERS=1 runs everything on one thread (no cross-thread wakeups);
+            // the default is one worker per core.
+            let workers = std::env::var("FLOWGATE_WORKERS").ok().and_then(|w| w.parse::<usize>().ok());
+            let rt = match workers {
+                Some(1) => tokio::runtime::Builder::new_current_thread().enable_all().build(),
+                Some(n) => tokio::runtime::Builder::new_multi_thread().worker_threads(n.max(1)).enable_all().build(),
+                None => tokio::runtime::Builder::new_multi_thread().enable_all().build(),
+            }
+            .expect("tokio runtime");
             rt.block_on(run(cfg, config))
         }
     }

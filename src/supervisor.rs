@@ -97,6 +97,8 @@ struct Member {
     warned_unmanageable: bool,
     sync_in_flight: bool,
     sync_retry_at: Option<Instant>,
+    /// After a failed stray stop: not retried before this.
+    stop_retry_at: Option<Instant>,
 }
 
 impl Member {
@@ -343,6 +345,7 @@ impl Supervisor {
         for m in &self.members {
             consider(m.cooldown_until);
             consider(m.sync_retry_at);
+            consider(m.stop_retry_at);
         }
         if let Some(p) = self.promoted_at {
             consider(Some(p + self.shared.config.health.promotion_grace));
@@ -498,7 +501,8 @@ impl Supervisor {
                         if e == CallError::RuntimeStateDisabled {
                             m.runtime_state = Some(false);
                         }
-                        error!(backend = %id, error = %e, "could not stop flows on a non-active instance");
+                        m.stop_retry_at = Some(now + SYNC_RETRY);
+                        error!(backend = %id, error = %e, "could not stop flows on a non-active instance; retrying in 5 s");
                     }
                 }
             }
@@ -753,6 +757,9 @@ impl Supervisor {
         for (i, m) in self.members.iter_mut().enumerate() {
             let running = matches!(m.flow_state, Some(FlowState::Start | FlowState::Safe));
             if Some(i) == self.active || m.health() != Health::Up || !running || m.stop_in_flight {
+                continue;
+            }
+            if m.stop_retry_at.is_some_and(|t| Instant::now() < t) {
                 continue;
             }
             if m.runtime_state == Some(false) {

@@ -103,7 +103,11 @@ async fn ws(addr: String, n: usize) {
         s.write_all(req.as_bytes()).await.unwrap();
         let mut buf = vec![0u8; 1024];
         let got = s.read(&mut buf).await.unwrap();
-        assert!(buf[..got].starts_with(b"HTTP/1.1 101"), "upgrade {i} failed: {}", String::from_utf8_lossy(&buf[..got]));
+        assert!(
+            buf[..got].starts_with(b"HTTP/1.1 101"),
+            "upgrade {i} failed: {}",
+            String::from_utf8_lossy(&buf[..got])
+        );
         held.push(s);
     }
     hold_until_stdin_closes().await;
@@ -130,7 +134,11 @@ async fn steady(url: String, secs: u64, period_ms: u64, kill_after_ms: u64, cmd:
                 let resp = c.get(u).await.map_err(|e| e.to_string())?;
                 let status = resp.status();
                 let body = resp.into_body().collect().await.map_err(|e| e.to_string())?.to_bytes();
-                if status.is_success() { Ok(String::from_utf8_lossy(&body).into_owned()) } else { Err(format!("{status}")) }
+                if status.is_success() {
+                    Ok(String::from_utf8_lossy(&body).into_owned())
+                } else {
+                    Err(format!("{status}"))
+                }
             })
             .await
             .unwrap_or_else(|_| Err("timeout".into()));

@@ -355,3 +355,21 @@ async fn metrics_and_status_describe_roles() {
     let ready = get(&client(), &format!("http://{}/ready", h.admin_addr)).await.unwrap();
     assert_eq!(ready.status, 200);
 }
+
+#[tokio::test]
+async fn an_instance_that_will_not_stop_is_retried_calmly_and_reported() {
+    let stubborn = Options { ignore_stop: true, ..Options::default() };
+    let (fa, fb, _log, h) = two(Options::default(), stubborn, "").await;
+    eventually(SECS, "a active", || async { active(&h).await.as_deref() == Some("a") }).await;
+    assert!(fa.started());
+    // b starts running flows on its own (a reboot with a persisted start) and refuses to stop.
+    let posts = fb.inner.state_posts.load(Ordering::SeqCst);
+    fb.inner.started.store(true, Ordering::SeqCst);
+    eventually(SECS, "a stop attempt", || async { fb.inner.state_posts.load(Ordering::SeqCst) > posts }).await;
+    let before = fb.inner.state_posts.load(Ordering::SeqCst);
+    tokio::time::sleep(Duration::from_millis(1500)).await; // many reconcile rounds at 50 ms probes
+    let after = fb.inner.state_posts.load(Ordering::SeqCst);
+    assert!(after - before <= 1, "stop retried {} times in 1.5 s", after - before);
+    let m = metrics(&h).await;
+    assert_eq!(sample(&m, "flowgate_instances_running_flows"), Some(2.0), "the alert metric shows it: {m}");
+}

@@ -30,11 +30,14 @@ pub struct Options {
     pub runtime_state: bool,
     pub token: Option<String>,
     pub canary_ok: bool,
+    /// Answers a stop with `{"state":"start"}` and keeps running (runtimeFlowState pinned in
+    /// settings.js).
+    pub ignore_stop: bool,
 }
 
 impl Default for Options {
     fn default() -> Self {
-        Options { started: false, runtime_state: true, token: None, canary_ok: true }
+        Options { started: false, runtime_state: true, token: None, canary_ok: true, ignore_stop: false }
     }
 }
 
@@ -43,6 +46,8 @@ pub struct Inner {
     pub started: AtomicBool,
     pub runtime_state: AtomicBool,
     pub canary_ok: AtomicBool,
+    pub ignore_stop: bool,
+    pub state_posts: AtomicUsize,
     pub hung: AtomicBool,
     unhang: Notify,
     token: Option<String>,
@@ -123,6 +128,8 @@ impl FakeNodeRed {
             started: AtomicBool::new(opts.started),
             runtime_state: AtomicBool::new(opts.runtime_state),
             canary_ok: AtomicBool::new(opts.canary_ok),
+            ignore_stop: opts.ignore_stop,
+            state_posts: AtomicUsize::new(0),
             hung: AtomicBool::new(false),
             unhang: Notify::new(),
             token: opts.token,
@@ -249,7 +256,8 @@ async fn handle(inner: Arc<Inner>, req: Request<Incoming>) -> Result<Response<Fu
                 return Ok(reply(StatusCode::NOT_FOUND, "<pre>Cannot POST /flows/state</pre>"));
             }
             let body = req.into_body().collect().await.unwrap().to_bytes();
-            let want = String::from_utf8_lossy(&body).contains("\"start\"");
+            inner.state_posts.fetch_add(1, Ordering::SeqCst);
+            let want = String::from_utf8_lossy(&body).contains("\"start\"") || inner.ignore_stop;
             inner.log.lock().unwrap().push((inner.name.clone(), if want { "start" } else { "stop" }));
             inner.started.store(want, Ordering::SeqCst);
             reply(StatusCode::OK, state(want))

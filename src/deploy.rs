@@ -147,13 +147,21 @@ fn v2_body(flows: &str, rev: Option<&str>, credentials: Option<&str>) -> Bytes {
     Bytes::from(out)
 }
 
-/// Headers for a copy of an editor write sent to another instance: the editor's end-to-end
-/// headers, with flowgate's token for that instance when it has one.
-fn copy_headers(editor: &HeaderMap, backend: &Backend) -> HeaderMap {
-    let mut h = editor.clone();
-    for name in [header::HOST, header::COOKIE, header::CONTENT_LENGTH] {
+/// The path and headers of an editor request as sent on to an instance: the editor's own
+/// headers without those that belong to the client hop (Host, Content-Length, Cookie).
+fn to_instance(parts: &Parts) -> (String, HeaderMap) {
+    let pq = parts.uri.path_and_query().map_or("/", |p| p.as_str()).to_string();
+    let mut h = parts.headers.clone();
+    for name in [header::HOST, header::CONTENT_LENGTH, header::COOKIE] {
         h.remove(name);
     }
+    (pq, h)
+}
+
+/// Headers for a copy of an editor write sent to another instance: the editor's end-to-end
+/// headers, with flowgate's token for that instance when it has one.
+fn copy_headers(parts: &Parts, backend: &Backend) -> HeaderMap {
+    let (_, mut h) = to_instance(parts);
     if let Some(t) = backend.token() {
         h.insert(AUTHORIZATION, t.clone());
     }
@@ -297,11 +305,7 @@ pub async fn deploy(
     let ab = &active.backend;
     let total = shared.backends.len();
     let v2 = checked.api == Api::V2 && !checked.reload;
-    let pq = parts.uri.path_and_query().map_or("/", |p| p.as_str()).to_string();
-    let mut editor_headers = parts.headers.clone();
-    editor_headers.remove(header::HOST);
-    editor_headers.remove(header::CONTENT_LENGTH);
-    editor_headers.remove(header::COOKIE);
+    let (pq, editor_headers) = to_instance(&parts);
     let (up, down) = others(shared, ai);
     let (speculative, mut later, old_gen, expected) = {
         let t = shared.sync.lock().unwrap_or_else(|e| e.into_inner());
@@ -413,7 +417,7 @@ pub async fn deploy(
                 Some(v2) => v2_body(v2.flows.get(), expected[i].as_deref(), v2.credentials.map(RawValue::get)),
                 None => bytes.clone(),
             };
-            let (headers, fence, pq) = (copy_headers(&parts.headers, &b), guard.fence.clone(), pq.clone());
+            let (headers, fence, pq) = (copy_headers(&parts, &b), guard.fence.clone(), pq.clone());
             async move {
                 (i, fenced(b.exchange(client, Method::POST, &pq, headers, body, cfg.deploy.timeout), &fence).await)
             }
@@ -461,10 +465,7 @@ pub async fn replay(
     let timeout = if palette { cfg.deploy.palette_timeout } else { cfg.deploy.timeout };
     let guard = lock_changes(shared, cfg.failover.hold).await.ok_or(ProxyError::ChangeInProgress)?;
     let ai = active.index;
-    let pq = parts.uri.path_and_query().map_or("/", |p| p.as_str()).to_string();
-    let mut editor_headers = parts.headers.clone();
-    editor_headers.remove(header::HOST);
-    editor_headers.remove(header::CONTENT_LENGTH);
+    let (pq, editor_headers) = to_instance(&parts);
     let (status, rh, rb) = fenced(
         active.backend.exchange(client, parts.method.clone(), &pq, editor_headers, bytes.clone(), timeout),
         &guard.fence,
@@ -483,7 +484,7 @@ pub async fn replay(
     let calls = up.iter().map(|&i| {
         let b = shared.backends[i].clone();
         let (headers, body, fence, pq, m) =
-            (copy_headers(&parts.headers, &b), bytes.clone(), guard.fence.clone(), pq.clone(), parts.method.clone());
+            (copy_headers(&parts, &b), bytes.clone(), guard.fence.clone(), pq.clone(), parts.method.clone());
         async move { (i, fenced(b.exchange(client, m, &pq, headers, body, timeout), &fence).await) }
     });
     let results = futures_util::future::join_all(calls).await;
@@ -535,10 +536,7 @@ pub async fn add_flow(
     let cfg = &shared.config;
     let bytes = read_body(body, cfg.deploy.max_body).await?;
     let guard = lock_changes(shared, cfg.failover.hold).await.ok_or(ProxyError::ChangeInProgress)?;
-    let pq = parts.uri.path_and_query().map_or("/", |p| p.as_str()).to_string();
-    let mut h = parts.headers.clone();
-    h.remove(header::HOST);
-    h.remove(header::CONTENT_LENGTH);
+    let (pq, h) = to_instance(&parts);
     let (status, rh, rb) =
         fenced(active.backend.exchange(client, Method::POST, &pq, h, bytes, cfg.deploy.timeout), &guard.fence)
             .await
@@ -567,10 +565,7 @@ pub async fn login(
     active: Arc<Active>,
 ) -> Result<Response<Body>, ProxyError> {
     let bytes = read_body(body, 64 << 10).await?;
-    let pq = parts.uri.path_and_query().map_or("/", |p| p.as_str()).to_string();
-    let mut h = parts.headers.clone();
-    h.remove(header::HOST);
-    h.remove(header::CONTENT_LENGTH);
+    let (pq, h) = to_instance(&parts);
     let b = &active.backend;
     let timeout = shared.config.deploy.timeout;
     let (status, rh, rb) =
@@ -615,10 +610,7 @@ pub async fn logout(
     {
         shared.tokens.remove(t);
     }
-    let pq = parts.uri.path_and_query().map_or("/", |p| p.as_str()).to_string();
-    let mut h = parts.headers.clone();
-    h.remove(header::HOST);
-    h.remove(header::CONTENT_LENGTH);
+    let (pq, h) = to_instance(&parts);
     let (status, rh, rb) = active
         .backend
         .exchange(client, Method::POST, &pq, h, bytes, shared.config.deploy.timeout)

@@ -118,9 +118,13 @@ fn main() -> ExitCode {
 }
 
 fn init_logging(log: &flowgate::config::LogConfig) {
-    let filter =
-        EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(log.level.as_deref().unwrap_or("info")));
-    let builder = tracing_subscriber::fmt().with_env_filter(filter);
+    // rustls warns on every handshake from a client that sends an IP address as SNI (which
+    // clients connecting by IP do): at its default level that floods the log.
+    let level = log.level.as_deref().unwrap_or("info");
+    let level = if level.contains("rustls") { level.to_string() } else { format!("{level},rustls=error") };
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(level));
+    // Diagnostics go to stderr; stdout stays for command output.
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
     if log.json { builder.json().init() } else { builder.init() }
 }
 

@@ -127,6 +127,13 @@ pub struct App {
     shutdown: CancellationToken,
 }
 
+/// The clients a core uses: probes and flow-state calls, and proxied traffic.
+type Clients = (backend::AdminClient, backend::AdminClient);
+
+fn clients(config: &Config) -> Result<Clients, String> {
+    Ok((backend::admin_client(config)?, backend::client(config, None)?))
+}
+
 struct SharedView(Arc<Shared>);
 
 impl CanaryWanted for SharedView {
@@ -160,8 +167,10 @@ impl App {
         c.1.clone()
     }
 
-    /// Builds a core for `config` and starts its probers and supervisor.
-    fn build(&self, config: Config, sync: sync::SyncTable, seed: Option<Seed>) -> Result<Core, String> {
+    /// Builds a core for `config` with its clients (made beforehand by [`clients`], the only
+    /// fallible part) and starts its probers and supervisor.
+    fn build(&self, config: Config, clients: Clients, sync: sync::SyncTable, seed: Option<Seed>) -> Core {
+        let (admin_client, client) = clients;
         let config = Arc::new(config);
         let backends: Vec<Arc<Backend>> = config
             .backends
@@ -192,7 +201,6 @@ impl App {
             commands: commands_tx,
         });
         let cancel = self.shutdown.child_token();
-        let admin_client = backend::admin_client(&config)?;
         let wants: Arc<dyn CanaryWanted> = Arc::new(SharedView(shared.clone()));
         for (index, backend) in backends.iter().enumerate() {
             let prober = Prober {
@@ -208,9 +216,8 @@ impl App {
         }
         let supervisor = Supervisor::new(shared.clone(), admin_client, reports_rx, commands_rx, seed);
         self.tasks.spawn(supervisor.run(self.shutdown.child_token()));
-        let client = backend::client(&config, None)?;
         let proxy = Arc::new(Proxy::new(shared.clone(), client, self.tunnels.clone(), self.shutdown.clone()));
-        Ok(Core { shared, proxy, cancel })
+        Core { shared, proxy, cancel }
     }
 
     /// Reloads the configuration file (SIGHUP, `POST /reload`, file change).
@@ -281,6 +288,9 @@ impl App {
             sync::SyncTable::open(ids.clone(), oc.state.dir.as_deref(), config.state.key.as_ref().map(|k| k.expose()))
                 .map_err(|e| format!("state.dir: {e}"))?;
         table.carry_from(&old.shared.sync.lock().unwrap_or_else(|e| e.into_inner()));
+        // Everything that can fail happens before the running supervisor hands over, so a
+        // rejected reload never leaves the instances unsupervised.
+        let clients = clients(&config)?;
         // The running supervisor hands over once no promotion is in flight.
         let (tx, rx) = oneshot::channel();
         old.shared.commands.send(Command::Handover { reply: tx }).await.map_err(|_| "shutting down".to_string())?;
@@ -293,7 +303,7 @@ impl App {
             oc.backends.iter().map(|b| b.id.to_string()).filter(|id| !ids.contains(id)).collect();
         let added: Vec<String> =
             ids.iter().filter(|id| !oc.backends.iter().any(|b| b.id.as_str() == id.as_str())).cloned().collect();
-        let core = self.build(config, table, Some(seed))?;
+        let core = self.build(config, clients, table, Some(seed));
         self.core.store(Arc::new(core));
         old.cancel.cancel();
         for id in &removed {
@@ -391,7 +401,8 @@ pub fn start(config: Config, listeners: Listeners, config_path: Option<PathBuf>)
     });
     let limits = config.limits.clone();
     let grace = config.shutdown_grace;
-    let core = app.build(config, table, None).map_err(err)?;
+    let clients = clients(&config).map_err(err)?;
+    let core = app.build(config, clients, table, None);
     app.core.store(Arc::new(core));
 
     let slots = Arc::new(Semaphore::new(limits.max_connections));

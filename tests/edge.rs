@@ -472,3 +472,21 @@ async fn beyond_the_connection_limit_clients_get_503() {
     let r = raw(h.proxy_addr, b"GET /hello HTTP/1.1\r\nHost: x\r\n\r\n").await;
     assert!(r.starts_with("HTTP/1.1 503") && r.contains("x-flowgate-error: too-many-connections"), "{r}");
 }
+
+#[tokio::test]
+async fn a_reload_that_fails_late_leaves_the_running_supervisor_in_charge() {
+    let e = edge("").await;
+    // Valid YAML and a readable file, but not a PEM certificate: only building the clients fails.
+    let bad_ca = e.config.with_file_name("garbage-ca.pem");
+    std::fs::write(&bad_ca, "-----BEGIN CERTIFICATE-----\nnot base64!\n-----END CERTIFICATE-----\n").unwrap();
+    let text = std::fs::read_to_string(&e.config).unwrap();
+    let extra = format!("\n  - {{ id: c, url: \"https://localhost:9\", ca: \"{}\" }}", bad_ca.display());
+    let text = text.replacen("priority: 100 }", &format!("priority: 100 }}{extra}"), 1);
+    std::fs::write(&e.config, text).unwrap();
+    let r = admin_post(&e.h, "/reload").await;
+    assert_eq!(r.status, 422, "{}", r.body);
+    assert!(r.body.contains("garbage-ca.pem"), "{}", r.body);
+    // Still supervised: a crash of the active still fails over.
+    e.fakes[0].crash();
+    eventually(SECS, "b active", || async { active(&e.h).await.as_deref() == Some("b") }).await;
+}

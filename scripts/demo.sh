@@ -76,8 +76,9 @@ cat <<INFO
 
   Point a browser at   http://127.0.0.1:$PROXY_PORT/          (the editor of the active instance)
                   or   https://127.0.0.1:$HTTPS_PORT/         (self-signed certificate: the browser warns)
+  Status page:         http://127.0.0.1:$ADMIN_PORT/           (live; paste the admin token below for its buttons)
   A flow endpoint:     curl http://127.0.0.1:$PROXY_PORT/hello
-  Status:              curl http://127.0.0.1:$ADMIN_PORT/status
+  Status (JSON):       curl http://127.0.0.1:$ADMIN_PORT/status
   Metrics:             curl http://127.0.0.1:$ADMIN_PORT/metrics
 
   Watch a failover:    while sleep 0.2; do curl -s http://127.0.0.1:$PROXY_PORT/hello; echo; done

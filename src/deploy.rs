@@ -66,6 +66,20 @@ pub async fn lock_changes(shared: &Shared, wait: Duration) -> Option<ChangeGuard
     Some(ChangeGuard { _lock: lock, fence })
 }
 
+/// For a write from an editor: the change lock, and the active instance as it is once the lock
+/// is held (a failover may have happened while waiting). 503 when neither is to be had within
+/// `failover.hold`.
+async fn lock_for_write<'a>(
+    shared: &'a Shared,
+    active: &Arc<Active>,
+) -> Result<(ChangeGuard<'a>, Arc<Active>), ProxyError> {
+    let guard = lock_changes(shared, shared.config.failover.hold).await.ok_or(ProxyError::ChangeInProgress)?;
+    match &shared.view.load().active {
+        Some(a) if Arc::ptr_eq(a, active) || !a.failed.is_cancelled() => Ok((guard, a.clone())),
+        _ => Err(ProxyError::ChangeInProgress),
+    }
+}
+
 /// Asks the current holder of the change lock to give it up (promotion).
 pub fn fence_changes(shared: &Shared) {
     shared.fence.lock().unwrap_or_else(|e| e.into_inner()).cancel();
@@ -295,12 +309,7 @@ pub async fn deploy(
     let cfg = &shared.config;
     let bytes = read_body(body, cfg.deploy.max_body).await?;
     let checked = check_deploy(&parts.headers, &bytes)?;
-    let guard = lock_changes(shared, cfg.failover.hold).await.ok_or(ProxyError::ChangeInProgress)?;
-    // A failover may have happened while waiting for the lock.
-    let active = match &shared.view.load().active {
-        Some(a) if Arc::ptr_eq(a, &active) || !a.failed.is_cancelled() => a.clone(),
-        _ => return Err(ProxyError::ChangeInProgress),
-    };
+    let (guard, active) = lock_for_write(shared, &active).await?;
     let ai = active.index;
     let ab = &active.backend;
     let total = shared.backends.len();
@@ -463,7 +472,7 @@ pub async fn replay(
     let cfg = &shared.config;
     let bytes = read_body(body, cfg.deploy.max_body).await?;
     let timeout = if palette { cfg.deploy.palette_timeout } else { cfg.deploy.timeout };
-    let guard = lock_changes(shared, cfg.failover.hold).await.ok_or(ProxyError::ChangeInProgress)?;
+    let (guard, active) = lock_for_write(shared, &active).await?;
     let ai = active.index;
     let (pq, editor_headers) = to_instance(&parts);
     let (status, rh, rb) = fenced(
@@ -535,7 +544,7 @@ pub async fn add_flow(
 ) -> Result<Response<Body>, ProxyError> {
     let cfg = &shared.config;
     let bytes = read_body(body, cfg.deploy.max_body).await?;
-    let guard = lock_changes(shared, cfg.failover.hold).await.ok_or(ProxyError::ChangeInProgress)?;
+    let (guard, active) = lock_for_write(shared, &active).await?;
     let (pq, h) = to_instance(&parts);
     let (status, rh, rb) =
         fenced(active.backend.exchange(client, Method::POST, &pq, h, bytes, cfg.deploy.timeout), &guard.fence)

@@ -164,7 +164,7 @@ impl Proxy {
         // moves to the active and its cookie is re-issued.
         let reissue =
             editor && self.shared.cookies.pinned(req.headers(), &cfg.editor.cookie) != Some(active.backend.id.as_str());
-        let pinned_to = active.backend.id.clone();
+        let pinned_to = reissue.then(|| active.backend.id.clone());
         let result = if upgrade {
             upgrade::tunnel(self, req, peer, active).await
         } else {
@@ -193,13 +193,9 @@ impl Proxy {
             }
         };
         let mut resp = result?;
-        if reissue {
-            let cookie = self.shared.cookies.set_cookie(
-                &cfg.editor.cookie,
-                pinned_to.as_str(),
-                &cfg.node_red.admin_root,
-                peer.tls,
-            );
+        if let Some(id) = pinned_to {
+            let cookie =
+                self.shared.cookies.set_cookie(&cfg.editor.cookie, id.as_str(), &cfg.node_red.admin_root, peer.tls);
             resp.headers_mut().append(http::header::SET_COOKIE, cookie);
         }
         Ok(resp)

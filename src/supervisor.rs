@@ -59,13 +59,6 @@ pub struct Seed {
     lost: Option<(Instant, Option<String>, &'static str)>,
 }
 
-impl Seed {
-    /// The id of the active instance and its `scheme://authority`.
-    pub fn active(&self) -> Option<(&str, &str)> {
-        self.active.as_ref().map(|(id, at, _)| (id.as_str(), at.as_str()))
-    }
-}
-
 fn identity(b: &Backend) -> String {
     format!("{}://{}", b.scheme, b.authority)
 }

@@ -215,10 +215,6 @@ impl SyncTable {
         creds_changed
     }
 
-    pub fn ids(&self) -> &[String] {
-        &self.ids
-    }
-
     /// After a config reload: the target and every kept instance's state from `old`.
     pub fn carry_from(&mut self, old: &SyncTable) {
         self.rev = old.rev.clone();

@@ -143,16 +143,7 @@ async fn in_step_standbys_get_the_deploy_at_the_same_time_as_the_active() {
 
 #[tokio::test]
 async fn a_standby_refusing_editor_tokens_gets_the_copy_with_flowgates_token() {
-    let log = EventLog::default();
-    let tok = |t: &str| Options { token: Some(t.into()), ..Options::default() };
-    let fa = FakeNodeRed::start("a", tok("ta"), log.clone()).await;
-    let fb = FakeNodeRed::start("b", tok("tb"), log.clone()).await;
-    let y = format!(
-        "backends:\n  - {{ id: a, url: \"{}\", priority: 200, token: {{ env: TA }} }}\n  - {{ id: b, url: \"{}\", priority: 100, token: {{ env: TB }} }}\nhealth: {{ interval: 50ms, timeout: 150ms }}\n",
-        fa.url(),
-        fb.url()
-    );
-    let h = start_flowgate(&y, Secrets(vec![("TA", "ta".into()), ("TB", "tb".into())])).await;
+    let (fa, fb, h) = token_pair(["ta", "tb"], ["ta", "tb"], [200, 100]).await;
     eventually(SECS, "in step", || async {
         let st = status(&h).await;
         st["active"] == "a" && st["backends"][1]["step"] == "in_step"
@@ -349,4 +340,23 @@ async fn a_login_through_flowgate_is_known_to_token_info() {
     let r = send(&client(), "POST", &c.url("/auth/revoke"), &format!("token={token}")).await.unwrap();
     assert!(r.status < 500);
     assert_eq!(info(token).await.0, 404, "forgotten after logout");
+}
+
+#[tokio::test]
+async fn an_editor_write_waiting_for_the_lock_goes_to_the_active_after_a_failover() {
+    let c = cluster(2, "deploy: { timeout: 1s }\n").await;
+    let shared = c.h.shared();
+    let held = flowgate::deploy::lock_changes(&shared, SECS).await.expect("lock");
+    let writing = tokio::spawn({
+        let url = c.url("/flow/t1");
+        async move { send(&client(), "PUT", &url, r#"{"id":"t1"}"#).await.unwrap() }
+    });
+    tokio::time::sleep(Duration::from_millis(50)).await; // the write now waits for the lock
+    c.fakes[0].crash();
+    // The promotion waits deploy.timeout for the lock we hold, then goes ahead.
+    wait_active(&c.h, "b", SECS).await;
+    drop(held);
+    let r = writing.await.unwrap();
+    assert_eq!(r.status, 200, "{} {:?}", r.body, r.headers);
+    assert!(c.log.lock().unwrap().contains(&("b".to_string(), "put-flow")), "written to the new active");
 }

@@ -17,14 +17,10 @@ async fn two(a: Options, b: Options, extra: &str) -> (FakeNodeRed, FakeNodeRed, 
     (fa, fb, log, h)
 }
 
-async fn wait_active(h: &flowgate::Handle, id: &str) {
-    eventually(SECS, &format!("{id} active"), || async { active(h).await.as_deref() == Some(id) }).await;
-}
-
 #[tokio::test]
 async fn elects_the_highest_priority_and_starts_only_its_flows() {
     let (fa, fb, log, h) = two(Options::default(), Options::default(), "").await;
-    wait_active(&h, "a").await;
+    wait_active(&h, "a", SECS).await;
     assert!(fa.started() && !fb.started());
     assert_eq!(*log.lock().unwrap(), vec![("b".to_string(), "stop"), ("a".to_string(), "start")]);
     let r = get(&client(), &format!("http://{}/hello", h.proxy_addr)).await.unwrap();
@@ -37,7 +33,7 @@ async fn adopts_an_instance_already_running_and_stops_the_other() {
     // Both report flows started (e.g. flowgate restarted after a split): keep one, stop one.
     let started = || Options { started: true, ..Options::default() };
     let (fa, fb, _log, h) = two(started(), started(), "").await;
-    wait_active(&h, "a").await;
+    wait_active(&h, "a", SECS).await;
     eventually(SECS, "b stopped", || async { !fb.started() }).await;
     assert!(fa.started());
     let m = metrics(&h).await;
@@ -47,7 +43,7 @@ async fn adopts_an_instance_already_running_and_stops_the_other() {
 #[tokio::test]
 async fn keeps_a_running_lower_priority_instance_rather_than_switching() {
     let (fa, fb, log, h) = two(Options::default(), Options { started: true, ..Options::default() }, "").await;
-    wait_active(&h, "b").await;
+    wait_active(&h, "b", SECS).await;
     assert!(!fa.started() && fb.started());
     assert!(!log.lock().unwrap().contains(&("b".to_string(), "stop")), "b was never stopped");
 }
@@ -55,7 +51,7 @@ async fn keeps_a_running_lower_priority_instance_rather_than_switching() {
 #[tokio::test]
 async fn crash_fails_over_and_no_request_fails() {
     let (fa, fb, _log, h) = two(Options::default(), Options::default(), "").await;
-    wait_active(&h, "a").await;
+    wait_active(&h, "a", SECS).await;
     let c = client();
     let url = format!("http://{}/hello", h.proxy_addr);
     let stream = tokio::spawn({
@@ -88,7 +84,7 @@ async fn crash_fails_over_and_no_request_fails() {
 #[tokio::test]
 async fn hang_releases_in_flight_requests_retrying_only_safe_ones() {
     let (fa, fb, _log, h) = two(Options::default(), Options::default(), "").await;
-    wait_active(&h, "a").await;
+    wait_active(&h, "a", SECS).await;
     fa.hang();
     let c = client();
     let get_task = tokio::spawn({
@@ -116,7 +112,7 @@ async fn hang_releases_in_flight_requests_retrying_only_safe_ones() {
 #[tokio::test]
 async fn a_request_body_is_resent_when_nothing_reached_the_crashed_active() {
     let (fa, _fb, _log, h) = two(Options::default(), Options::default(), "").await;
-    wait_active(&h, "a").await;
+    wait_active(&h, "a", SECS).await;
     fa.crash();
     // The proxy has not noticed yet: this POST's connect fails, and it is replayed on b.
     let r = send(&client(), "POST", &format!("http://{}/echo", h.proxy_addr), "keep me").await.unwrap();
@@ -129,7 +125,7 @@ async fn without_any_instance_requests_wait_for_the_hold_time_then_get_503() {
     let fa = FakeNodeRed::start("a", Options::default(), log.clone()).await;
     let y = yaml(&[("a", fa.url(), 100)], "failover: { hold: 300ms }\n");
     let h = start_flowgate(&y, Secrets(vec![])).await;
-    wait_active(&h, "a").await;
+    wait_active(&h, "a", SECS).await;
     fa.crash();
     eventually(SECS, "no active", || async { active(&h).await.is_none() }).await;
     let t = tokio::time::Instant::now();
@@ -146,7 +142,7 @@ async fn held_requests_are_served_by_the_instance_that_comes_back() {
     let log = EventLog::default();
     let mut fa = FakeNodeRed::start("a", Options::default(), log.clone()).await;
     let h = start_flowgate(&yaml(&[("a", fa.url(), 100)], ""), Secrets(vec![])).await;
-    wait_active(&h, "a").await;
+    wait_active(&h, "a", SECS).await;
     fa.crash();
     eventually(SECS, "no active", || async { active(&h).await.is_none() }).await;
     let c = client();
@@ -160,9 +156,9 @@ async fn held_requests_are_served_by_the_instance_that_comes_back() {
 #[tokio::test]
 async fn a_rebooted_active_running_flows_is_stopped_and_stays_standby() {
     let (mut fa, fb, _log, h) = two(Options::default(), Options::default(), "").await;
-    wait_active(&h, "a").await;
+    wait_active(&h, "a", SECS).await;
     fa.crash();
-    wait_active(&h, "b").await;
+    wait_active(&h, "b", SECS).await;
     fa.restart(true).await; // persisted "start" state
     eventually(SECS, "stray stopped", || async { !fa.started() }).await;
     let m = metrics(&h).await;
@@ -180,13 +176,13 @@ async fn a_rebooted_active_running_flows_is_stopped_and_stays_standby() {
 async fn fails_back_after_the_delay_when_configured_break_before_make() {
     let extra = "failover: { failback: true, failback_delay: 300ms, hold: 3s }\n";
     let (mut fa, fb, log, h) = two(Options::default(), Options::default(), extra).await;
-    wait_active(&h, "a").await;
+    wait_active(&h, "a", SECS).await;
     fa.crash();
-    wait_active(&h, "b").await;
+    wait_active(&h, "b", SECS).await;
     log.lock().unwrap().clear();
     fa.restart(false).await;
     let back = tokio::time::Instant::now();
-    wait_active(&h, "a").await;
+    wait_active(&h, "a", SECS).await;
     assert!(back.elapsed() >= Duration::from_millis(300), "not before the delay");
     assert!(!fb.started());
     assert_eq!(*log.lock().unwrap(), vec![("b".to_string(), "stop"), ("a".to_string(), "start")]);
@@ -197,7 +193,7 @@ async fn fails_back_after_the_delay_when_configured_break_before_make() {
 #[tokio::test]
 async fn an_instance_without_runtime_state_is_reported_and_never_promoted() {
     let (fa, fb, _log, h) = two(Options { runtime_state: false, ..Options::default() }, Options::default(), "").await;
-    wait_active(&h, "b").await;
+    wait_active(&h, "b", SECS).await;
     assert!(fb.started() && !fa.started());
     let st = status(&h).await;
     assert_eq!(st["backends"][0]["role"], "unmanageable");
@@ -217,7 +213,7 @@ async fn switchover_needs_the_token_and_moves_the_role_break_before_make() {
     let fb = FakeNodeRed::start("b", Options::default(), log.clone()).await;
     let y = yaml(&[("a", fa.url(), 200), ("b", fb.url(), 100)], "admin: { token: { env: ADM } }\n");
     let h = start_flowgate(&y, Secrets(vec![("ADM", "s3cret".into())])).await;
-    wait_active(&h, "a").await;
+    wait_active(&h, "a", SECS).await;
     eventually(SECS, "b standby", || async { status(&h).await["backends"][1]["role"] == "standby" }).await;
     let url = format!("http://{}/switchover?to=b", h.admin_addr);
     let c = client();
@@ -248,10 +244,10 @@ async fn switchover_is_forbidden_without_a_configured_token() {
 async fn a_failing_canary_moves_the_active_role() {
     let extra = "health: { interval: 50ms, timeout: 150ms, rise: 2, fall: 2, promotion_grace: 0ms, canary: /canary }\n";
     let (fa, fb, _log, h) = two(Options::default(), Options::default(), extra).await;
-    wait_active(&h, "a").await;
+    wait_active(&h, "a", SECS).await;
     eventually(SECS, "canary ok", || async { status(&h).await["backends"][0]["canary"] == "ok" }).await;
     fa.inner.canary_ok.store(false, Ordering::SeqCst);
-    wait_active(&h, "b").await;
+    wait_active(&h, "b", SECS).await;
     assert!(fb.started() && !fa.started(), "a's flows stopped, b's started");
     let m = metrics(&h).await;
     assert_eq!(sample(&m, "flowgate_failovers_total{reason=\"canary\"}"), Some(1.0), "{m}");
@@ -259,17 +255,9 @@ async fn a_failing_canary_moves_the_active_role() {
 
 #[tokio::test]
 async fn instance_tokens_are_sent_and_a_wrong_token_keeps_it_down() {
-    let log = EventLog::default();
-    let tok = |t: &str| Options { token: Some(t.into()), ..Options::default() };
-    let fa = FakeNodeRed::start("a", tok("right"), log.clone()).await;
-    let fb = FakeNodeRed::start("b", tok("other"), log.clone()).await;
-    let y = format!(
-        "backends:\n  - {{ id: a, url: \"{}\", priority: 100, token: {{ env: TA }} }}\n  - {{ id: b, url: \"{}\", priority: 200, token: {{ env: TB }} }}\nhealth: {{ interval: 50ms, timeout: 150ms }}\n",
-        fa.url(),
-        fb.url()
-    );
-    let h = start_flowgate(&y, Secrets(vec![("TA", "right".into()), ("TB", "wrong".into())])).await;
-    wait_active(&h, "a").await;
+    // b is preferred, but flowgate sends it the wrong token.
+    let (_fa, fb, h) = token_pair(["right", "other"], ["right", "wrong"], [100, 200]).await;
+    wait_active(&h, "a", SECS).await;
     let st = status(&h).await;
     assert_eq!(st["backends"][1]["health"], "down");
     assert!(st["backends"][1]["last_error"].as_str().unwrap().contains("adminAuth.tokens"), "{st}");
@@ -284,7 +272,7 @@ async fn websockets_reach_the_active_and_close_when_it_is_demoted() {
     let fb = FakeNodeRed::start("b", Options::default(), log.clone()).await;
     let y = yaml(&[("a", fa.url(), 200), ("b", fb.url(), 100)], "admin: { token: { env: ADM } }\n");
     let h = start_flowgate(&y, Secrets(vec![("ADM", "t".into())])).await;
-    wait_active(&h, "a").await;
+    wait_active(&h, "a", SECS).await;
     let url = format!("ws://{}/ws", h.proxy_addr);
     let (mut ws, _) = tokio_tungstenite::connect_async(&url).await.unwrap();
     let first = ws.next().await.unwrap().unwrap();
@@ -305,7 +293,7 @@ async fn websockets_reach_the_active_and_close_when_it_is_demoted() {
 #[tokio::test]
 async fn http2_clients_are_served_and_forwarded_headers_set() {
     let (_fa, _fb, _log, h) = two(Options::default(), Options::default(), "").await;
-    wait_active(&h, "a").await;
+    wait_active(&h, "a", SECS).await;
     let c: hyper_util::client::legacy::Client<_, http_body_util::Empty<bytes::Bytes>> =
         hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
             .http2_only(true)
@@ -326,7 +314,7 @@ async fn http2_clients_are_served_and_forwarded_headers_set() {
 #[tokio::test]
 async fn metrics_and_status_describe_roles() {
     let (_fa, _fb, _log, h) = two(Options::default(), Options::default(), "").await;
-    wait_active(&h, "a").await;
+    wait_active(&h, "a", SECS).await;
     eventually(SECS, "b standby", || async { status(&h).await["backends"][1]["role"] == "standby" }).await;
     let _ = get(&client(), &format!("http://{}/hello", h.proxy_addr)).await.unwrap();
     let _ = get(&client(), &format!("http://{}/red/missing.js", h.proxy_addr)).await.unwrap();

@@ -107,10 +107,6 @@ fn yaml_for(nodes: &[&NodeRed], extra: &str) -> String {
     y
 }
 
-async fn wait_active(h: &flowgate::Handle, id: &str, limit: Duration) {
-    eventually(limit, &format!("{id} active"), || async { active(h).await.as_deref() == Some(id) }).await;
-}
-
 /// Every instance is up and in step.
 async fn wait_in_step(h: &flowgate::Handle, limit: Duration) {
     eventually(limit, "every instance up and in step", || async {
@@ -118,11 +114,6 @@ async fn wait_in_step(h: &flowgate::Handle, limit: Duration) {
         st["backends"].as_array().unwrap().iter().all(|b| b["health"] == "up" && b["step"] == "in_step")
     })
     .await;
-}
-
-fn median(mut v: Vec<Duration>) -> Duration {
-    v.sort();
-    v[v.len() / 2]
 }
 
 /// (a) A deploy through flowgate leaves every instance with the same rev and the standbys

@@ -23,10 +23,6 @@ fn flowgate_yaml(a: &NodeRed, b: &NodeRed, extra: &str) -> String {
     )
 }
 
-async fn wait_active(h: &flowgate::Handle, id: &str, limit: Duration) {
-    eventually(limit, &format!("{id} active"), || async { active(h).await.as_deref() == Some(id) }).await;
-}
-
 struct Sample {
     done: Instant,
     result: Result<(u16, String), String>,
@@ -105,11 +101,6 @@ fn failures(samples: &[Sample]) -> Vec<String> {
             Err(e) => Some(e.clone()),
         })
         .collect()
-}
-
-fn median(mut v: Vec<Duration>) -> Duration {
-    v.sort();
-    v[v.len() / 2]
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

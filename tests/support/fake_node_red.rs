@@ -328,6 +328,10 @@ async fn handle(inner: Arc<Inner>, req: Request<Incoming>) -> Result<Response<Fu
             inner.set_flows(flows, None);
             reply(StatusCode::OK, format!("{{\"id\":\"{id}\"}}"))
         }
+        (Method::PUT, p) if p.starts_with("/flow/") => {
+            inner.log.lock().unwrap().push((inner.name.clone(), "put-flow"));
+            reply(StatusCode::OK, "{}")
+        }
         _ if !started => reply(StatusCode::NOT_FOUND, format!("Cannot {} {path}", req.method())),
         (Method::GET, "/canary") => {
             if inner.canary_ok.load(Ordering::SeqCst) {

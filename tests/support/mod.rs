@@ -126,3 +126,35 @@ pub fn sample(text: &str, series: &str) -> Option<f64> {
 pub fn empty_client() -> Client<HttpConnector, Empty<Bytes>> {
     Client::builder(TokioExecutor::new()).build(HttpConnector::new())
 }
+
+/// Waits until `id` is the active instance.
+pub async fn wait_active(h: &flowgate::Handle, id: &str, limit: Duration) {
+    eventually(limit, &format!("{id} active"), || async { active(h).await.as_deref() == Some(id) }).await;
+}
+
+pub fn median(mut v: Vec<Duration>) -> Duration {
+    v.sort();
+    v[v.len() / 2]
+}
+
+/// Fakes "a" and "b" requiring the tokens `need`, and flowgate sending them `send`, with
+/// `priority` each. Probes every 50 ms.
+pub async fn token_pair(
+    need: [&str; 2],
+    send: [&str; 2],
+    priority: [i64; 2],
+) -> (FakeNodeRed, FakeNodeRed, flowgate::Handle) {
+    let log = EventLog::default();
+    let tok = |t: &str| Options { token: Some(t.into()), ..Options::default() };
+    let fa = FakeNodeRed::start("a", tok(need[0]), log.clone()).await;
+    let fb = FakeNodeRed::start("b", tok(need[1]), log).await;
+    let y = format!(
+        "backends:\n  - {{ id: a, url: \"{}\", priority: {}, token: {{ env: TA }} }}\n  - {{ id: b, url: \"{}\", priority: {}, token: {{ env: TB }} }}\nhealth: {{ interval: 50ms, timeout: 150ms }}\n",
+        fa.url(),
+        priority[0],
+        fb.url(),
+        priority[1]
+    );
+    let h = start_flowgate(&y, Secrets(vec![("TA", send[0].into()), ("TB", send[1].into())])).await;
+    (fa, fb, h)
+}

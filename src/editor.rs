@@ -45,14 +45,13 @@ impl CookieCodec {
 
     /// The pinned instance id from the request's cookies.
     pub fn pinned<'a>(&self, headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
-        headers
-            .get_all(COOKIE)
-            .iter()
-            .filter_map(|v| v.to_str().ok())
-            .flat_map(|v| v.split(';'))
-            .filter_map(|kv| kv.trim().split_once('='))
-            .filter(|(k, _)| *k == name)
-            .find_map(|(_, v)| self.decode(v.trim_matches('"')))
+        cookies(headers, name).find_map(|v| self.decode(v))
+    }
+
+    /// True if a cookie `name` carries exactly `expected` (an [`Self::encode`]d value), compared
+    /// in constant time. Cheaper than [`Self::pinned`]: no tag is computed per request.
+    pub fn carries(headers: &HeaderMap, name: &str, expected: &str) -> bool {
+        cookies(headers, name).any(|v| crate::admin::constant_time_eq(v.as_bytes(), expected.as_bytes()))
     }
 
     /// `Set-Cookie` pinning the editor to `id`.
@@ -60,6 +59,35 @@ impl CookieCodec {
         let secure = if secure { "; Secure" } else { "" };
         HeaderValue::from_str(&format!("{name}={}; Path={path}; HttpOnly; SameSite=Lax{secure}", self.encode(id)))
             .expect("ids and paths are header-safe")
+    }
+}
+
+/// The values of the cookies called `name`.
+fn cookies<'a, 'n>(headers: &'a HeaderMap, name: &'n str) -> impl Iterator<Item = &'a str> + use<'a, 'n> {
+    headers
+        .get_all(COOKIE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(';'))
+        .filter_map(|kv| kv.trim().split_once('='))
+        .filter(move |(k, _)| *k == name)
+        .map(|(_, v)| v.trim_matches('"'))
+}
+
+/// One instance's editor cookie, built once per configuration.
+pub struct Pin {
+    /// The cookie's value.
+    pub value: String,
+    /// `Set-Cookie` for plain HTTP and for HTTPS (with `Secure`).
+    pub set_cookie: [HeaderValue; 2],
+}
+
+impl Pin {
+    pub fn new(codec: &CookieCodec, name: &str, id: &str, path: &str) -> Self {
+        Pin {
+            value: codec.encode(id),
+            set_cookie: [codec.set_cookie(name, id, path, false), codec.set_cookie(name, id, path, true)],
+        }
     }
 }
 

@@ -181,6 +181,7 @@ impl App {
         for b in &backends {
             self.metrics.init_backend(b.id.as_str());
         }
+        let cookies = self.cookies(&config);
         let (commands_tx, commands_rx) = mpsc::channel(16);
         let (reports_tx, reports_rx) = mpsc::channel(64);
         let shared = Arc::new(Shared {
@@ -190,7 +191,11 @@ impl App {
             change_lock: self.change_lock.clone(),
             fence: self.fence.clone(),
             tokens: self.tokens.clone(),
-            cookies: self.cookies(&config),
+            cookies: cookies.clone(),
+            pins: backends
+                .iter()
+                .map(|b| editor::Pin::new(&cookies, &config.editor.cookie, b.id.as_str(), &config.node_red.admin_root))
+                .collect(),
             backends: backends.clone(),
             kicks: kicks.clone(),
             editor_token_refused: backends.iter().map(|_| Default::default()).collect(),
@@ -413,12 +418,16 @@ pub fn start(config: Config, listeners: Listeners, config_path: Option<PathBuf>)
     };
     for (tcp, tls) in [(listeners.proxy, None), (listeners.https, acceptor)] {
         if let Some(tcp) = tcp {
-            let l = server::Listener { tcp, tls, slots: slots.clone() };
+            let gauges = server::Gauges {
+                open: app.metrics.client_connections.clone(),
+                parked: app.metrics.client_connections_parked.clone(),
+            };
+            let l = server::Listener { tcp, tls, slots: slots.clone(), gauges: Some(gauges) };
             app.tasks.spawn(server::accept_loop(l, limits.clone(), shutdown.child_token(), grace, serve.clone()));
         }
     }
     if let (Some(tcp), Some(https)) = (listeners.redirect, https_addr) {
-        let l = server::Listener { tcp, tls: None, slots: slots.clone() };
+        let l = server::Listener { tcp, tls: None, slots: slots.clone(), gauges: None };
         let port = https.port();
         app.tasks.spawn(server::accept_loop(
             l,
@@ -428,7 +437,7 @@ pub fn start(config: Config, listeners: Listeners, config_path: Option<PathBuf>)
             move |req, _| async move { Ok(server::redirect(&req, port)) },
         ));
     }
-    let l = server::Listener { tcp: listeners.admin, tls: None, slots: Arc::new(Semaphore::new(256)) };
+    let l = server::Listener { tcp: listeners.admin, tls: None, slots: Arc::new(Semaphore::new(256)), gauges: None };
     let a = app.clone();
     app.tasks.spawn(server::accept_loop(l, limits, shutdown.child_token(), grace, move |req, _| {
         admin::serve(a.clone(), req)
@@ -467,6 +476,7 @@ fn placeholder_shared(config: &Config) -> Shared {
         tokens: Arc::new(auth::TokenStore::open(None)),
         cookies: Arc::new(editor::CookieCodec::new(None)),
         backends: Vec::new(),
+        pins: Vec::new(),
         kicks: Vec::new(),
         editor_token_refused: Vec::new(),
         view: ArcSwap::from_pointee(View::default()),

@@ -35,6 +35,8 @@ pub struct Metrics {
     pub upstream_retries: IntCounter,
     pub inflight_aborted: IntCounter,
     pub websocket_tunnels: IntGauge,
+    pub client_connections: IntGauge,
+    pub client_connections_parked: IntGauge,
     pub deploys: IntCounterVec,
     pub deploy_fanout: IntCounterVec,
     pub resyncs: IntCounterVec,
@@ -196,6 +198,19 @@ impl Metrics {
             websocket_tunnels: reg(
                 &registry,
                 IntGauge::new("flowgate_websocket_tunnels", "Open websocket tunnels.").unwrap(),
+            ),
+            client_connections: reg(
+                &registry,
+                IntGauge::new("flowgate_client_connections", "Open client connections (proxy and HTTPS listeners).")
+                    .unwrap(),
+            ),
+            client_connections_parked: reg(
+                &registry,
+                IntGauge::new(
+                    "flowgate_client_connections_parked",
+                    "Idle HTTP/1 client connections holding no buffers until their next request.",
+                )
+                .unwrap(),
             ),
             deploys: reg(
                 &registry,

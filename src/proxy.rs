@@ -162,9 +162,9 @@ impl Proxy {
         let editor = matches!(class, RouteClass::Editor | RouteClass::EditorSocket);
         // Sticky editor sessions: the pinned instance must be the active; otherwise the editor
         // moves to the active and its cookie is re-issued.
-        let reissue =
-            editor && self.shared.cookies.pinned(req.headers(), &cfg.editor.cookie) != Some(active.backend.id.as_str());
-        let pinned_to = reissue.then(|| active.backend.id.clone());
+        let pin = &self.shared.pins[active.index];
+        let reissue = editor && !crate::editor::CookieCodec::carries(req.headers(), &cfg.editor.cookie, &pin.value);
+        let set_cookie = reissue.then(|| pin.set_cookie[usize::from(peer.tls)].clone());
         let result = if upgrade {
             upgrade::tunnel(self, req, peer, active).await
         } else {
@@ -193,9 +193,7 @@ impl Proxy {
             }
         };
         let mut resp = result?;
-        if let Some(id) = pinned_to {
-            let cookie =
-                self.shared.cookies.set_cookie(&cfg.editor.cookie, id.as_str(), &cfg.node_red.admin_root, peer.tls);
+        if let Some(cookie) = set_cookie {
             resp.headers_mut().append(http::header::SET_COOKIE, cookie);
         }
         Ok(resp)
@@ -302,6 +300,7 @@ mod tests {
             fence: Default::default(),
             tokens: Arc::new(crate::auth::TokenStore::open(None)),
             cookies: Arc::new(crate::editor::CookieCodec::new(None)),
+            pins: vec![crate::editor::Pin::new(&crate::editor::CookieCodec::new(None), "c", "a", "/")],
             config,
             backends,
             kicks: vec![],

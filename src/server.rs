@@ -1,12 +1,27 @@
-//! Accept loops. Each connection is served by hyper-util's auto builder (HTTP/1.1 and HTTP/2,
-//! upgrades allowed; over TLS the protocol follows ALPN) and watched by a `GracefulShutdown`:
-//! on shutdown the loop stops accepting, in-flight requests are given the grace period to
-//! finish, then connections are dropped.
+//! Accept loops and client connections.
 //!
-//! Limits: a client has `limits.header_read_timeout` to send a request head (slowloris); a head
-//! over `limits.max_header_bytes` or with more than `limits.max_headers` headers gets 431;
-//! beyond `limits.max_connections` open connections a new one gets a 503 and is closed. The
-//! TLS handshake has the same time limit as a request head.
+//! HTTP/1.1 connections are served by hyper's HTTP/1 server; over TLS with ALPN "h2", and in
+//! plain text when a client opens with the HTTP/2 preface (h2c, prior knowledge), by hyper's
+//! HTTP/2 server. Upgrades are allowed.
+//!
+//! **Idle connections are parked**: an HTTP/1 connection that has had nothing to do for
+//! [`PARK_AFTER`] hands its hyper state (read and write buffers, about 16 KiB) back and waits
+//! for the socket to become readable with nothing but the socket; the next request starts a
+//! fresh hyper connection on the same socket (`conn.rs`). An idle keep-alive connection thus
+//! costs little more than the kernel's socket, which is what lets flowgate hold tens of
+//! thousands of them.
+//!
+//! Limits: a client has `limits.header_read_timeout` to send a request head (slowloris) and to
+//! send the next one on a kept-alive connection; a head over `limits.max_header_bytes` or with
+//! more than `limits.max_headers` headers gets 431; beyond `limits.max_connections` open
+//! connections a new one gets a 503 and is closed. The TLS handshake has the same time limit as
+//! a request head.
+//!
+//! Shutdown: the loop stops accepting; busy connections finish their request (HTTP/1 closes
+//! after it, HTTP/2 sends GOAWAY), parked ones close at once; after the grace period the rest
+//! are left to be dropped with the runtime.
+
+mod conn;
 
 use std::convert::Infallible;
 use std::future::Future;
@@ -15,19 +30,19 @@ use std::time::Duration;
 
 use http::{Request, Response};
 use hyper::body::Incoming;
-use hyper::service::service_fn;
-use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
-use hyper_util::server::conn::auto;
-use hyper_util::server::graceful::{GracefulShutdown, Watcher};
-use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
+use prometheus::IntGauge;
+use tokio::io::AsyncWriteExt;
 use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 use tracing::{debug, warn};
 
 use crate::body::Body;
 use crate::config::Limits;
 use crate::proxy::Peer;
+
+pub use conn::PARK_AFTER;
 
 /// What a full server answers on a connection it cannot take.
 const BUSY: &[u8] = b"HTTP/1.1 503 Service Unavailable\r\ncontent-type: text/plain\r\nx-flowgate-error: too-many-connections\r\nretry-after: 1\r\nconnection: close\r\ncontent-length: 47\r\n\r\nflowgate: too many open connections; retry soon\n";
@@ -37,40 +52,23 @@ pub struct Listener {
     pub tls: Option<tokio_rustls::TlsAcceptor>,
     /// Shared by the client-facing listeners.
     pub slots: Arc<Semaphore>,
+    /// Open and parked connections, for the client-facing listeners.
+    pub gauges: Option<Gauges>,
 }
 
-fn builder(limits: &Limits) -> auto::Builder<TokioExecutor> {
-    let mut b = auto::Builder::new(TokioExecutor::new());
-    b.http1()
-        .timer(TokioTimer::new())
-        .header_read_timeout(limits.header_read_timeout)
-        .max_buf_size(limits.max_header_bytes)
-        .max_headers(limits.max_headers)
-        .keep_alive(true);
-    b.http2().timer(TokioTimer::new()).max_header_list_size(limits.max_header_bytes as u32);
-    b
-}
-
-async fn serve_io<I, F, Fut>(io: I, peer: Peer, builder: auto::Builder<TokioExecutor>, watcher: Watcher, handler: F)
-where
-    I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
-    F: Fn(Request<Incoming>, Peer) -> Fut + Clone + Send + Sync + 'static,
-    Fut: Future<Output = Result<Response<Body>, Infallible>> + Send + 'static,
-{
-    let svc = service_fn(move |req| handler(req, peer));
-    let conn = builder.serve_connection_with_upgrades(TokioIo::new(io), svc);
-    if let Err(e) = watcher.watch(conn).await {
-        debug!(peer = %peer.addr, error = %e, "connection ended with an error");
-    }
+#[derive(Clone)]
+pub struct Gauges {
+    pub open: IntGauge,
+    pub parked: IntGauge,
 }
 
 pub async fn accept_loop<F, Fut>(l: Listener, limits: Limits, cancel: CancellationToken, grace: Duration, handler: F)
 where
-    F: Fn(Request<Incoming>, Peer) -> Fut + Clone + Send + Sync + 'static,
+    F: Fn(Request<Incoming>, Peer) -> Fut + Clone + Send + Sync + Unpin + 'static,
     Fut: Future<Output = Result<Response<Body>, Infallible>> + Send + 'static,
 {
-    let builder = builder(&limits);
-    let graceful = GracefulShutdown::new();
+    let http = Arc::new(conn::Http::new(&limits, l.gauges.clone()));
+    let conns = TaskTracker::new();
     loop {
         let (mut stream, addr) = tokio::select! {
             _ = cancel.cancelled() => break,
@@ -93,22 +91,30 @@ where
             }
             continue;
         };
-        let (handler, builder, watcher, tls) = (handler.clone(), builder.clone(), graceful.watcher(), l.tls.clone());
+        let (handler, http, cancel, tls) = (handler.clone(), http.clone(), cancel.clone(), l.tls.clone());
         let handshake_limit = limits.header_read_timeout;
-        tokio::spawn(async move {
+        conns.spawn(async move {
             let _permit = permit;
+            let _open = http.gauges.as_ref().map(|g| conn::GaugeGuard::new(&g.open));
             match tls {
-                None => serve_io(stream, Peer { addr, tls: false }, builder, watcher, handler).await,
-                Some(acceptor) => match tokio::time::timeout(handshake_limit, acceptor.accept(stream)).await {
-                    Ok(Ok(tls)) => serve_io(tls, Peer { addr, tls: true }, builder, watcher, handler).await,
-                    Ok(Err(e)) => debug!(peer = %addr, error = %e, "TLS handshake failed"),
-                    Err(_) => debug!(peer = %addr, "TLS handshake timed out"),
-                },
+                None => conn::serve(stream, Peer { addr, tls: false }, http, cancel, handler).await,
+                // Boxed: a TLS session is large, and plain connections should not pay for it.
+                Some(acceptor) => {
+                    Box::pin(async move {
+                        match tokio::time::timeout(handshake_limit, acceptor.accept(stream)).await {
+                            Ok(Ok(tls)) => conn::serve(tls, Peer { addr, tls: true }, http, cancel, handler).await,
+                            Ok(Err(e)) => debug!(peer = %addr, error = %e, "TLS handshake failed"),
+                            Err(_) => debug!(peer = %addr, "TLS handshake timed out"),
+                        }
+                    })
+                    .await
+                }
             }
         });
     }
     drop(l);
-    if tokio::time::timeout(grace, graceful.shutdown()).await.is_err() {
+    conns.close();
+    if tokio::time::timeout(grace, conns.wait()).await.is_err() {
         warn!(grace = ?grace, "connections did not finish within the grace period; closing them");
     }
 }

@@ -88,6 +88,8 @@ pub struct Shared {
     pub tokens: Arc<crate::auth::TokenStore>,
     pub cookies: Arc<crate::editor::CookieCodec>,
     pub backends: Vec<Arc<Backend>>,
+    /// Per backend: its editor cookie.
+    pub pins: Vec<crate::editor::Pin>,
     /// Per backend: wakes its prober at once (passive detection on live traffic).
     pub kicks: Vec<Arc<Notify>>,
     /// Per backend: it refused an editor's token on a deploy copy (no token-info hook).

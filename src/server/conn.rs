@@ -1,0 +1,409 @@
+//! One client connection: the protocol choice, the hyper connection, and parking.
+//!
+//! Parking, in detail. Every request holds an [`InFlight`] guard until hyper drops its
+//! response body (fully written, or abandoned). When a read from the socket would block,
+//! [`ParkIo`] arms a timer; if it fires with no request in flight and no byte read since it was
+//! armed, the next read reports end of stream. hyper then ends the connection as if the client
+//! had closed it, without shutting the socket down ([`ParkIo::poll_shutdown`] does nothing once
+//! parked), and [`serve`] takes the socket back, with any bytes hyper had read but not parsed
+//! yet (part of a next request head). It waits for the socket to become readable, then starts a
+//! new hyper connection fed first with those bytes. Nothing the client sent is lost.
+//!
+//! Connections that carried a request body, an upgrade or HTTP/2 are never parked: hyper could
+//! be in the middle of a body when the timer fires.
+
+use std::convert::Infallible;
+use std::future::Future;
+use std::io;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use bytes::{Buf, Bytes, BytesMut};
+use http::{Request, Response};
+use http_body::{Frame, SizeHint};
+use hyper::body::Incoming;
+use hyper::server::conn::{http1, http2};
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use prometheus::IntGauge;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, ReadBuf};
+use tokio::net::TcpStream;
+use tokio::time::{Instant, Sleep};
+use tokio_util::sync::CancellationToken;
+use tracing::debug;
+
+use super::Gauges;
+use crate::body::Body;
+use crate::config::Limits;
+use crate::proxy::Peer;
+
+/// How long an HTTP/1 connection may idle before its buffers are released.
+pub const PARK_AFTER: Duration = Duration::from_millis(25);
+
+const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+
+/// The protocol settings shared by one listener's connections.
+pub struct Http {
+    h1: http1::Builder,
+    h2: http2::Builder<TokioExecutor>,
+    head_limit: Duration,
+    pub gauges: Option<Gauges>,
+}
+
+impl Http {
+    pub fn new(limits: &Limits, gauges: Option<Gauges>) -> Self {
+        let mut h1 = http1::Builder::new();
+        h1.timer(TokioTimer::new())
+            .header_read_timeout(limits.header_read_timeout)
+            .max_buf_size(limits.max_header_bytes)
+            .max_headers(limits.max_headers)
+            .keep_alive(true);
+        let mut h2 = http2::Builder::new(TokioExecutor::new());
+        h2.timer(TokioTimer::new()).max_header_list_size(limits.max_header_bytes as u32);
+        Http { h1, h2, head_limit: limits.header_read_timeout, gauges }
+    }
+}
+
+/// A client's transport: plain TCP or TLS over TCP.
+pub trait ClientIo: AsyncRead + AsyncWrite + Unpin + Send + 'static {
+    fn tcp(&self) -> &TcpStream;
+    /// What ALPN settled: `Some(true)` for h2, `Some(false)` for HTTP/1.1, `None` when nothing
+    /// was negotiated (the first bytes decide).
+    fn alpn_h2(&self) -> Option<bool>;
+}
+
+impl ClientIo for TcpStream {
+    fn tcp(&self) -> &TcpStream {
+        self
+    }
+    fn alpn_h2(&self) -> Option<bool> {
+        None
+    }
+}
+
+impl ClientIo for tokio_rustls::server::TlsStream<TcpStream> {
+    fn tcp(&self) -> &TcpStream {
+        self.get_ref().0
+    }
+    fn alpn_h2(&self) -> Option<bool> {
+        self.get_ref().1.alpn_protocol().map(|p| p == b"h2")
+    }
+}
+
+/// Increments a gauge for as long as it lives.
+pub struct GaugeGuard(IntGauge);
+
+impl GaugeGuard {
+    pub fn new(g: &IntGauge) -> Self {
+        g.inc();
+        GaugeGuard(g.clone())
+    }
+}
+
+impl Drop for GaugeGuard {
+    fn drop(&mut self) {
+        self.0.dec();
+    }
+}
+
+#[derive(Default)]
+struct ConnState {
+    in_flight: AtomicUsize,
+    /// Requests seen on this connection.
+    requests: AtomicUsize,
+    /// Never park this connection (a request body, an upgrade, HTTP/2).
+    pinned: AtomicBool,
+}
+
+/// Counts a request as in flight until its response body is dropped.
+struct InFlight(Arc<ConnState>);
+
+impl InFlight {
+    fn new(state: &Arc<ConnState>) -> Self {
+        state.in_flight.fetch_add(1, Ordering::AcqRel);
+        state.requests.fetch_add(1, Ordering::AcqRel);
+        InFlight(state.clone())
+    }
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.0.in_flight.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+/// A response body that holds its request's [`InFlight`] guard.
+pub struct Tracked {
+    body: Body,
+    _in_flight: InFlight,
+}
+
+impl http_body::Body for Tracked {
+    type Data = Bytes;
+    type Error = hyper::Error;
+
+    fn poll_frame(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+        Pin::new(&mut self.body).poll_frame(cx)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.body.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.body.size_hint()
+    }
+}
+
+/// The transport as hyper sees it: first the bytes read before hyper started, then the socket;
+/// end of stream once parked.
+struct ParkIo<I> {
+    io: I,
+    prefix: Bytes,
+    state: Arc<ConnState>,
+    timer: Option<Pin<Box<Sleep>>>,
+    armed: bool,
+    parked: bool,
+    /// Started with part of a request: no parking until the next request is under way, so
+    /// the header read timeout runs its course and a slow head is never cut again.
+    hold: Option<usize>,
+}
+
+impl<I> ParkIo<I> {
+    fn new(io: I, prefix: Bytes, state: Arc<ConnState>) -> Self {
+        let hold = (!prefix.is_empty()).then(|| state.requests.load(Ordering::Acquire));
+        ParkIo { io, prefix, state, timer: None, armed: false, parked: false, hold }
+    }
+
+    /// A read would block: end the stream once the connection has idled for [`PARK_AFTER`]
+    /// with no request in flight.
+    fn poll_park(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        if let Some(seen) = self.hold {
+            if self.state.requests.load(Ordering::Acquire) == seen {
+                return Poll::Pending;
+            }
+            self.hold = None;
+        }
+        if !self.armed {
+            let deadline = Instant::now() + PARK_AFTER;
+            match &mut self.timer {
+                Some(t) => t.as_mut().reset(deadline),
+                None => self.timer = Some(Box::pin(tokio::time::sleep_until(deadline))),
+            }
+            self.armed = true;
+        }
+        let timer = self.timer.as_mut().expect("armed above");
+        loop {
+            if timer.as_mut().poll(cx).is_pending() {
+                return Poll::Pending;
+            }
+            if self.state.in_flight.load(Ordering::Acquire) == 0 {
+                self.parked = true;
+                return Poll::Ready(Ok(()));
+            }
+            timer.as_mut().reset(Instant::now() + PARK_AFTER);
+        }
+    }
+}
+
+impl<I: AsyncRead + Unpin> AsyncRead for ParkIo<I> {
+    fn poll_read(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
+        let this = &mut *self;
+        if !this.prefix.is_empty() {
+            let n = this.prefix.len().min(buf.remaining());
+            buf.put_slice(&this.prefix[..n]);
+            if n == this.prefix.len() {
+                this.prefix = Bytes::new();
+            } else {
+                this.prefix.advance(n);
+            }
+            return Poll::Ready(Ok(()));
+        }
+        if this.parked {
+            return Poll::Ready(Ok(()));
+        }
+        if let Poll::Ready(r) = Pin::new(&mut this.io).poll_read(cx, buf) {
+            this.armed = false;
+            return Poll::Ready(r);
+        }
+        if this.state.pinned.load(Ordering::Relaxed) {
+            return Poll::Pending;
+        }
+        this.poll_park(cx)
+    }
+}
+
+impl<I: AsyncWrite + Unpin> AsyncWrite for ParkIo<I> {
+    fn poll_write(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.io).poll_write(cx, buf)
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.io).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.io.is_write_vectored()
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.io).poll_flush(cx)
+    }
+
+    /// Once parked, the socket stays open: the connection goes on without hyper.
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        if self.parked {
+            return Poll::Ready(Ok(()));
+        }
+        Pin::new(&mut self.io).poll_shutdown(cx)
+    }
+}
+
+/// Reads until the first bytes tell HTTP/2's preface from an HTTP/1 request; `None` if the
+/// client closed first.
+async fn sniff<I: AsyncRead + Unpin>(io: &mut I) -> io::Result<Option<(Bytes, bool)>> {
+    let mut buf = BytesMut::with_capacity(1024);
+    loop {
+        let n = buf.len().min(H2_PREFACE.len());
+        if buf[..n] != H2_PREFACE[..n] {
+            return Ok(Some((buf.freeze(), false)));
+        }
+        if n == H2_PREFACE.len() {
+            return Ok(Some((buf.freeze(), true)));
+        }
+        if io.read_buf(&mut buf).await? == 0 {
+            return Ok(None);
+        }
+    }
+}
+
+/// Serves one client connection until it closes, upgrades, or shutdown ends it.
+///
+/// Only the parked state lives in the connection's task; everything else is boxed while it
+/// runs, so that an idle connection's task stays small.
+pub async fn serve<I, F, Fut>(io: I, peer: Peer, http: Arc<Http>, cancel: CancellationToken, handler: F)
+where
+    I: ClientIo,
+    F: Fn(Request<Incoming>, Peer) -> Fut + Clone + Send + Sync + Unpin + 'static,
+    Fut: Future<Output = Result<Response<Body>, Infallible>> + Send + 'static,
+{
+    let state = Arc::new(ConnState::default());
+    let svc = {
+        let state = state.clone();
+        service_fn(move |req: Request<Incoming>| {
+            if !http_body::Body::is_end_stream(req.body())
+                || req.headers().contains_key(http::header::UPGRADE)
+                || req.method() == http::Method::CONNECT
+            {
+                state.pinned.store(true, Ordering::Relaxed);
+            }
+            let in_flight = InFlight::new(&state);
+            let fut = handler(req, peer);
+            async move {
+                let resp = fut.await?;
+                Ok::<_, Infallible>(resp.map(|body| Tracked { body, _in_flight: in_flight }))
+            }
+        })
+    };
+    let Some((mut io, mut prefix, h2)) = Box::pin(protocol(io, http.head_limit)).await else { return };
+    if h2 {
+        state.pinned.store(true, Ordering::Relaxed);
+        let io = TokioIo::new(ParkIo::new(io, prefix, state));
+        let conn = http.h2.serve_connection(io, svc);
+        let result = Box::pin(async move {
+            tokio::pin!(conn);
+            tokio::select! {
+                r = conn.as_mut() => r,
+                _ = cancel.cancelled() => {
+                    conn.as_mut().graceful_shutdown();
+                    conn.await
+                }
+            }
+        })
+        .await;
+        if let Err(e) = result {
+            debug!(peer = %peer.addr, error = %e, "connection ended with an error");
+        }
+        return;
+    }
+    loop {
+        let session = Box::pin(session(io, prefix, &state, svc.clone(), &http, &cancel, peer));
+        let Some((socket, rest)) = session.await else { return };
+        (io, prefix) = (socket, rest);
+        if prefix.is_empty() {
+            let _parked = http.gauges.as_ref().map(|g| GaugeGuard::new(&g.parked));
+            let wait = http.head_limit.saturating_sub(PARK_AFTER);
+            let readable = tokio::select! {
+                _ = cancel.cancelled() => false,
+                r = tokio::time::timeout(wait, io.tcp().readable()) => matches!(r, Ok(Ok(()))),
+            };
+            if !readable {
+                return;
+            }
+        }
+    }
+}
+
+/// HTTP/2 or HTTP/1, from ALPN or else from the first bytes (returned, to be read again).
+async fn protocol<I: ClientIo>(mut io: I, limit: Duration) -> Option<(I, Bytes, bool)> {
+    if let Some(h2) = io.alpn_h2() {
+        return Some((io, Bytes::new(), h2));
+    }
+    match tokio::time::timeout(limit, sniff(&mut io)).await {
+        Ok(Ok(Some((first, h2)))) => Some((io, first, h2)),
+        _ => None,
+    }
+}
+
+/// One HTTP/1 connection of hyper's, from its first byte to its end. Returns the socket and
+/// any bytes read but not parsed when the connection parked; `None` when it is over.
+async fn session<I, S, B>(
+    io: I,
+    prefix: Bytes,
+    state: &Arc<ConnState>,
+    svc: S,
+    http: &Http,
+    cancel: &CancellationToken,
+    peer: Peer,
+) -> Option<(I, Bytes)>
+where
+    I: ClientIo,
+    S: hyper::service::HttpService<Incoming, ResBody = B> + Unpin,
+    S::Future: Send + 'static,
+    S::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+    B: http_body::Body + Send + 'static,
+    B::Data: Send,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    let mut conn = http.h1.serve_connection(TokioIo::new(ParkIo::new(io, prefix, state.clone())), svc).with_upgrades();
+    let result = tokio::select! {
+        r = &mut conn => r,
+        _ = cancel.cancelled() => {
+            Pin::new(&mut conn).graceful_shutdown();
+            (&mut conn).await
+        }
+    };
+    // `None`: upgraded; the tunnel owns the socket now.
+    let parts = conn.into_parts()?;
+    let ParkIo { io, parked, .. } = parts.io.into_inner();
+    if !parked {
+        if let Err(e) = result {
+            debug!(peer = %peer.addr, error = %e, "connection ended with an error");
+        }
+        return None;
+    }
+    if cancel.is_cancelled() || state.pinned.load(Ordering::Relaxed) {
+        return None;
+    }
+    // Part of a next request head hyper had read: start again with it (copied, so hyper's
+    // read buffer is freed).
+    let rest = if parts.read_buf.is_empty() { Bytes::new() } else { Bytes::copy_from_slice(&parts.read_buf) };
+    Some((io, rest))
+}

@@ -68,6 +68,7 @@ where
     Fut: Future<Output = Result<Response<Body>, Infallible>> + Send + 'static,
 {
     let http = Arc::new(conn::Http::new(&limits, l.gauges.clone()));
+    tokio::spawn(http.parking.clone().sweep(cancel.clone()));
     let conns = TaskTracker::new();
     loop {
         let (mut stream, addr) = tokio::select! {
@@ -93,24 +94,22 @@ where
         };
         let (handler, http, cancel, tls) = (handler.clone(), http.clone(), cancel.clone(), l.tls.clone());
         let handshake_limit = limits.header_read_timeout;
-        conns.spawn(async move {
-            let _permit = permit;
-            let _open = http.gauges.as_ref().map(|g| conn::GaugeGuard::new(&g.open));
-            match tls {
-                None => conn::serve(stream, Peer { addr, tls: false }, http, cancel, handler).await,
-                // Boxed: a TLS session is large, and plain connections should not pay for it.
-                Some(acceptor) => {
-                    Box::pin(async move {
-                        match tokio::time::timeout(handshake_limit, acceptor.accept(stream)).await {
-                            Ok(Ok(tls)) => conn::serve(tls, Peer { addr, tls: true }, http, cancel, handler).await,
-                            Ok(Err(e)) => debug!(peer = %addr, error = %e, "TLS handshake failed"),
-                            Err(_) => debug!(peer = %addr, "TLS handshake timed out"),
-                        }
-                    })
-                    .await
-                }
+        let held = conn::Held { _permit: permit, _open: http.gauges.as_ref().map(|g| conn::GaugeGuard::new(&g.open)) };
+        match tls {
+            None => {
+                conns.spawn(conn::serve(stream, Peer { addr, tls: false }, http, cancel, handler, held));
             }
-        });
+            // Boxed: a TLS session is large, and plain connections should not pay for it.
+            Some(acceptor) => {
+                conns.spawn(Box::pin(async move {
+                    match tokio::time::timeout(handshake_limit, acceptor.accept(stream)).await {
+                        Ok(Ok(tls)) => conn::serve(tls, Peer { addr, tls: true }, http, cancel, handler, held).await,
+                        Ok(Err(e)) => debug!(peer = %addr, error = %e, "TLS handshake failed"),
+                        Err(_) => debug!(peer = %addr, "TLS handshake timed out"),
+                    }
+                }));
+            }
+        }
     }
     drop(l);
     conns.close();

@@ -566,3 +566,39 @@ async fn idle_connections_are_parked_and_resume_without_losing_a_byte() {
     p.write_all(b"POST /echo HTTP/1.1\r\nHost: x\r\nContent-Length: 3\r\n\r\nabc").await.unwrap();
     assert_eq!(read_response(&mut p, &mut pbuf).await, (200, "abc".into()));
 }
+
+#[tokio::test]
+async fn parked_connections_close_at_the_idle_limit_and_at_shutdown() {
+    let log = EventLog::default();
+    let fa = FakeNodeRed::start("a", Options::default(), log.clone()).await;
+    let h = start_flowgate(&yaml(&[("a", fa.url(), 100)], "limits: { header_read_timeout: 400ms }\n"), Secrets(vec![]))
+        .await;
+    eventually(SECS, "a active", || async { active(&h).await.as_deref() == Some("a") }).await;
+    let get = b"GET /hello HTTP/1.1\r\nHost: x\r\n\r\n";
+    let (mut idle, mut kept) = (TcpStream::connect(h.proxy_addr).await.unwrap(), None);
+    let mut buf = Vec::new();
+    idle.write_all(get).await.unwrap();
+    assert_eq!(read_response(&mut idle, &mut buf).await.0, 200);
+    let t = tokio::time::Instant::now();
+    let mut one = [0u8; 1];
+    let n = tokio::time::timeout(SECS, idle.read(&mut one)).await.expect("closed by flowgate, not by the test");
+    assert!(matches!(n, Ok(0) | Err(_)), "{n:?}");
+    let took = t.elapsed();
+    assert!(
+        took >= Duration::from_millis(350) && took < Duration::from_secs(2),
+        "idle connection closed after {took:?}"
+    );
+
+    // A parked connection does not hold up shutdown, and is closed by it.
+    let mut s = TcpStream::connect(h.proxy_addr).await.unwrap();
+    s.write_all(get).await.unwrap();
+    assert_eq!(read_response(&mut s, &mut buf).await.0, 200);
+    eventually(SECS, "parked", || async { parked(&h).await == 1.0 }).await;
+    kept.replace(s);
+    let t = tokio::time::Instant::now();
+    h.shutdown().await;
+    assert!(t.elapsed() < Duration::from_millis(300), "shutdown took {:?}", t.elapsed());
+    let mut s = kept.unwrap();
+    let n = tokio::time::timeout(SECS, s.read(&mut one)).await.expect("closed at shutdown");
+    assert!(matches!(n, Ok(0) | Err(_)), "{n:?}");
+}

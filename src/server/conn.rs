@@ -41,7 +41,7 @@ use crate::config::Limits;
 use crate::proxy::Peer;
 
 /// How long an HTTP/1 connection may idle before its buffers are released.
-pub const PARK_AFTER: Duration = Duration::from_millis(25);
+pub const PARK_AFTER: Duration = Duration::from_millis(10);
 
 const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
 
@@ -51,6 +51,7 @@ pub struct Http {
     h2: http2::Builder<TokioExecutor>,
     head_limit: Duration,
     pub gauges: Option<Gauges>,
+    pub parking: Arc<Parking>,
 }
 
 impl Http {
@@ -63,7 +64,8 @@ impl Http {
             .keep_alive(true);
         let mut h2 = http2::Builder::new(TokioExecutor::new());
         h2.timer(TokioTimer::new()).max_header_list_size(limits.max_header_bytes as u32);
-        Http { h1, h2, head_limit: limits.header_read_timeout, gauges }
+        let parking = Arc::new(Parking::new(limits.header_read_timeout));
+        Http { h1, h2, head_limit: limits.header_read_timeout, gauges, parking }
     }
 }
 
@@ -91,6 +93,13 @@ impl ClientIo for tokio_rustls::server::TlsStream<TcpStream> {
     fn alpn_h2(&self) -> Option<bool> {
         self.get_ref().1.alpn_protocol().map(|p| p == b"h2")
     }
+}
+
+/// What a connection holds until it ends: its slot under `limits.max_connections`, and its
+/// count in the open-connections gauge.
+pub struct Held {
+    pub _permit: tokio::sync::OwnedSemaphorePermit,
+    pub _open: Option<GaugeGuard>,
 }
 
 /// Increments a gauge for as long as it lives.
@@ -288,13 +297,15 @@ async fn sniff<I: AsyncRead + Unpin>(io: &mut I) -> io::Result<Option<(Bytes, bo
 ///
 /// Only the parked state lives in the connection's task; everything else is boxed while it
 /// runs, so that an idle connection's task stays small.
-pub async fn serve<I, F, Fut>(io: I, peer: Peer, http: Arc<Http>, cancel: CancellationToken, handler: F)
+pub async fn serve<I, F, Fut>(io: I, peer: Peer, http: Arc<Http>, cancel: CancellationToken, handler: F, held: Held)
 where
     I: ClientIo,
     F: Fn(Request<Incoming>, Peer) -> Fut + Clone + Send + Sync + Unpin + 'static,
     Fut: Future<Output = Result<Response<Body>, Infallible>> + Send + 'static,
 {
+    let _held = held;
     let state = Arc::new(ConnState::default());
+    let wake = Arc::new(Wake::default());
     let svc = {
         let state = state.clone();
         service_fn(move |req: Request<Incoming>| {
@@ -337,16 +348,85 @@ where
         let session = Box::pin(session(io, prefix, &state, svc.clone(), &http, &cancel, peer));
         let Some((socket, rest)) = session.await else { return };
         (io, prefix) = (socket, rest);
-        if prefix.is_empty() {
-            let _parked = http.gauges.as_ref().map(|g| GaugeGuard::new(&g.parked));
-            let wait = http.head_limit.saturating_sub(PARK_AFTER);
-            let readable = tokio::select! {
-                _ = cancel.cancelled() => false,
-                r = tokio::time::timeout(wait, io.tcp().readable()) => matches!(r, Ok(Ok(()))),
-            };
-            if !readable {
-                return;
+        if prefix.is_empty() && !park(&io, &http, &wake, &cancel).await {
+            return;
+        }
+    }
+}
+
+/// Waits, holding nothing but the socket, until it is readable: true. False when the idle
+/// limit passed or shutdown began.
+async fn park<I: ClientIo>(io: &I, http: &Http, wake: &Arc<Wake>, cancel: &CancellationToken) -> bool {
+    let _parked = http.gauges.as_ref().map(|g| GaugeGuard::new(&g.parked));
+    let key = http.parking.insert(wake);
+    // After the insertion: the sweeper's last pass saw this connection, or shutdown shows here.
+    let readable = !cancel.is_cancelled()
+        && std::future::poll_fn(|cx| {
+            wake.waker.register(cx.waker());
+            if wake.close.load(Ordering::Acquire) {
+                return Poll::Ready(false);
             }
+            io.tcp().poll_read_ready(cx).map(|r| r.is_ok())
+        })
+        .await;
+    http.parking.remove(key);
+    readable
+}
+
+/// Parked connections of one listener. One sweeper task closes those idle past the limit and,
+/// on shutdown, all of them, so a parked connection holds no timer and no shutdown waiter of
+/// its own.
+pub struct Parking {
+    parked: std::sync::Mutex<slab::Slab<(Instant, Arc<Wake>)>>,
+    /// How long a connection may stay parked (the idle limit less [`PARK_AFTER`]).
+    limit: Duration,
+}
+
+#[derive(Default)]
+struct Wake {
+    waker: futures_util::task::AtomicWaker,
+    close: AtomicBool,
+}
+
+impl Wake {
+    fn close(&self) {
+        self.close.store(true, Ordering::Release);
+        self.waker.wake();
+    }
+}
+
+impl Parking {
+    fn new(idle_limit: Duration) -> Self {
+        Parking { parked: Default::default(), limit: idle_limit.saturating_sub(PARK_AFTER) }
+    }
+
+    fn insert(&self, wake: &Arc<Wake>) -> usize {
+        let deadline = Instant::now() + self.limit;
+        self.parked.lock().unwrap_or_else(|e| e.into_inner()).insert((deadline, wake.clone()))
+    }
+
+    fn remove(&self, key: usize) {
+        self.parked.lock().unwrap_or_else(|e| e.into_inner()).try_remove(key);
+    }
+
+    /// Closes connections parked past the limit (checked every eighth of it) until `cancel`,
+    /// then closes every parked connection.
+    pub async fn sweep(self: Arc<Self>, cancel: CancellationToken) {
+        let every = (self.limit / 8).max(Duration::from_millis(20));
+        loop {
+            tokio::select! {
+                _ = cancel.cancelled() => break,
+                _ = tokio::time::sleep(every) => {}
+            }
+            let now = Instant::now();
+            for (_, (deadline, wake)) in self.parked.lock().unwrap_or_else(|e| e.into_inner()).iter() {
+                if *deadline <= now {
+                    wake.close();
+                }
+            }
+        }
+        for (_, (_, wake)) in self.parked.lock().unwrap_or_else(|e| e.into_inner()).iter() {
+            wake.close();
         }
     }
 }

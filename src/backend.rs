@@ -180,8 +180,7 @@ pub fn client(cfg: &crate::config::Config, max_idle_per_host: Option<usize>) -> 
     conn.set_nodelay(true);
     conn.set_connect_timeout(Some(Duration::from_secs(5)));
     conn.enforce_http(false);
-    let cas: Vec<std::path::PathBuf> = cfg.backends.iter().filter_map(|b| b.ca.clone()).collect();
-    let tls = crate::tls::client_config(&cas)?;
+    let tls = tls_config(cfg)?;
     let https = hyper_rustls::HttpsConnectorBuilder::new()
         .with_tls_config(tls)
         .https_or_http()
@@ -193,6 +192,12 @@ pub fn client(cfg: &crate::config::Config, max_idle_per_host: Option<usize>) -> 
         b.pool_max_idle_per_host(n);
     }
     Ok(b.build(https))
+}
+
+/// TLS for `https` instances (see [`crate::tls::client_config`]).
+pub fn tls_config(cfg: &crate::config::Config) -> Result<rustls::ClientConfig, String> {
+    let cas: Vec<std::path::PathBuf> = cfg.backends.iter().filter_map(|b| b.ca.clone()).collect();
+    crate::tls::client_config(&cas)
 }
 
 /// The client for probes and flow-state calls: its own pool, so probes never queue behind

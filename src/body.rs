@@ -24,6 +24,8 @@ enum Kind {
         hint: SizeHint,
         end: bool,
     },
+    /// A proxied response, driving its upstream connection.
+    Upstream(crate::proxy::upstream::Upstream),
     /// Chunks produced by a task (server-sent events).
     Channel(tokio::sync::mpsc::Receiver<Bytes>),
 }
@@ -52,6 +54,10 @@ impl Body {
         Body(Kind::Incoming(inc))
     }
 
+    pub fn upstream(up: crate::proxy::upstream::Upstream) -> Self {
+        Body(Kind::Upstream(up))
+    }
+
     /// A streamed body: each chunk sent on the returned sender is written as it comes.
     pub fn channel(capacity: usize) -> (Self, tokio::sync::mpsc::Sender<Bytes>) {
         let (tx, rx) = tokio::sync::mpsc::channel(capacity);
@@ -76,6 +82,7 @@ impl http_body::Body for Body {
             Kind::Empty => Poll::Ready(None),
             Kind::Full(b) => Poll::Ready(b.take().map(|b| Ok(Frame::data(b)))),
             Kind::Incoming(inc) => Pin::new(inc).poll_frame(cx),
+            Kind::Upstream(up) => Pin::new(up).poll_frame(cx),
             Kind::Channel(rx) => rx.poll_recv(cx).map(|c| c.map(|b| Ok(Frame::data(b)))),
             Kind::Reclaim { slot, taken, .. } => {
                 if taken.is_none() {
@@ -94,6 +101,7 @@ impl http_body::Body for Body {
             Kind::Empty => true,
             Kind::Full(b) => b.is_none(),
             Kind::Incoming(inc) => inc.is_end_stream(),
+            Kind::Upstream(up) => up.is_end_stream(),
             Kind::Reclaim { taken: Some(inc), .. } => inc.is_end_stream(),
             Kind::Reclaim { end, .. } => *end,
             Kind::Channel(_) => false,
@@ -105,6 +113,7 @@ impl http_body::Body for Body {
             Kind::Empty => SizeHint::with_exact(0),
             Kind::Full(b) => SizeHint::with_exact(b.as_ref().map_or(0, |b| b.len() as u64)),
             Kind::Incoming(inc) => inc.size_hint(),
+            Kind::Upstream(up) => up.size_hint(),
             Kind::Reclaim { taken: Some(inc), .. } => inc.size_hint(),
             Kind::Reclaim { hint, .. } => *hint,
             Kind::Channel(_) => SizeHint::default(),

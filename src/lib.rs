@@ -127,11 +127,12 @@ pub struct App {
     shutdown: CancellationToken,
 }
 
-/// The clients a core uses: probes and flow-state calls, and proxied traffic.
-type Clients = (backend::AdminClient, backend::AdminClient);
+/// The clients a core uses: probes and flow-state calls, editor writes and websockets, and
+/// the TLS settings of the proxied requests' own connections.
+type Clients = (backend::AdminClient, backend::AdminClient, Arc<rustls::ClientConfig>);
 
 fn clients(config: &Config) -> Result<Clients, String> {
-    Ok((backend::admin_client(config)?, backend::client(config, None)?))
+    Ok((backend::admin_client(config)?, backend::client(config, None)?, Arc::new(backend::tls_config(config)?)))
 }
 
 struct SharedView(Arc<Shared>);
@@ -170,7 +171,7 @@ impl App {
     /// Builds a core for `config` with its clients (made beforehand by [`clients`], the only
     /// fallible part) and starts its probers and supervisor.
     fn build(&self, config: Config, clients: Clients, sync: sync::SyncTable, seed: Option<Seed>) -> Core {
-        let (admin_client, client) = clients;
+        let (admin_client, client, tls) = clients;
         let config = Arc::new(config);
         let backends: Vec<Arc<Backend>> = config
             .backends
@@ -221,7 +222,7 @@ impl App {
         }
         let supervisor = Supervisor::new(shared.clone(), admin_client, reports_rx, commands_rx, seed);
         self.tasks.spawn(supervisor.run(self.shutdown.child_token()));
-        let proxy = Arc::new(Proxy::new(shared.clone(), client, self.tunnels.clone(), self.shutdown.clone()));
+        let proxy = Arc::new(Proxy::new(shared.clone(), client, tls, self.tunnels.clone(), self.shutdown.clone()));
         Core { shared, proxy, cancel }
     }
 
@@ -387,6 +388,7 @@ pub fn start(config: Config, listeners: Listeners, config_path: Option<PathBuf>)
             proxy: Arc::new(Proxy::new(
                 Arc::new(placeholder_shared(&config)),
                 backend::client(&config, Some(0)).map_err(err)?,
+                Arc::new(backend::tls_config(&config).map_err(err)?),
                 TaskTracker::new(),
                 shutdown.clone(),
             )),

@@ -18,6 +18,7 @@
 mod forward;
 pub mod route;
 mod upgrade;
+pub mod upstream;
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -68,6 +69,8 @@ const MAX_ATTEMPTS: u32 = 3;
 pub struct Proxy {
     pub shared: Arc<Shared>,
     client: ProxyClient,
+    /// Per backend: connections for proxied requests.
+    pools: Vec<Arc<upstream::Pool>>,
     /// Websocket tunnels, so shutdown can close and await them.
     pub tunnels: TaskTracker,
     pub shutdown: CancellationToken,
@@ -81,8 +84,15 @@ pub struct Peer {
 }
 
 impl Proxy {
-    pub fn new(shared: Arc<Shared>, client: ProxyClient, tunnels: TaskTracker, shutdown: CancellationToken) -> Self {
-        Proxy { shared, client, tunnels, shutdown }
+    pub fn new(
+        shared: Arc<Shared>,
+        client: ProxyClient,
+        tls: Arc<rustls::ClientConfig>,
+        tunnels: TaskTracker,
+        shutdown: CancellationToken,
+    ) -> Self {
+        let pools = shared.backends.iter().map(|b| Arc::new(upstream::Pool::new(b.clone(), tls.clone()))).collect();
+        Proxy { shared, client, pools, tunnels, shutdown }
     }
 
     pub async fn serve(self: Arc<Self>, req: Request<Incoming>, peer: Peer) -> Result<Response<Body>, Infallible> {
@@ -218,12 +228,12 @@ impl Proxy {
         loop {
             let mut out = Request::new(body);
             *out.method_mut() = parts.method.clone();
-            *out.uri_mut() = forward::upstream_uri(&active.backend.scheme, &active.backend.authority, &parts.uri);
+            *out.uri_mut() = forward::origin_form(&parts.uri);
             *out.version_mut() = Version::HTTP_11;
             *out.headers_mut() = parts.headers.clone();
             let result = tokio::select! {
                 biased;
-                r = self.client.request(out) => r,
+                r = self.pools[active.index].send(out) => r,
                 _ = active.failed.cancelled() => {
                     if !replayable {
                         self.shared.metrics.inflight_aborted.inc();
@@ -239,11 +249,11 @@ impl Proxy {
                 Ok(resp) => {
                     let (mut rp, rb) = resp.into_parts();
                     strip_hop_by_hop(&mut rp.headers, false);
-                    return Ok(Response::from_parts(rp, Body::incoming(rb)));
+                    return Ok(Response::from_parts(rp, Body::upstream(rb)));
                 }
                 Err(e) => {
                     self.shared.suspect(active.index);
-                    tracing::debug!(backend = %active.backend.id, error = %crate::backend::chain(&e), "upstream request failed");
+                    tracing::debug!(backend = %active.backend.id, error = %e, "upstream request failed");
                     if e.is_connect() {
                         // Nothing was sent: the body is still ours unless it was already polled.
                         body = match slot.as_ref().map(|s| s.reclaim()) {
@@ -312,7 +322,8 @@ mod tests {
             commands: mpsc::channel(1).0,
         });
         let client = crate::backend::client(&shared.config, None).unwrap();
-        Arc::new(Proxy::new(shared, client, TaskTracker::new(), CancellationToken::new()))
+        let tls = Arc::new(crate::backend::tls_config(&shared.config).unwrap());
+        Arc::new(Proxy::new(shared, client, tls, TaskTracker::new(), CancellationToken::new()))
     }
 
     fn publish(p: &Proxy, generation: u64) -> Arc<Active> {

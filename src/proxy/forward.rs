@@ -99,6 +99,15 @@ pub fn set_forwarded(headers: &mut HeaderMap, uri: &Uri, peer: IpAddr, tls: bool
     }
 }
 
+/// The client's path and query as an HTTP/1.1 request target (origin form).
+pub fn origin_form(client_uri: &Uri) -> Uri {
+    if client_uri.scheme().is_none() && client_uri.authority().is_none() && client_uri.path_and_query().is_some() {
+        return client_uri.clone();
+    }
+    let pq = client_uri.path_and_query().cloned().unwrap_or_else(|| PathAndQuery::from_static("/"));
+    Uri::from(pq)
+}
+
 /// `<backend scheme>://<backend authority><path and query of the client's request>`.
 pub fn upstream_uri(scheme: &Scheme, authority: &http::uri::Authority, client_uri: &Uri) -> Uri {
     let mut parts = http::uri::Parts::default();
@@ -175,6 +184,13 @@ mod tests {
         set_forwarded(&mut h, &uri, "127.0.0.1".parse().unwrap(), false, &[]);
         assert_eq!(h["host"], "plant.local:1880");
         assert_eq!(h["x-forwarded-host"], "plant.local:1880");
+    }
+
+    #[test]
+    fn origin_form_keeps_only_path_and_query() {
+        assert_eq!(origin_form(&"/a/b?c=d".parse().unwrap()), "/a/b?c=d");
+        assert_eq!(origin_form(&"http://x:1/p?q".parse().unwrap()), "/p?q");
+        assert_eq!(origin_form(&"http://x:1".parse().unwrap()), "/");
     }
 
     #[test]

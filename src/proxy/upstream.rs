@@ -1,0 +1,299 @@
+//! Keep-alive HTTP/1.1 connections to one instance for proxied requests, driven inside the
+//! request's own task.
+//!
+//! A general-purpose client runs each connection as a task of its own: a request then wakes
+//! that task to be written, and the response wakes the request's task back, often on the other
+//! worker thread. Here the request's task polls the connection itself, while it waits for the
+//! response head and then while the response body streams, so a proxied request never leaves
+//! its task. When the body ends, the connection goes back to the instance's pool (newest first;
+//! dropped after [`UPSTREAM_IDLE_TIMEOUT`], before Node.js closes it).
+//!
+//! A pooled connection that turns out to be closed before the request was written is replaced
+//! by a new one, with the same request: nothing had been sent.
+
+use std::collections::VecDeque;
+use std::future::poll_fn;
+use std::io;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{Request, Response};
+use http_body::{Frame, SizeHint};
+use hyper::body::Incoming;
+use hyper::client::conn::http1;
+use hyper_util::rt::TokioIo;
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::net::TcpStream;
+use tokio::time::Instant;
+
+use crate::backend::{Backend, UPSTREAM_IDLE_TIMEOUT};
+use crate::body::Body;
+
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+/// Idle connections kept per instance.
+const MAX_IDLE: usize = 512;
+
+/// Why a proxied request got no response.
+#[derive(Debug, thiserror::Error)]
+pub enum UpstreamError {
+    /// No connection could be made: nothing was sent.
+    #[error("connect: {0}")]
+    Connect(io::Error),
+    /// The connection failed before the request was written: nothing was sent.
+    #[error("not sent: {0}")]
+    NotSent(hyper::Error),
+    #[error("{0}")]
+    Failed(hyper::Error),
+    #[error("connection closed before the response")]
+    Closed,
+}
+
+impl UpstreamError {
+    /// Nothing reached the instance: the request can be sent elsewhere, body included.
+    pub fn is_connect(&self) -> bool {
+        matches!(self, UpstreamError::Connect(_) | UpstreamError::NotSent(_))
+    }
+}
+
+enum Stream {
+    Plain(TcpStream),
+    Tls(Box<tokio_rustls::client::TlsStream<TcpStream>>),
+}
+
+impl AsyncRead for Stream {
+    fn poll_read(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            Stream::Plain(s) => Pin::new(s).poll_read(cx, buf),
+            Stream::Tls(s) => Pin::new(s).poll_read(cx, buf),
+        }
+    }
+}
+
+impl AsyncWrite for Stream {
+    fn poll_write(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
+        match self.get_mut() {
+            Stream::Plain(s) => Pin::new(s).poll_write(cx, buf),
+            Stream::Tls(s) => Pin::new(s).poll_write(cx, buf),
+        }
+    }
+
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        match self.get_mut() {
+            Stream::Plain(s) => Pin::new(s).poll_write_vectored(cx, bufs),
+            Stream::Tls(s) => Pin::new(s).poll_write_vectored(cx, bufs),
+        }
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        match self {
+            Stream::Plain(s) => s.is_write_vectored(),
+            Stream::Tls(s) => s.is_write_vectored(),
+        }
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            Stream::Plain(s) => Pin::new(s).poll_flush(cx),
+            Stream::Tls(s) => Pin::new(s).poll_flush(cx),
+        }
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            Stream::Plain(s) => Pin::new(s).poll_shutdown(cx),
+            Stream::Tls(s) => Pin::new(s).poll_shutdown(cx),
+        }
+    }
+}
+
+struct Conn {
+    send: http1::SendRequest<Body>,
+    conn: http1::Connection<TokioIo<Stream>, Body>,
+    idle_since: Instant,
+}
+
+impl Conn {
+    /// Drives the connection until it can take a request: false if it is closed.
+    async fn ready(&mut self) -> bool {
+        poll_fn(|cx| {
+            if Pin::new(&mut self.conn).poll(cx).is_ready() {
+                return Poll::Ready(false);
+            }
+            self.send.poll_ready(cx).map(|r| r.is_ok())
+        })
+        .await
+    }
+}
+
+/// The pooled connections to one instance.
+pub struct Pool {
+    backend: Arc<Backend>,
+    tls: Option<tokio_rustls::TlsConnector>,
+    idle: Mutex<VecDeque<Box<Conn>>>,
+}
+
+impl Pool {
+    pub fn new(backend: Arc<Backend>, tls: Arc<rustls::ClientConfig>) -> Self {
+        let tls = (backend.scheme == http::uri::Scheme::HTTPS).then(|| tokio_rustls::TlsConnector::from(tls));
+        Pool { backend, tls, idle: Mutex::new(VecDeque::new()) }
+    }
+
+    /// Sends `req` (origin-form URI) and returns the response; its body keeps driving the
+    /// connection and returns it to the pool when it ends.
+    pub async fn send(self: &Arc<Self>, mut req: Request<Body>) -> Result<Response<Upstream>, UpstreamError> {
+        loop {
+            let (mut c, fresh) = match self.checkout().await {
+                Some(c) => (c, false),
+                None => (self.connect().await?, true),
+            };
+            let mut conn_done = false;
+            let result = {
+                let Conn { send, conn, .. } = &mut *c;
+                let mut response = std::pin::pin!(send.try_send_request(req));
+                poll_fn(|cx| {
+                    if let Poll::Ready(r) = response.as_mut().poll(cx) {
+                        return Poll::Ready(Some(r));
+                    }
+                    if !conn_done && Pin::new(&mut *conn).poll(cx).is_ready() {
+                        conn_done = true;
+                        // The connection has answered every request it took, or failed them.
+                        return Poll::Ready(match response.as_mut().poll(cx) {
+                            Poll::Ready(r) => Some(r),
+                            Poll::Pending => None,
+                        });
+                    }
+                    Poll::Pending
+                })
+                .await
+            };
+            match result {
+                Some(Ok(resp)) => {
+                    let keep = (!conn_done).then_some(c);
+                    return Ok(resp.map(|body| Upstream { body, conn: keep, ended: false, pool: self.clone() }));
+                }
+                Some(Err(mut e)) => match e.take_message() {
+                    // A pooled connection closed under us before the request went out.
+                    Some(back) if !fresh => req = back,
+                    Some(_) => return Err(UpstreamError::NotSent(e.into_error())),
+                    None => return Err(UpstreamError::Failed(e.into_error())),
+                },
+                None => return Err(UpstreamError::Closed),
+            }
+        }
+    }
+
+    /// The newest idle connection that is still open and ready.
+    async fn checkout(&self) -> Option<Box<Conn>> {
+        loop {
+            let mut c = self.idle.lock().unwrap_or_else(|e| e.into_inner()).pop_back()?;
+            if c.idle_since.elapsed() < UPSTREAM_IDLE_TIMEOUT && c.ready().await {
+                return Some(c);
+            }
+        }
+    }
+
+    fn put(&self, mut c: Box<Conn>) {
+        let now = Instant::now();
+        c.idle_since = now;
+        let mut idle = self.idle.lock().unwrap_or_else(|e| e.into_inner());
+        while idle.front().is_some_and(|o| now.duration_since(o.idle_since) >= UPSTREAM_IDLE_TIMEOUT) {
+            idle.pop_front();
+        }
+        if idle.len() >= MAX_IDLE {
+            idle.pop_front();
+        }
+        idle.push_back(c);
+    }
+
+    async fn connect(&self) -> Result<Box<Conn>, UpstreamError> {
+        let a = &self.backend.authority;
+        let port = a.port_u16().unwrap_or(if self.tls.is_some() { 443 } else { 80 });
+        let host = a.host().trim_start_matches('[').trim_end_matches(']');
+        let timeout = |e: tokio::time::error::Elapsed| io::Error::new(io::ErrorKind::TimedOut, e);
+        let tcp = tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect((host, port)))
+            .await
+            .map_err(timeout)
+            .and_then(|r| r)
+            .map_err(UpstreamError::Connect)?;
+        let _ = tcp.set_nodelay(true);
+        let stream = match &self.tls {
+            None => Stream::Plain(tcp),
+            Some(tls) => {
+                let name = rustls::pki_types::ServerName::try_from(host.to_string())
+                    .map_err(|e| UpstreamError::Connect(io::Error::new(io::ErrorKind::InvalidInput, e)))?;
+                let s = tokio::time::timeout(CONNECT_TIMEOUT, tls.connect(name, tcp))
+                    .await
+                    .map_err(timeout)
+                    .and_then(|r| r)
+                    .map_err(UpstreamError::Connect)?;
+                Stream::Tls(Box::new(s))
+            }
+        };
+        let (send, conn) = http1::Builder::new()
+            .handshake(TokioIo::new(stream))
+            .await
+            .map_err(|e| UpstreamError::Connect(io::Error::other(e)))?;
+        // Boxed once: it moves between the pool and response bodies.
+        let mut c = Box::new(Conn { send, conn, idle_since: Instant::now() });
+        if !c.ready().await {
+            return Err(UpstreamError::Connect(io::Error::from(io::ErrorKind::ConnectionAborted)));
+        }
+        Ok(c)
+    }
+}
+
+/// A response body from an instance. Polling it also drives its connection, which goes back to
+/// the pool once the body has ended.
+pub struct Upstream {
+    body: Incoming,
+    conn: Option<Box<Conn>>,
+    /// The body was read to its end (chunked bodies never report `is_end_stream`).
+    ended: bool,
+    pool: Arc<Pool>,
+}
+
+impl http_body::Body for Upstream {
+    type Data = Bytes;
+    type Error = hyper::Error;
+
+    fn poll_frame(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+        let this = &mut *self;
+        if let Some(c) = &mut this.conn
+            && Pin::new(&mut c.conn).poll(cx).is_ready()
+        {
+            // Closed: whatever the body still has is in its channel; the connection is done.
+            this.conn = None;
+        }
+        let frame = Pin::new(&mut this.body).poll_frame(cx);
+        if let Poll::Ready(None) = frame {
+            this.ended = true;
+        }
+        frame
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.body.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.body.size_hint()
+    }
+}
+
+impl Drop for Upstream {
+    /// A body read to its end leaves its connection reusable; otherwise the connection closes.
+    fn drop(&mut self) {
+        if let Some(c) = self.conn.take()
+            && (self.ended || http_body::Body::is_end_stream(&self.body))
+        {
+            self.pool.put(c);
+        }
+    }
+}

@@ -291,6 +291,32 @@ async fn websockets_reach_the_active_and_close_when_it_is_demoted() {
 }
 
 #[tokio::test]
+async fn websocket_tunnels_carry_small_and_large_messages_both_ways() {
+    use futures_util::{SinkExt, StreamExt};
+    use tokio_tungstenite::tungstenite::Message;
+    let (_fa, _fb, _log, h) = two(Options::default(), Options::default(), "").await;
+    wait_active(&h, "a", SECS).await;
+    let (mut ws, _) = tokio_tungstenite::connect_async(format!("ws://{}/ws", h.proxy_addr)).await.unwrap();
+    assert_eq!(ws.next().await.unwrap().unwrap().to_text().unwrap(), "hello from a");
+    // Sizes around the tunnel's small buffer (256 bytes) and far beyond its large one (16 KiB).
+    for len in [1, 200, 255, 256, 257, 4_000, 16_384, 300_000] {
+        let text: String = (0..len).map(|i| char::from(b'a' + (i % 26) as u8)).collect();
+        ws.send(Message::text(text.clone())).await.unwrap();
+        let back = tokio::time::timeout(SECS, ws.next()).await.expect("echo in time").unwrap().unwrap();
+        assert_eq!(back.to_text().unwrap().len(), len);
+        assert!(back.to_text().unwrap() == text, "message of {len} bytes came back intact");
+    }
+    // Many small messages in a burst arrive complete and in order.
+    for i in 0..200 {
+        ws.send(Message::text(format!("m{i}"))).await.unwrap();
+    }
+    for i in 0..200 {
+        let m = tokio::time::timeout(SECS, ws.next()).await.expect("burst echo").unwrap().unwrap();
+        assert_eq!(m.to_text().unwrap(), format!("m{i}"));
+    }
+}
+
+#[tokio::test]
 async fn http2_clients_are_served_and_forwarded_headers_set() {
     let (_fa, _fb, _log, h) = two(Options::default(), Options::default(), "").await;
     wait_active(&h, "a", SECS).await;

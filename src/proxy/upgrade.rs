@@ -64,11 +64,11 @@ pub async fn tunnel(
                 return;
             }
         };
-        let mut client = TokioIo::new(client);
-        let mut upstream = TokioIo::new(upstream);
+        let (mut client_rx, mut client_tx) = tokio::io::split(TokioIo::new(client));
+        let (mut upstream_rx, mut upstream_tx) = tokio::io::split(TokioIo::new(upstream));
         metrics.websocket_tunnels.inc();
         tokio::select! {
-            r = tokio::io::copy_bidirectional(&mut client, &mut upstream) => {
+            r = async { tokio::try_join!(pump(&mut client_rx, &mut upstream_tx), pump(&mut upstream_rx, &mut client_tx)) } => {
                 debug!(backend = %backend, result = ?r, "websocket closed");
             }
             _ = active.demoted.cancelled() => debug!(backend = %backend, "websocket closed: instance no longer active"),
@@ -77,4 +77,39 @@ pub async fn tunnel(
         metrics.websocket_tunnels.dec();
     });
     Ok(Response::from_parts(rp, Body::empty()))
+}
+
+/// Copies one direction of a tunnel until end of stream, then shuts the other side's writing
+/// half. Small messages (most websocket frames) pass through a 256-byte buffer inside the
+/// task; a larger buffer exists only while more than that is flowing. An idle websocket thus
+/// holds no buffer, where a plain copy would keep 8 KiB per direction.
+async fn pump<R, W>(from: &mut R, to: &mut W) -> std::io::Result<()>
+where
+    R: tokio::io::AsyncRead + Unpin,
+    W: tokio::io::AsyncWrite + Unpin,
+{
+    use futures_util::FutureExt;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut small = [0u8; 256];
+    loop {
+        let n = from.read(&mut small).await?;
+        if n == 0 {
+            return to.shutdown().await;
+        }
+        to.write_all(&small[..n]).await?;
+        if n == small.len() {
+            let mut big = vec![0u8; 16 * 1024];
+            // Whatever is already there, without waiting; the buffer goes once it runs dry.
+            while let Some(r) = from.read(&mut big).now_or_never() {
+                match r? {
+                    0 => {
+                        to.flush().await?;
+                        return to.shutdown().await;
+                    }
+                    n => to.write_all(&big[..n]).await?,
+                }
+            }
+        }
+        to.flush().await?;
+    }
 }

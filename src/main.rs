@@ -5,12 +5,6 @@ use std::time::Duration;
 use clap::{Parser, Subcommand};
 use tracing_subscriber::EnvFilter;
 
-/// mimalloc: faster than glibc's malloc for the proxy's many small, short-lived allocations,
-/// and it returns freed pages to the system, so memory held by a burst of connections does
-/// not stay in the resident set.
-#[global_allocator]
-static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
-
 /// flowgate: keeps exactly one Node-RED instance active and fails over in well under a second.
 #[derive(Parser)]
 #[command(version, about)]

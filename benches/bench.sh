@@ -34,7 +34,8 @@ backends:
 limits: { max_connections: 19000 }
 log: { level: warn }
 YAML
-"$BIN/flowgate" run --config "$RUN/flowgate.yaml" 2>"$RUN/flowgate.log" & FGPID=$!; PIDS+=($FGPID)
+start_flowgate() { "$BIN/flowgate" run --config "$RUN/flowgate.yaml" 2>>"$RUN/flowgate.log" & FGPID=$!; PIDS+=($FGPID); }
+start_flowgate
 
 cat > "$RUN/haproxy.cfg" <<CFG
 global
@@ -56,7 +57,8 @@ backend nr
   server a 127.0.0.1:$A check inter 100ms fall 2 rise 2
   server b 127.0.0.1:$B check inter 100ms fall 2 rise 2 backup
 CFG
-haproxy -f "$RUN/haproxy.cfg" -db 2>"$RUN/haproxy.log" & HAPID=$!; PIDS+=($HAPID)
+start_haproxy() { haproxy -f "$RUN/haproxy.cfg" -db 2>>"$RUN/haproxy.log" & HAPID=$!; PIDS+=($HAPID); }
+start_haproxy
 
 cat > "$RUN/nginx.conf" <<CFG
 worker_processes 2;
@@ -81,12 +83,16 @@ http {
   }
 }
 CFG
-nginx -c "$RUN/nginx.conf" -g 'daemon off;' & NGPID=$!; PIDS+=($NGPID)
+start_nginx() { nginx -c "$RUN/nginx.conf" -g 'daemon off;' & NGPID=$!; PIDS+=($NGPID); }
+start_nginx
 
-for p in $A $B $FG $HA $NG; do
-  for _ in $(seq 100); do curl -fs -o /dev/null "http://127.0.0.1:$p/" && break; sleep 0.1; done
-done
-sleep 1   # health checks settle (flowgate elects a; haproxy marks both up)
+ready() {
+  for p in $A $B $FG $HA $NG; do
+    for _ in $(seq 100); do curl -fs -o /dev/null "http://127.0.0.1:$p/" && break; sleep 0.1; done
+  done
+  sleep 1   # health checks settle (flowgate elects a; haproxy marks both up)
+}
+ready
 
 # CPU seconds (user+system) of a process and its children threads/workers.
 cpu() { # pids...
@@ -129,8 +135,16 @@ for round in $(seq "$ROUNDS"); do
   done
 done
 
-# Memory: 10k idle keep-alive connections, then 10k idle websockets, per proxy.
+# Memory: 10k idle keep-alive connections, then 10k idle websockets, per proxy. Each is measured
+# on fresh proxy processes, so that none is credited with memory an earlier workload left free.
+restart() {
+  for p in $FGPID $HAPID $NGPID; do kill "$p"; done
+  for p in $FGPID $HAPID $NGPID; do for _ in $(seq 100); do kill -0 "$p" 2>/dev/null || break; sleep 0.1; done; done
+  start_flowgate; start_haproxy; start_nginx; ready
+  PIDOF=([direct]="" [flowgate]=$FGPID [haproxy]=$HAPID [nginx]=$NGPID)
+}
 for mode in idle ws; do
+  restart
   n=$IDLE; [ $mode = ws ] && n=$IDLE_WS
   for target in flowgate haproxy nginx; do
     pids=${PIDOF[$target]}

@@ -357,6 +357,18 @@ pub struct Handle {
 /// Starts probers, the supervisor and the listeners. Must run inside a tokio runtime.
 /// `config_path` enables reloading from that file.
 pub fn start(config: Config, listeners: Listeners, config_path: Option<PathBuf>) -> std::io::Result<Handle> {
+    start_on(config, listeners, config_path, Vec::new())
+}
+
+/// [`start`], serving client connections on `workers` (one current-thread runtime per core,
+/// each connection staying on the one it was handed to); empty: on the calling runtime.
+pub fn start_on(
+    config: Config,
+    listeners: Listeners,
+    config_path: Option<PathBuf>,
+    workers: Vec<tokio::runtime::Handle>,
+) -> std::io::Result<Handle> {
+    let workers: Arc<[tokio::runtime::Handle]> = workers.into();
     let err = |e: String| std::io::Error::other(e);
     let admin_addr = listeners.admin.local_addr()?;
     let https_addr = listeners.https.as_ref().map(|l| l.local_addr()).transpose()?;
@@ -425,7 +437,14 @@ pub fn start(config: Config, listeners: Listeners, config_path: Option<PathBuf>)
                 parked: app.metrics.client_connections_parked.clone(),
             };
             let l = server::Listener { tcp, tls, slots: slots.clone(), gauges: Some(gauges) };
-            app.tasks.spawn(server::accept_loop(l, limits.clone(), shutdown.child_token(), grace, serve.clone()));
+            app.tasks.spawn(server::accept_loop(
+                l,
+                limits.clone(),
+                shutdown.child_token(),
+                grace,
+                workers.clone(),
+                serve.clone(),
+            ));
         }
     }
     if let (Some(tcp), Some(https)) = (listeners.redirect, https_addr) {
@@ -436,12 +455,13 @@ pub fn start(config: Config, listeners: Listeners, config_path: Option<PathBuf>)
             limits.clone(),
             shutdown.child_token(),
             grace,
+            Arc::from([]),
             move |req, _| async move { Ok(server::redirect(&req, port)) },
         ));
     }
     let l = server::Listener { tcp: listeners.admin, tls: None, slots: Arc::new(Semaphore::new(256)), gauges: None };
     let a = app.clone();
-    app.tasks.spawn(server::accept_loop(l, limits, shutdown.child_token(), grace, move |req, _| {
+    app.tasks.spawn(server::accept_loop(l, limits, shutdown.child_token(), grace, Arc::from([]), move |req, _| {
         admin::serve(a.clone(), req)
     }));
     if let Some(tls) = &tls {

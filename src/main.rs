@@ -103,16 +103,36 @@ fn main() -> ExitCode {
                 }
             };
             init_logging(&cfg.log);
-            // FLOWGATE_WORKERS=1 runs everything on one thread (no cross-thread wakeups);
-            // the default is one worker per core.
-            let workers = std::env::var("FLOWGATE_WORKERS").ok().and_then(|w| w.parse::<usize>().ok());
-            let rt = match workers {
-                Some(1) => tokio::runtime::Builder::new_current_thread().enable_all().build(),
-                Some(n) => tokio::runtime::Builder::new_multi_thread().worker_threads(n.max(1)).enable_all().build(),
-                None => tokio::runtime::Builder::new_multi_thread().enable_all().build(),
+            // Client connections are served by one current-thread runtime per core (or
+            // FLOWGATE_WORKERS), each connection staying on one: a request never wakes another
+            // thread. Health, election and the admin API run on their own runtime.
+            let workers = std::env::var("FLOWGATE_WORKERS")
+                .ok()
+                .and_then(|w| w.parse::<usize>().ok())
+                .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()))
+                .max(1);
+            let stop = tokio_util::sync::CancellationToken::new();
+            let mut threads = Vec::new();
+            let mut handles = Vec::new();
+            for i in 0..workers {
+                let (tx, rx) = std::sync::mpsc::channel();
+                let stop = stop.clone();
+                let thread = std::thread::Builder::new().name(format!("flowgate-worker-{i}")).spawn(move || {
+                    flowgate::proxy::upstream::set_worker(i);
+                    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("tokio runtime");
+                    let _ = tx.send(rt.handle().clone());
+                    rt.block_on(stop.cancelled());
+                });
+                threads.push(thread.expect("worker thread"));
+                handles.push(rx.recv().expect("worker runtime"));
             }
-            .expect("tokio runtime");
-            rt.block_on(run(cfg, config))
+            let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("tokio runtime");
+            let code = rt.block_on(run(cfg, config, handles));
+            stop.cancel();
+            for t in threads {
+                let _ = t.join();
+            }
+            code
         }
     }
 }
@@ -128,7 +148,7 @@ fn init_logging(log: &flowgate::config::LogConfig) {
     if log.json { builder.json().init() } else { builder.init() }
 }
 
-async fn run(cfg: flowgate::config::Config, path: PathBuf) -> ExitCode {
+async fn run(cfg: flowgate::config::Config, path: PathBuf, workers: Vec<tokio::runtime::Handle>) -> ExitCode {
     let listeners = match flowgate::Listeners::bind(&cfg).await {
         Ok(l) => l,
         Err(e) => {
@@ -136,7 +156,7 @@ async fn run(cfg: flowgate::config::Config, path: PathBuf) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    let handle = match flowgate::start(cfg, listeners, Some(path)) {
+    let handle = match flowgate::start_on(cfg, listeners, Some(path), workers) {
         Ok(h) => h,
         Err(e) => {
             tracing::error!(error = %e, "cannot start");

@@ -62,14 +62,21 @@ pub struct Gauges {
     pub parked: IntGauge,
 }
 
-pub async fn accept_loop<F, Fut>(l: Listener, limits: Limits, cancel: CancellationToken, grace: Duration, handler: F)
-where
+pub async fn accept_loop<F, Fut>(
+    l: Listener,
+    limits: Limits,
+    cancel: CancellationToken,
+    grace: Duration,
+    workers: Arc<[tokio::runtime::Handle]>,
+    handler: F,
+) where
     F: Fn(Request<Incoming>, Peer) -> Fut + Clone + Send + Sync + Unpin + 'static,
     Fut: Future<Output = Result<Response<Body>, Infallible>> + Send + 'static,
 {
     let http = Arc::new(conn::Http::new(&limits, l.gauges.clone()));
     tokio::spawn(http.parking.clone().sweep(cancel.clone()));
     let conns = TaskTracker::new();
+    let mut next = 0;
     loop {
         let (mut stream, addr) = tokio::select! {
             _ = cancel.cancelled() => break,
@@ -95,26 +102,59 @@ where
         let (handler, http, cancel, tls) = (handler.clone(), http.clone(), cancel.clone(), l.tls.clone());
         let handshake_limit = limits.header_read_timeout;
         let held = conn::Held { _permit: permit, _open: http.gauges.as_ref().map(|g| conn::GaugeGuard::new(&g.open)) };
-        match tls {
-            None => {
-                conns.spawn(conn::serve(stream, Peer { addr, tls: false }, http, cancel, handler, held));
-            }
-            // Boxed: a TLS session is large, and plain connections should not pay for it.
-            Some(acceptor) => {
-                conns.spawn(Box::pin(async move {
-                    match tokio::time::timeout(handshake_limit, acceptor.accept(stream)).await {
-                        Ok(Ok(tls)) => conn::serve(tls, Peer { addr, tls: true }, http, cancel, handler, held).await,
-                        Ok(Err(e)) => debug!(peer = %addr, error = %e, "TLS handshake failed"),
-                        Err(_) => debug!(peer = %addr, "TLS handshake timed out"),
+        let peer = Peer { addr, tls: tls.is_some() };
+        if workers.is_empty() {
+            conns.spawn(serve(stream, peer, tls, handshake_limit, http, cancel, handler, held));
+            continue;
+        }
+        // One runtime per core: the connection moves to the next one and stays there.
+        next = (next + 1) % workers.len();
+        match stream.into_std() {
+            Ok(std) => {
+                workers[next].spawn(conns.track_future(async move {
+                    if let Ok(stream) = tokio::net::TcpStream::from_std(std) {
+                        serve(stream, peer, tls, handshake_limit, http, cancel, handler, held).await;
                     }
                 }));
             }
+            Err(e) => debug!(peer = %addr, error = %e, "could not hand the connection over"),
         }
     }
     drop(l);
     conns.close();
     if tokio::time::timeout(grace, conns.wait()).await.is_err() {
         warn!(grace = ?grace, "connections did not finish within the grace period; closing them");
+    }
+}
+
+/// One accepted connection: the TLS handshake if any, then HTTP.
+#[allow(clippy::too_many_arguments)]
+async fn serve<F, Fut>(
+    stream: tokio::net::TcpStream,
+    peer: Peer,
+    tls: Option<tokio_rustls::TlsAcceptor>,
+    handshake_limit: Duration,
+    http: Arc<conn::Http>,
+    cancel: CancellationToken,
+    handler: F,
+    held: conn::Held,
+) where
+    F: Fn(Request<Incoming>, Peer) -> Fut + Clone + Send + Sync + Unpin + 'static,
+    Fut: Future<Output = Result<Response<Body>, Infallible>> + Send + 'static,
+{
+    match tls {
+        None => conn::serve(stream, peer, http, cancel, handler, held).await,
+        // Boxed: a TLS session is large, and plain connections should not pay for it.
+        Some(acceptor) => {
+            Box::pin(async move {
+                match tokio::time::timeout(handshake_limit, acceptor.accept(stream)).await {
+                    Ok(Ok(tls)) => conn::serve(tls, peer, http, cancel, handler, held).await,
+                    Ok(Err(e)) => debug!(peer = %peer.addr, error = %e, "TLS handshake failed"),
+                    Err(_) => debug!(peer = %peer.addr, "TLS handshake timed out"),
+                }
+            })
+            .await
+        }
     }
 }
 

@@ -602,3 +602,94 @@ async fn parked_connections_close_at_the_idle_limit_and_at_shutdown() {
     let n = tokio::time::timeout(SECS, s.read(&mut one)).await.expect("closed at shutdown");
     assert!(matches!(n, Ok(0) | Err(_)), "{n:?}");
 }
+
+#[tokio::test]
+async fn connections_can_be_served_by_one_runtime_per_core() {
+    let log = EventLog::default();
+    let fa = FakeNodeRed::start("a", Options::default(), log.clone()).await;
+    let stop = tokio_util::sync::CancellationToken::new();
+    let mut threads = Vec::new();
+    let mut workers = Vec::new();
+    for i in 0..2 {
+        let (tx, rx) = std::sync::mpsc::channel();
+        let stop = stop.clone();
+        threads.push(std::thread::spawn(move || {
+            flowgate::proxy::upstream::set_worker(i);
+            let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+            tx.send((rt.handle().clone(), std::thread::current().id())).unwrap();
+            rt.block_on(stop.cancelled());
+        }));
+        workers.push(rx.recv().unwrap());
+    }
+    let cfg =
+        flowgate::config::parse(&yaml(&[("a", fa.url(), 100)], ""), Path::new("t.yaml"), &Secrets(vec![])).unwrap();
+    let listeners = flowgate::Listeners::plain(
+        tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap(),
+        tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap(),
+    );
+    let h = flowgate::start_on(cfg, listeners, None, workers.iter().map(|w| w.0.clone()).collect()).unwrap();
+    eventually(SECS, "a active", || async { active(&h).await.as_deref() == Some("a") }).await;
+    // Several connections, several requests each, websockets too: all served.
+    for _ in 0..4 {
+        let mut s = TcpStream::connect(h.proxy_addr).await.unwrap();
+        let mut buf = Vec::new();
+        for _ in 0..3 {
+            s.write_all(b"GET /hello HTTP/1.1\r\nHost: x\r\n\r\n").await.unwrap();
+            assert_eq!(read_response(&mut s, &mut buf).await, (200, "hello from a".into()));
+        }
+    }
+    let (mut ws, _) = tokio_tungstenite::connect_async(format!("ws://{}/ws", h.proxy_addr)).await.unwrap();
+    use futures_util::StreamExt;
+    assert_eq!(ws.next().await.unwrap().unwrap().to_text().unwrap(), "hello from a");
+    // The open connections live on the workers, spread over both.
+    let held: Vec<TcpStream> = futures_util::future::join_all((0..4).map(|_| TcpStream::connect(h.proxy_addr)))
+        .await
+        .into_iter()
+        .map(Result::unwrap)
+        .collect();
+    eventually(SECS, "connections on both workers", || async {
+        workers.iter().all(|w| w.0.metrics().num_alive_tasks() >= 2)
+    })
+    .await;
+    drop(held);
+    let t = tokio::time::Instant::now();
+    h.shutdown().await;
+    assert!(t.elapsed() < Duration::from_secs(3), "shutdown took {:?}", t.elapsed());
+    stop.cancel();
+    for t in threads {
+        t.join().unwrap();
+    }
+}
+
+#[tokio::test]
+async fn the_binary_serves_on_one_runtime_per_core_and_exits_cleanly_on_sigterm() {
+    let log = EventLog::default();
+    let fa = FakeNodeRed::start("a", Options::default(), log.clone()).await;
+    let free = || std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap();
+    let (proxy, admin) = (free(), free());
+    let dir = temp(&format!("bin-{}", rand_tag()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let config = dir.join("flowgate.yaml");
+    let y = format!("listen: {{ proxy: \"{proxy}\", admin: \"{admin}\" }}\n{}", yaml(&[("a", fa.url(), 100)], ""));
+    std::fs::write(&config, y).unwrap();
+    let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_flowgate"))
+        .args(["run", "--config"])
+        .arg(&config)
+        .env("FLOWGATE_WORKERS", "2")
+        .stderr(std::process::Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let url = format!("http://{proxy}/hello");
+    eventually(SECS, "served through the binary", || async {
+        get(&client(), &url).await.is_ok_and(|r| r.status == 200 && r.body == "hello from a")
+    })
+    .await;
+    for _ in 0..20 {
+        assert_eq!(get(&client(), &url).await.unwrap().body, "hello from a");
+    }
+    let pid = child.id().unwrap().to_string();
+    assert!(std::process::Command::new("kill").args(["-TERM", &pid]).status().unwrap().success());
+    let status = tokio::time::timeout(SECS, child.wait()).await.expect("exits after SIGTERM").unwrap();
+    assert!(status.success(), "{status:?}");
+}

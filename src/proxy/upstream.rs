@@ -132,17 +132,29 @@ impl Conn {
     }
 }
 
-/// The pooled connections to one instance.
+thread_local! {
+    static WORKER: std::cell::Cell<usize> = const { std::cell::Cell::new(0) };
+}
+
+/// Marks the calling thread as client-connection worker `i` (one runtime per core): it then
+/// takes upstream connections only from its own idle list, so a connection is always driven
+/// by the runtime whose I/O driver it is registered with.
+pub fn set_worker(i: usize) {
+    WORKER.with(|w| w.set(i));
+}
+
+/// The pooled connections to one instance: an idle list per worker thread.
 pub struct Pool {
     backend: Arc<Backend>,
     tls: Option<tokio_rustls::TlsConnector>,
-    idle: Mutex<VecDeque<Box<Conn>>>,
+    idle: Box<[Mutex<VecDeque<Box<Conn>>>]>,
 }
 
 impl Pool {
     pub fn new(backend: Arc<Backend>, tls: Arc<rustls::ClientConfig>) -> Self {
         let tls = (backend.scheme == http::uri::Scheme::HTTPS).then(|| tokio_rustls::TlsConnector::from(tls));
-        Pool { backend, tls, idle: Mutex::new(VecDeque::new()) }
+        let workers = std::thread::available_parallelism().map_or(1, |n| n.get());
+        Pool { backend, tls, idle: (0..workers).map(|_| Mutex::new(VecDeque::new())).collect() }
     }
 
     /// Sends `req` (origin-form URI) and returns the response; its body keeps driving the
@@ -189,10 +201,14 @@ impl Pool {
         }
     }
 
+    fn idle(&self) -> &Mutex<VecDeque<Box<Conn>>> {
+        &self.idle[WORKER.with(|w| w.get()) % self.idle.len()]
+    }
+
     /// The newest idle connection that is still open and ready.
     async fn checkout(&self) -> Option<Box<Conn>> {
         loop {
-            let mut c = self.idle.lock().unwrap_or_else(|e| e.into_inner()).pop_back()?;
+            let mut c = self.idle().lock().unwrap_or_else(|e| e.into_inner()).pop_back()?;
             if c.idle_since.elapsed() < UPSTREAM_IDLE_TIMEOUT && c.ready().await {
                 return Some(c);
             }
@@ -202,7 +218,7 @@ impl Pool {
     fn put(&self, mut c: Box<Conn>) {
         let now = Instant::now();
         c.idle_since = now;
-        let mut idle = self.idle.lock().unwrap_or_else(|e| e.into_inner());
+        let mut idle = self.idle().lock().unwrap_or_else(|e| e.into_inner());
         while idle.front().is_some_and(|o| now.duration_since(o.idle_since) >= UPSTREAM_IDLE_TIMEOUT) {
             idle.pop_front();
         }

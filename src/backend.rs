@@ -168,34 +168,39 @@ pub fn snippet(body: &[u8]) -> String {
 }
 
 /// The client type for every call to an instance (plain HTTP, or HTTPS with a configured CA).
-pub type AdminClient = Client<hyper_rustls::HttpsConnector<HttpConnector>, Body>;
+pub type AdminClient = Client<Connector, Body>;
 
 /// Idle pooled connections to Node-RED are dropped before Node's HTTP server closes them
 /// itself (its `keepAliveTimeout` is 5 s): otherwise a request can race the server's close.
 pub const UPSTREAM_IDLE_TIMEOUT: Duration = Duration::from_secs(4);
 
-/// A pooled client for the configured instances. `max_idle_per_host: None` is unbounded.
-pub fn client(cfg: &crate::config::Config, max_idle_per_host: Option<usize>) -> Result<AdminClient, String> {
+/// Connects to an instance: TCP (no delay, 5 s timeout), then TLS for `https` ones.
+pub type Connector = hyper_rustls::HttpsConnector<HttpConnector>;
+
+pub fn connector(cfg: &crate::config::Config) -> Result<Connector, String> {
     let mut conn = HttpConnector::new();
     conn.set_nodelay(true);
     conn.set_connect_timeout(Some(Duration::from_secs(5)));
     conn.enforce_http(false);
-    let tls = tls_config(cfg)?;
-    let https = hyper_rustls::HttpsConnectorBuilder::new()
-        .with_tls_config(tls)
+    Ok(hyper_rustls::HttpsConnectorBuilder::new()
+        .with_tls_config(tls_config(cfg)?)
         .https_or_http()
         .enable_http1()
-        .wrap_connector(conn);
+        .wrap_connector(conn))
+}
+
+/// A pooled client for the configured instances. `max_idle_per_host: None` is unbounded.
+pub fn client(cfg: &crate::config::Config, max_idle_per_host: Option<usize>) -> Result<AdminClient, String> {
     let mut b = Client::builder(TokioExecutor::new());
     b.pool_idle_timeout(UPSTREAM_IDLE_TIMEOUT);
     if let Some(n) = max_idle_per_host {
         b.pool_max_idle_per_host(n);
     }
-    Ok(b.build(https))
+    Ok(b.build(connector(cfg)?))
 }
 
 /// TLS for `https` instances (see [`crate::tls::client_config`]).
-pub fn tls_config(cfg: &crate::config::Config) -> Result<rustls::ClientConfig, String> {
+fn tls_config(cfg: &crate::config::Config) -> Result<rustls::ClientConfig, String> {
     let cas: Vec<std::path::PathBuf> = cfg.backends.iter().filter_map(|b| b.ca.clone()).collect();
     crate::tls::client_config(&cas)
 }

@@ -123,16 +123,18 @@ pub struct App {
     config_path: Option<PathBuf>,
     reloading: tokio::sync::Mutex<()>,
     tunnels: TaskTracker,
+    /// How many runtimes serve client connections (1 when they run on the caller's).
+    workers: usize,
     tasks: TaskTracker,
     shutdown: CancellationToken,
 }
 
 /// The clients a core uses: probes and flow-state calls, editor writes and websockets, and
 /// the TLS settings of the proxied requests' own connections.
-type Clients = (backend::AdminClient, backend::AdminClient, Arc<rustls::ClientConfig>);
+type Clients = (backend::AdminClient, backend::AdminClient, backend::Connector);
 
 fn clients(config: &Config) -> Result<Clients, String> {
-    Ok((backend::admin_client(config)?, backend::client(config, None)?, Arc::new(backend::tls_config(config)?)))
+    Ok((backend::admin_client(config)?, backend::client(config, None)?, backend::connector(config)?))
 }
 
 struct SharedView(Arc<Shared>);
@@ -171,7 +173,7 @@ impl App {
     /// Builds a core for `config` with its clients (made beforehand by [`clients`], the only
     /// fallible part) and starts its probers and supervisor.
     fn build(&self, config: Config, clients: Clients, sync: sync::SyncTable, seed: Option<Seed>) -> Core {
-        let (admin_client, client, tls) = clients;
+        let (admin_client, client, connector) = clients;
         let config = Arc::new(config);
         let backends: Vec<Arc<Backend>> = config
             .backends
@@ -222,7 +224,14 @@ impl App {
         }
         let supervisor = Supervisor::new(shared.clone(), admin_client, reports_rx, commands_rx, seed);
         self.tasks.spawn(supervisor.run(self.shutdown.child_token()));
-        let proxy = Arc::new(Proxy::new(shared.clone(), client, tls, self.tunnels.clone(), self.shutdown.clone()));
+        let proxy = Arc::new(Proxy::new(
+            shared.clone(),
+            client,
+            connector,
+            self.workers,
+            self.tunnels.clone(),
+            self.shutdown.clone(),
+        ));
         Core { shared, proxy, cancel }
     }
 
@@ -400,7 +409,8 @@ pub fn start_on(
             proxy: Arc::new(Proxy::new(
                 Arc::new(placeholder_shared(&config)),
                 backend::client(&config, Some(0)).map_err(err)?,
-                Arc::new(backend::tls_config(&config).map_err(err)?),
+                backend::connector(&config).map_err(err)?,
+                workers.len().max(1),
                 TaskTracker::new(),
                 shutdown.clone(),
             )),
@@ -415,6 +425,7 @@ pub fn start_on(
         config_path,
         reloading: tokio::sync::Mutex::new(()),
         tunnels: TaskTracker::new(),
+        workers: workers.len().max(1),
         tasks: TaskTracker::new(),
         shutdown: shutdown.clone(),
     });

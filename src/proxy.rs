@@ -84,14 +84,20 @@ pub struct Peer {
 }
 
 impl Proxy {
+    /// `workers`: how many runtimes serve client connections (see [`upstream::set_worker`]).
     pub fn new(
         shared: Arc<Shared>,
         client: ProxyClient,
-        tls: Arc<rustls::ClientConfig>,
+        connector: crate::backend::Connector,
+        workers: usize,
         tunnels: TaskTracker,
         shutdown: CancellationToken,
     ) -> Self {
-        let pools = shared.backends.iter().map(|b| Arc::new(upstream::Pool::new(b.clone(), tls.clone()))).collect();
+        let pools = shared
+            .backends
+            .iter()
+            .map(|b| Arc::new(upstream::Pool::new(b.clone(), connector.clone(), workers)))
+            .collect();
         Proxy { shared, client, pools, tunnels, shutdown }
     }
 
@@ -322,8 +328,8 @@ mod tests {
             commands: mpsc::channel(1).0,
         });
         let client = crate::backend::client(&shared.config, None).unwrap();
-        let tls = Arc::new(crate::backend::tls_config(&shared.config).unwrap());
-        Arc::new(Proxy::new(shared, client, tls, TaskTracker::new(), CancellationToken::new()))
+        let connector = crate::backend::connector(&shared.config).unwrap();
+        Arc::new(Proxy::new(shared, client, connector, 1, TaskTracker::new(), CancellationToken::new()))
     }
 
     fn publish(p: &Proxy, generation: u64) -> Arc<Active> {

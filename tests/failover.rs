@@ -291,6 +291,22 @@ async fn websockets_reach_the_active_and_close_when_it_is_demoted() {
 }
 
 #[tokio::test]
+async fn proxied_requests_reuse_upstream_connections() {
+    let (fa, _fb, _log, h) = two(Options::default(), Options::default(), "").await;
+    wait_active(&h, "a", SECS).await;
+    let c = client();
+    let url = format!("http://{}/hello", h.proxy_addr);
+    assert_eq!(get(&c, &url).await.unwrap().body, "hello from a");
+    let before = fa.inner.connections.load(Ordering::SeqCst);
+    for _ in 0..30 {
+        assert_eq!(get(&c, &url).await.unwrap().body, "hello from a");
+    }
+    let opened = fa.inner.connections.load(Ordering::SeqCst) - before;
+    // Probes have their own pooled connection; allow one more for a probe reconnecting.
+    assert!(opened <= 1, "{opened} new connections for 30 requests");
+}
+
+#[tokio::test]
 async fn websocket_tunnels_carry_small_and_large_messages_both_ways() {
     use futures_util::{SinkExt, StreamExt};
     use tokio_tungstenite::tungstenite::Message;

@@ -25,23 +25,25 @@ use http_body::{Frame, SizeHint};
 use hyper::body::Incoming;
 use hyper::client::conn::http1;
 use hyper_util::rt::TokioIo;
-use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
 use tokio::time::Instant;
 
-use crate::backend::{Backend, UPSTREAM_IDLE_TIMEOUT};
+use tower_service::Service;
+
+use crate::backend::{Backend, Connector, UPSTREAM_IDLE_TIMEOUT};
 use crate::body::Body;
 
-const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 /// Idle connections kept per instance.
 const MAX_IDLE: usize = 512;
+/// For TCP and TLS together (the connector's own timeout covers TCP only).
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// Why a proxied request got no response.
 #[derive(Debug, thiserror::Error)]
 pub enum UpstreamError {
     /// No connection could be made: nothing was sent.
-    #[error("connect: {0}")]
-    Connect(io::Error),
+    #[error("connect: {}", crate::backend::chain(.0.as_ref()))]
+    Connect(Box<dyn std::error::Error + Send + Sync>),
     /// The connection failed before the request was written: nothing was sent.
     #[error("not sent: {0}")]
     NotSent(hyper::Error),
@@ -58,64 +60,12 @@ impl UpstreamError {
     }
 }
 
-enum Stream {
-    Plain(TcpStream),
-    Tls(Box<tokio_rustls::client::TlsStream<TcpStream>>),
-}
-
-impl AsyncRead for Stream {
-    fn poll_read(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
-        match self.get_mut() {
-            Stream::Plain(s) => Pin::new(s).poll_read(cx, buf),
-            Stream::Tls(s) => Pin::new(s).poll_read(cx, buf),
-        }
-    }
-}
-
-impl AsyncWrite for Stream {
-    fn poll_write(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
-        match self.get_mut() {
-            Stream::Plain(s) => Pin::new(s).poll_write(cx, buf),
-            Stream::Tls(s) => Pin::new(s).poll_write(cx, buf),
-        }
-    }
-
-    fn poll_write_vectored(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        bufs: &[io::IoSlice<'_>],
-    ) -> Poll<io::Result<usize>> {
-        match self.get_mut() {
-            Stream::Plain(s) => Pin::new(s).poll_write_vectored(cx, bufs),
-            Stream::Tls(s) => Pin::new(s).poll_write_vectored(cx, bufs),
-        }
-    }
-
-    fn is_write_vectored(&self) -> bool {
-        match self {
-            Stream::Plain(s) => s.is_write_vectored(),
-            Stream::Tls(s) => s.is_write_vectored(),
-        }
-    }
-
-    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        match self.get_mut() {
-            Stream::Plain(s) => Pin::new(s).poll_flush(cx),
-            Stream::Tls(s) => Pin::new(s).poll_flush(cx),
-        }
-    }
-
-    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        match self.get_mut() {
-            Stream::Plain(s) => Pin::new(s).poll_shutdown(cx),
-            Stream::Tls(s) => Pin::new(s).poll_shutdown(cx),
-        }
-    }
-}
+/// What the connector gives: plain TCP, or TLS over it.
+type Stream = hyper_rustls::MaybeHttpsStream<TokioIo<TcpStream>>;
 
 struct Conn {
     send: http1::SendRequest<Body>,
-    conn: http1::Connection<TokioIo<Stream>, Body>,
+    conn: http1::Connection<Stream, Body>,
     idle_since: Instant,
 }
 
@@ -145,16 +95,22 @@ pub fn set_worker(i: usize) {
 
 /// The pooled connections to one instance: an idle list per worker thread.
 pub struct Pool {
-    backend: Arc<Backend>,
-    tls: Option<tokio_rustls::TlsConnector>,
+    connector: Connector,
+    /// `<scheme>://<authority>/` of the instance, what the connector connects to.
+    origin: http::Uri,
     idle: Box<[Mutex<VecDeque<Box<Conn>>>]>,
 }
 
 impl Pool {
-    pub fn new(backend: Arc<Backend>, tls: Arc<rustls::ClientConfig>) -> Self {
-        let tls = (backend.scheme == http::uri::Scheme::HTTPS).then(|| tokio_rustls::TlsConnector::from(tls));
-        let workers = std::thread::available_parallelism().map_or(1, |n| n.get());
-        Pool { backend, tls, idle: (0..workers).map(|_| Mutex::new(VecDeque::new())).collect() }
+    /// `workers`: how many runtimes serve client connections; each gets its own idle list.
+    pub fn new(backend: Arc<Backend>, connector: Connector, workers: usize) -> Self {
+        let origin = http::Uri::builder()
+            .scheme(backend.scheme.clone())
+            .authority(backend.authority.clone())
+            .path_and_query("/")
+            .build()
+            .expect("validated scheme and authority");
+        Pool { connector, origin, idle: (0..workers.max(1)).map(|_| Mutex::new(VecDeque::new())).collect() }
     }
 
     /// Sends `req` (origin-form URI) and returns the response; its body keeps driving the
@@ -229,37 +185,16 @@ impl Pool {
     }
 
     async fn connect(&self) -> Result<Box<Conn>, UpstreamError> {
-        let a = &self.backend.authority;
-        let port = a.port_u16().unwrap_or(if self.tls.is_some() { 443 } else { 80 });
-        let host = a.host().trim_start_matches('[').trim_end_matches(']');
-        let timeout = |e: tokio::time::error::Elapsed| io::Error::new(io::ErrorKind::TimedOut, e);
-        let tcp = tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect((host, port)))
+        let stream = tokio::time::timeout(CONNECT_TIMEOUT, self.connector.clone().call(self.origin.clone()))
             .await
-            .map_err(timeout)
-            .and_then(|r| r)
+            .map_err(|e| UpstreamError::Connect(e.into()))?
             .map_err(UpstreamError::Connect)?;
-        let _ = tcp.set_nodelay(true);
-        let stream = match &self.tls {
-            None => Stream::Plain(tcp),
-            Some(tls) => {
-                let name = rustls::pki_types::ServerName::try_from(host.to_string())
-                    .map_err(|e| UpstreamError::Connect(io::Error::new(io::ErrorKind::InvalidInput, e)))?;
-                let s = tokio::time::timeout(CONNECT_TIMEOUT, tls.connect(name, tcp))
-                    .await
-                    .map_err(timeout)
-                    .and_then(|r| r)
-                    .map_err(UpstreamError::Connect)?;
-                Stream::Tls(Box::new(s))
-            }
-        };
-        let (send, conn) = http1::Builder::new()
-            .handshake(TokioIo::new(stream))
-            .await
-            .map_err(|e| UpstreamError::Connect(io::Error::other(e)))?;
+        let (send, conn) =
+            http1::Builder::new().handshake(stream).await.map_err(|e| UpstreamError::Connect(e.into()))?;
         // Boxed once: it moves between the pool and response bodies.
         let mut c = Box::new(Conn { send, conn, idle_since: Instant::now() });
         if !c.ready().await {
-            return Err(UpstreamError::Connect(io::Error::from(io::ErrorKind::ConnectionAborted)));
+            return Err(UpstreamError::Connect(io::Error::from(io::ErrorKind::ConnectionAborted).into()));
         }
         Ok(c)
     }

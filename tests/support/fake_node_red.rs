@@ -52,6 +52,8 @@ pub struct Inner {
     unhang: Notify,
     token: Option<String>,
     pub hello_count: AtomicUsize,
+    /// TCP connections accepted.
+    pub connections: AtomicUsize,
     pub log: EventLog,
     /// Deployed flows (credentials removed), their rev, and credentials by node id.
     pub flows: Mutex<(serde_json::Value, String, serde_json::Map<String, serde_json::Value>)>,
@@ -134,6 +136,7 @@ impl FakeNodeRed {
             unhang: Notify::new(),
             token: opts.token,
             hello_count: AtomicUsize::new(0),
+            connections: AtomicUsize::new(0),
             log,
             flows: Mutex::new((serde_json::json!([]), rev_of(&serde_json::json!([])), serde_json::Map::new())),
             refuse_deploys: AtomicBool::new(false),
@@ -153,6 +156,7 @@ impl FakeNodeRed {
                     _ = st.cancelled() => return,
                     r = listener.accept() => r.unwrap(),
                 };
+                inn.connections.fetch_add(1, Ordering::SeqCst);
                 let inn = inn.clone();
                 let st = st.clone();
                 let tls = tls.clone();

@@ -106,32 +106,26 @@ fn main() -> ExitCode {
             // Client connections are served by one current-thread runtime per core (or
             // FLOWGATE_WORKERS), each connection staying on one: a request never wakes another
             // thread. Health, election and the admin API run on their own runtime.
-            let workers = std::env::var("FLOWGATE_WORKERS")
-                .ok()
-                .and_then(|w| w.parse::<usize>().ok())
-                .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()))
-                .max(1);
-            let stop = tokio_util::sync::CancellationToken::new();
-            let mut threads = Vec::new();
-            let mut handles = Vec::new();
-            for i in 0..workers {
-                let (tx, rx) = std::sync::mpsc::channel();
-                let stop = stop.clone();
-                let thread = std::thread::Builder::new().name(format!("flowgate-worker-{i}")).spawn(move || {
-                    flowgate::proxy::upstream::set_worker(i);
-                    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("tokio runtime");
-                    let _ = tx.send(rt.handle().clone());
-                    rt.block_on(stop.cancelled());
-                });
-                threads.push(thread.expect("worker thread"));
-                handles.push(rx.recv().expect("worker runtime"));
-            }
+            let workers = match std::env::var("FLOWGATE_WORKERS") {
+                Err(_) => std::thread::available_parallelism().map_or(1, |n| n.get()),
+                Ok(w) => match w.parse::<usize>() {
+                    Ok(n) if n > 0 => n,
+                    _ => {
+                        eprintln!("FLOWGATE_WORKERS: expected a number of threads (1 or more), got {w:?}");
+                        return ExitCode::from(EXIT_CONFIG);
+                    }
+                },
+            };
+            let workers = match flowgate::server::Workers::spawn(workers) {
+                Ok(w) => w,
+                Err(e) => {
+                    eprintln!("cannot start the worker threads: {e}");
+                    return ExitCode::FAILURE;
+                }
+            };
             let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("tokio runtime");
-            let code = rt.block_on(run(cfg, config, handles));
-            stop.cancel();
-            for t in threads {
-                let _ = t.join();
-            }
+            let code = rt.block_on(run(cfg, config, workers.handles()));
+            workers.stop();
             code
         }
     }

@@ -73,7 +73,7 @@ pub async fn accept_loop<F, Fut>(
     F: Fn(Request<Incoming>, Peer) -> Fut + Clone + Send + Sync + Unpin + 'static,
     Fut: Future<Output = Result<Response<Body>, Infallible>> + Send + 'static,
 {
-    let http = Arc::new(conn::Http::new(&limits, l.gauges.clone()));
+    let http = Arc::new(conn::Http::new(&limits, l.tls.clone(), l.gauges.clone()));
     tokio::spawn(http.parking.clone().sweep(cancel.clone()));
     let conns = TaskTracker::new();
     let mut next = 0;
@@ -99,12 +99,11 @@ pub async fn accept_loop<F, Fut>(
             }
             continue;
         };
-        let (handler, http, cancel, tls) = (handler.clone(), http.clone(), cancel.clone(), l.tls.clone());
-        let handshake_limit = limits.header_read_timeout;
+        let (handler, http, cancel) = (handler.clone(), http.clone(), cancel.clone());
         let held = conn::Held { _permit: permit, _open: http.gauges.as_ref().map(|g| conn::GaugeGuard::new(&g.open)) };
-        let peer = Peer { addr, tls: tls.is_some() };
+        let peer = Peer { addr, tls: http.tls.is_some() };
         if workers.is_empty() {
-            conns.spawn(serve(stream, peer, tls, handshake_limit, http, cancel, handler, held));
+            conns.spawn(serve(stream, peer, http, cancel, handler, held));
             continue;
         }
         // One runtime per core: the connection moves to the next one and stays there.
@@ -113,7 +112,7 @@ pub async fn accept_loop<F, Fut>(
             Ok(std) => {
                 workers[next].spawn(conns.track_future(async move {
                     if let Ok(stream) = tokio::net::TcpStream::from_std(std) {
-                        serve(stream, peer, tls, handshake_limit, http, cancel, handler, held).await;
+                        serve(stream, peer, http, cancel, handler, held).await;
                     }
                 }));
             }
@@ -127,13 +126,58 @@ pub async fn accept_loop<F, Fut>(
     }
 }
 
-/// One accepted connection: the TLS handshake if any, then HTTP.
-#[allow(clippy::too_many_arguments)]
+/// Threads each running a current-thread runtime, to serve client connections (one per core):
+/// give [`Workers::handles`] to [`crate::start_on`].
+pub struct Workers {
+    handles: Vec<tokio::runtime::Handle>,
+    threads: Vec<std::thread::JoinHandle<()>>,
+    stop: CancellationToken,
+}
+
+impl Workers {
+    pub fn spawn(n: usize) -> std::io::Result<Self> {
+        let stop = CancellationToken::new();
+        let mut workers = Workers { handles: Vec::new(), threads: Vec::new(), stop };
+        for i in 0..n {
+            let (tx, rx) = std::sync::mpsc::channel();
+            let stop = workers.stop.clone();
+            let thread = std::thread::Builder::new().name(format!("flowgate-worker-{i}")).spawn(move || {
+                crate::proxy::upstream::set_worker(i);
+                match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+                    Ok(rt) => {
+                        let _ = tx.send(Ok(rt.handle().clone()));
+                        rt.block_on(stop.cancelled());
+                    }
+                    Err(e) => {
+                        let _ = tx.send(Err(e));
+                    }
+                }
+            })?;
+            workers.threads.push(thread);
+            let handle = rx.recv().map_err(|_| std::io::Error::other("worker thread ended early"))??;
+            workers.handles.push(handle);
+        }
+        Ok(workers)
+    }
+
+    pub fn handles(&self) -> Vec<tokio::runtime::Handle> {
+        self.handles.clone()
+    }
+
+    /// Ends the runtimes (and whatever still runs on them) and joins their threads.
+    pub fn stop(self) {
+        self.stop.cancel();
+        for t in self.threads {
+            let _ = t.join();
+        }
+    }
+}
+
+/// One accepted connection: the TLS handshake if any (within the request-head time limit), then
+/// HTTP.
 async fn serve<F, Fut>(
     stream: tokio::net::TcpStream,
     peer: Peer,
-    tls: Option<tokio_rustls::TlsAcceptor>,
-    handshake_limit: Duration,
     http: Arc<conn::Http>,
     cancel: CancellationToken,
     handler: F,
@@ -142,12 +186,12 @@ async fn serve<F, Fut>(
     F: Fn(Request<Incoming>, Peer) -> Fut + Clone + Send + Sync + Unpin + 'static,
     Fut: Future<Output = Result<Response<Body>, Infallible>> + Send + 'static,
 {
-    match tls {
+    match http.tls.clone() {
         None => conn::serve(stream, peer, http, cancel, handler, held).await,
         // Boxed: a TLS session is large, and plain connections should not pay for it.
         Some(acceptor) => {
             Box::pin(async move {
-                match tokio::time::timeout(handshake_limit, acceptor.accept(stream)).await {
+                match tokio::time::timeout(http.head_limit, acceptor.accept(stream)).await {
                     Ok(Ok(tls)) => conn::serve(tls, peer, http, cancel, handler, held).await,
                     Ok(Err(e)) => debug!(peer = %peer.addr, error = %e, "TLS handshake failed"),
                     Err(_) => debug!(peer = %peer.addr, "TLS handshake timed out"),

@@ -1,4 +1,5 @@
-//! The `flowgate` binary: `check` lists every problem and exits non-zero; `prepare-standby`.
+//! The `flowgate` binary: `check` lists every problem and exits non-zero; `prepare-standby`;
+//! a bad `FLOWGATE_WORKERS` is refused.
 
 use std::process::Command;
 
@@ -66,4 +67,16 @@ fn prepare_standby_sets_the_stopped_state() {
         serde_json::from_str(&std::fs::read_to_string(dir.join(".config.runtime.json")).unwrap()).unwrap();
     assert_eq!(v["runtimeFlowState"], "stop");
     std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[test]
+fn a_bad_worker_count_is_refused_with_exit_64() {
+    let p = temp("ok.yaml", "backends:\n  - id: a\n    url: http://127.0.0.1:1\n");
+    for bad in ["0", "two", "-1"] {
+        let out =
+            flowgate().args(["run", "--config", p.to_str().unwrap()]).env("FLOWGATE_WORKERS", bad).output().unwrap();
+        assert_eq!(out.status.code(), Some(64), "FLOWGATE_WORKERS={bad}");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(err.contains("FLOWGATE_WORKERS") && err.contains(bad), "{err}");
+    }
 }

@@ -607,27 +607,15 @@ async fn parked_connections_close_at_the_idle_limit_and_at_shutdown() {
 async fn connections_can_be_served_by_one_runtime_per_core() {
     let log = EventLog::default();
     let fa = FakeNodeRed::start("a", Options::default(), log.clone()).await;
-    let stop = tokio_util::sync::CancellationToken::new();
-    let mut threads = Vec::new();
-    let mut workers = Vec::new();
-    for i in 0..2 {
-        let (tx, rx) = std::sync::mpsc::channel();
-        let stop = stop.clone();
-        threads.push(std::thread::spawn(move || {
-            flowgate::proxy::upstream::set_worker(i);
-            let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
-            tx.send((rt.handle().clone(), std::thread::current().id())).unwrap();
-            rt.block_on(stop.cancelled());
-        }));
-        workers.push(rx.recv().unwrap());
-    }
+    let workers = flowgate::server::Workers::spawn(2).unwrap();
+    let handles = workers.handles();
     let cfg =
         flowgate::config::parse(&yaml(&[("a", fa.url(), 100)], ""), Path::new("t.yaml"), &Secrets(vec![])).unwrap();
     let listeners = flowgate::Listeners::plain(
         tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap(),
         tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap(),
     );
-    let h = flowgate::start_on(cfg, listeners, None, workers.iter().map(|w| w.0.clone()).collect()).unwrap();
+    let h = flowgate::start_on(cfg, listeners, None, handles.clone()).unwrap();
     eventually(SECS, "a active", || async { active(&h).await.as_deref() == Some("a") }).await;
     // Several connections, several requests each, websockets too: all served.
     for _ in 0..4 {
@@ -648,17 +636,14 @@ async fn connections_can_be_served_by_one_runtime_per_core() {
         .map(Result::unwrap)
         .collect();
     eventually(SECS, "connections on both workers", || async {
-        workers.iter().all(|w| w.0.metrics().num_alive_tasks() >= 2)
+        handles.iter().all(|w| w.metrics().num_alive_tasks() >= 2)
     })
     .await;
     drop(held);
     let t = tokio::time::Instant::now();
     h.shutdown().await;
     assert!(t.elapsed() < Duration::from_secs(3), "shutdown took {:?}", t.elapsed());
-    stop.cancel();
-    for t in threads {
-        t.join().unwrap();
-    }
+    workers.stop();
 }
 
 #[tokio::test]

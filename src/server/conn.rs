@@ -49,13 +49,15 @@ const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
 pub struct Http {
     h1: http1::Builder,
     h2: http2::Builder<TokioExecutor>,
-    head_limit: Duration,
+    /// For a request head, the next one on a kept-alive connection, and a TLS handshake.
+    pub head_limit: Duration,
+    pub tls: Option<tokio_rustls::TlsAcceptor>,
     pub gauges: Option<Gauges>,
     pub parking: Arc<Parking>,
 }
 
 impl Http {
-    pub fn new(limits: &Limits, gauges: Option<Gauges>) -> Self {
+    pub fn new(limits: &Limits, tls: Option<tokio_rustls::TlsAcceptor>, gauges: Option<Gauges>) -> Self {
         let mut h1 = http1::Builder::new();
         h1.timer(TokioTimer::new())
             .header_read_timeout(limits.header_read_timeout)
@@ -65,7 +67,7 @@ impl Http {
         let mut h2 = http2::Builder::new(TokioExecutor::new());
         h2.timer(TokioTimer::new()).max_header_list_size(limits.max_header_bytes as u32);
         let parking = Arc::new(Parking::new(limits.header_read_timeout));
-        Http { h1, h2, head_limit: limits.header_read_timeout, gauges, parking }
+        Http { h1, h2, head_limit: limits.header_read_timeout, tls, gauges, parking }
     }
 }
 

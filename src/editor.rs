@@ -33,23 +33,8 @@ impl CookieCodec {
         format!("v1:{id}:{}", self.tag(id))
     }
 
-    /// The instance id in a cookie value, if the value is intact.
-    pub fn decode<'a>(&self, value: &'a str) -> Option<&'a str> {
-        let rest = value.strip_prefix("v1:")?;
-        let (id, tag) = rest.rsplit_once(':')?;
-        if id.is_empty() || id.contains(':') {
-            return None;
-        }
-        crate::admin::constant_time_eq(tag.as_bytes(), self.tag(id).as_bytes()).then_some(id)
-    }
-
-    /// The pinned instance id from the request's cookies.
-    pub fn pinned<'a>(&self, headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
-        cookies(headers, name).find_map(|v| self.decode(v))
-    }
-
-    /// True if a cookie `name` carries exactly `expected` (an [`Self::encode`]d value), compared
-    /// in constant time. Cheaper than [`Self::pinned`]: no tag is computed per request.
+    /// True if a cookie `name` carries exactly `expected` (the [`Self::encode`]d value of the
+    /// instance it should pin), compared in constant time; no tag is computed per request.
     pub fn carries(headers: &HeaderMap, name: &str, expected: &str) -> bool {
         cookies(headers, name).any(|v| crate::admin::constant_time_eq(v.as_bytes(), expected.as_bytes()))
     }
@@ -137,12 +122,21 @@ pub fn action(method: &Method, rel: &str) -> Action {
 mod tests {
     use super::*;
 
+    fn jar(value: &str) -> HeaderMap {
+        let mut h = HeaderMap::new();
+        h.insert(COOKIE, HeaderValue::from_str(&format!("a=1; flowgate_editor={value}; b=2")).unwrap());
+        h
+    }
+
     #[test]
-    fn cookie_round_trips_for_every_valid_id() {
+    fn a_cookie_is_recognised_for_every_valid_id() {
         let c = CookieCodec::new(Some("k"));
         for id in ["a", "nr-a", "node.red_1", &"x".repeat(64)] {
-            assert_eq!(c.decode(&c.encode(id)), Some(id));
+            let v = c.encode(id);
+            assert!(CookieCodec::carries(&jar(&v), "flowgate_editor", &v), "{id}");
+            assert!(CookieCodec::carries(&jar(&format!("\"{v}\"")), "flowgate_editor", &v), "quoted {id}");
         }
+        assert_ne!(c.encode("nr-a"), c.encode("nr-b"));
     }
 
     /// Any single-byte change, truncation or extension of a cookie is rejected.
@@ -150,6 +144,7 @@ mod tests {
     fn any_tamper_is_rejected() {
         let c = CookieCodec::new(Some("k"));
         let good = c.encode("nr-a");
+        let carries = |v: &str| CookieCodec::carries(&jar(v), "flowgate_editor", &good);
         let bytes = good.as_bytes();
         for i in 0..bytes.len() {
             for b in [b'0', b'a', b'f', b'z', b':', b'-', b'.'] {
@@ -159,26 +154,26 @@ mod tests {
                 let mut t = bytes.to_vec();
                 t[i] = b;
                 let t = String::from_utf8(t).unwrap();
-                assert_eq!(c.decode(&t), None, "{t}");
+                assert!(!carries(&t), "{t}");
             }
         }
         for cut in 0..good.len() {
-            assert_eq!(c.decode(&good[..cut]), None);
+            assert!(!carries(&good[..cut]));
         }
-        assert_eq!(c.decode(&format!("{good}0")), None);
-        assert_eq!(CookieCodec::new(Some("other")).decode(&good), None, "another key");
-        assert_eq!(c.decode("v1:nr-b:00000000000000000000000000000000"), None);
+        assert!(!carries(&format!("{good}0")));
+        assert!(!carries(&CookieCodec::new(Some("other")).encode("nr-a")), "another key");
+        assert!(!carries(&c.encode("nr-b")), "another instance");
     }
 
     #[test]
-    fn pinned_reads_the_named_cookie_among_others() {
+    fn only_the_named_cookie_counts_and_set_cookie_is_locked_down() {
         let c = CookieCodec::new(None);
-        let mut h = HeaderMap::new();
-        h.insert(COOKIE, HeaderValue::from_str(&format!("a=1; flowgate_editor={}; b=2", c.encode("nr-b"))).unwrap());
-        assert_eq!(c.pinned(&h, "flowgate_editor"), Some("nr-b"));
-        assert_eq!(c.pinned(&h, "other"), None);
+        let v = c.encode("nr-b");
+        assert!(CookieCodec::carries(&jar(&v), "flowgate_editor", &v));
+        assert!(!CookieCodec::carries(&jar(&v), "other", &v));
         let set = c.set_cookie("flowgate_editor", "nr-b", "/admin/", true);
         let s = set.to_str().unwrap();
+        assert!(s.starts_with(&format!("flowgate_editor={v};")));
         assert!(
             s.contains("HttpOnly")
                 && s.contains("SameSite=Lax")

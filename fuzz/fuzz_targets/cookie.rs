@@ -1,3 +1,3 @@
-//! The sticky-cookie decoder must never panic and accept only its own encodings.
+//! The sticky-cookie check must never panic and accept only the cookie it issued.
 #![no_main]
 libfuzzer_sys::fuzz_target!(|data: &[u8]| flowgate::fuzzing::cookie(data));

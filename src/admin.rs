@@ -26,8 +26,8 @@ use tokio::sync::oneshot;
 
 use crate::backend::BackendId;
 use crate::body::Body;
+use crate::cluster::driver::Command;
 use crate::state::Shared;
-use crate::supervisor::Command;
 
 fn reply(status: StatusCode, content_type: &'static str, body: impl Into<bytes::Bytes>) -> Response<Body> {
     let mut r = Response::new(Body::full(body));

@@ -44,6 +44,7 @@ use tracing::{info, warn};
 
 use crate::backend::{AdminClient, Backend, CallError};
 use crate::body::Body;
+use crate::cluster::SyncOutcome;
 use crate::error::ProxyError;
 use crate::state::{Active, Shared};
 use crate::sync::Step;
@@ -626,13 +627,6 @@ pub async fn logout(
         .await
         .map_err(|_| ProxyError::UpstreamFailed)?;
     Ok(reply(status, rh, rb, 1, shared.backends.len()))
-}
-
-/// Outcome of checking (and if needed resyncing) one instance.
-pub enum SyncOutcome {
-    InStep,
-    Resynced,
-    Failed(String),
 }
 
 /// Checks instance `i` against the target and brings it in step. `active` is the source of

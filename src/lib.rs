@@ -25,6 +25,7 @@ pub mod admin;
 pub mod auth;
 pub mod backend;
 pub mod body;
+pub mod cluster;
 pub mod config;
 pub mod crypto;
 pub mod deploy;
@@ -39,7 +40,6 @@ pub mod proxy;
 pub mod server;
 pub mod standby;
 pub mod state;
-pub mod supervisor;
 pub mod sync;
 pub mod tls;
 
@@ -56,12 +56,12 @@ use tokio_util::task::TaskTracker;
 use tracing::{error, info, warn};
 
 use crate::backend::Backend;
+use crate::cluster::driver::{Command, Driver, Seed};
 use crate::config::Config;
 use crate::health::probe::{CanaryWanted, Prober};
 use crate::metrics::Metrics;
 use crate::proxy::{Peer, Proxy};
 use crate::state::{Shared, Status, View};
-use crate::supervisor::{Command, Seed, Supervisor};
 
 /// Pre-bound listeners. `proxy` and `https` are client-facing; `redirect` only redirects to
 /// `https`.
@@ -222,8 +222,8 @@ impl App {
             };
             self.tasks.spawn(prober.run(cancel.clone()));
         }
-        let supervisor = Supervisor::new(shared.clone(), admin_client, reports_rx, commands_rx, seed);
-        self.tasks.spawn(supervisor.run(self.shutdown.child_token()));
+        let driver = Driver::new(shared.clone(), admin_client, reports_rx, commands_rx, seed);
+        self.tasks.spawn(driver.run(self.shutdown.child_token()));
         let proxy = Arc::new(Proxy::new(
             shared.clone(),
             client,

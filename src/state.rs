@@ -12,9 +12,9 @@ use tokio::sync::{Notify, mpsc, watch};
 use tokio_util::sync::CancellationToken;
 
 use crate::backend::Backend;
+use crate::cluster::driver::Command;
 use crate::config::Config;
 use crate::metrics::Metrics;
-use crate::supervisor::Command;
 
 /// The elected instance, with the signals that tell traffic bound to it when to give up.
 #[derive(Debug)]

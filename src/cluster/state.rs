@@ -1,0 +1,316 @@
+//! What the core knows: one [`Member`] per instance (in configuration order, which breaks
+//! election ties) and the cluster-wide facts (the active, the promotion in progress, why the
+//! last active was lost). Read-only accessors serve the driver's `/status`; only
+//! [`State::step`] (in `step.rs`) changes anything.
+
+use std::time::{Duration, SystemTime};
+
+use tokio::time::Instant;
+
+use super::{InstanceId, Phase, Reason, Role, Sync};
+use crate::backend::{CallError, FlowState};
+use crate::config::Config;
+use crate::election::{self, Candidate, Policy};
+use crate::health::{Health, Tracker};
+
+/// The timings and policy the core decides with (from the configuration).
+#[derive(Debug, Clone)]
+pub struct Settings {
+    pub rise: u32,
+    pub fall: u32,
+    pub interval: Duration,
+    /// The probe timeout; also the stop timeout for an instance known to be stopped.
+    pub timeout: Duration,
+    /// After a promotion, timeouts of the new active are not counted for this long.
+    pub promotion_grace: Duration,
+    pub failback: bool,
+    pub failback_delay: Duration,
+    pub stop_timeout: Duration,
+    pub start_timeout: Duration,
+}
+
+impl Settings {
+    pub fn from_config(c: &Config) -> Self {
+        Settings {
+            rise: c.health.rise,
+            fall: c.health.fall,
+            interval: c.health.interval,
+            timeout: c.health.timeout,
+            promotion_grace: c.health.promotion_grace,
+            failback: c.failover.failback,
+            failback_delay: c.failover.failback_delay,
+            stop_timeout: c.failover.stop_timeout,
+            start_timeout: c.failover.start_timeout,
+        }
+    }
+}
+
+/// An instance as configured.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Spec {
+    pub id: InstanceId,
+    /// `scheme://host:port`: with the id, what makes it "the same instance" across a reload.
+    pub address: String,
+    pub priority: i64,
+}
+
+/// How long a candidate whose promotion failed is passed over while others are eligible.
+pub(super) const PROMOTION_COOLDOWN: Duration = Duration::from_secs(5);
+/// How long an instance whose canary failed is passed over while others are eligible.
+pub(super) const CANARY_COOLDOWN: Duration = Duration::from_secs(60);
+/// Pause before the next election after a promotion failed.
+pub(super) const RETRY_PAUSE: Duration = Duration::from_millis(200);
+/// Pause before retrying a failed resync or stray stop.
+pub(super) const RETRY_LATER: Duration = Duration::from_secs(5);
+
+/// What the core knows about one instance.
+#[derive(Debug, Clone)]
+pub struct Member {
+    pub spec: Spec,
+    pub(super) tracker: Tracker,
+    pub flow_state: Option<FlowState>,
+    /// `runtimeState.enabled`, read after each (re)connection.
+    pub runtime_state: Option<bool>,
+    pub(super) canary_fails: u32,
+    pub(super) canary_checked: bool,
+    pub(super) up_since: Option<Instant>,
+    pub(super) cooldown_until: Option<Instant>,
+    pub(super) stop_in_flight: bool,
+    pub last_probe: Option<(SystemTime, Duration)>,
+    pub last_error: Option<CallError>,
+    pub(super) warned_unmanageable: bool,
+    pub(super) sync_in_flight: bool,
+    pub(super) sync_retry_at: Option<Instant>,
+    pub(super) stop_retry_at: Option<Instant>,
+    pub sync: Sync,
+}
+
+impl Member {
+    fn new(spec: Spec, s: &Settings) -> Self {
+        Member {
+            spec,
+            tracker: Tracker::new(s.rise, s.fall),
+            flow_state: None,
+            runtime_state: None,
+            canary_fails: 0,
+            canary_checked: false,
+            up_since: None,
+            cooldown_until: None,
+            stop_in_flight: false,
+            last_probe: None,
+            last_error: None,
+            warned_unmanageable: false,
+            sync_in_flight: false,
+            sync_retry_at: None,
+            stop_retry_at: None,
+            sync: Sync::Unknown,
+        }
+    }
+
+    pub fn health(&self) -> Health {
+        self.tracker.health()
+    }
+
+    /// Healthy and manageable: may be promoted.
+    pub fn eligible(&self) -> bool {
+        self.health() == Health::Up && self.runtime_state == Some(true) && self.flow_state.is_some()
+    }
+
+    pub(super) fn cooling(&self, now: Instant) -> bool {
+        self.cooldown_until.is_some_and(|t| now < t)
+    }
+
+    /// Whether its canary was checked while active, and passes.
+    pub fn canary_ok(&self) -> Option<bool> {
+        self.canary_checked.then_some(self.canary_fails == 0)
+    }
+}
+
+/// The active was lost at `at`; kept until the next promotion ends, for its record.
+#[derive(Debug, Clone)]
+pub(super) struct Lost {
+    pub at: Instant,
+    pub from: Option<InstanceId>,
+    pub reason: Reason,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Stage {
+    Locking,
+    Stopping,
+    Resyncing,
+    Starting,
+}
+
+/// The promotion in progress.
+#[derive(Debug, Clone)]
+pub(super) struct Promotion {
+    pub target: usize,
+    pub reason: Reason,
+    pub started: Instant,
+    pub ticket: Option<u64>,
+    pub stage: Stage,
+    /// Every other instance that was up, with the stop timeout it gets.
+    pub others: Vec<(usize, Duration)>,
+    /// Those of them known to have flows stopped when it began.
+    pub known_stopped: Vec<usize>,
+    /// Stops not answered yet.
+    pub waiting: Vec<usize>,
+    pub stopped: Vec<usize>,
+    pub blocker: Option<String>,
+}
+
+/// The whole HA state. One writer: whoever calls [`State::step`].
+#[derive(Debug, Clone)]
+pub struct State {
+    pub(super) settings: Settings,
+    pub(super) members: Vec<Member>,
+    pub(super) active: Option<usize>,
+    pub(super) promoted_at: Option<Instant>,
+    pub(super) promotion: Option<Promotion>,
+    pub(super) lost: Option<Lost>,
+    pub(super) startup_until: Instant,
+    pub(super) elected_once: bool,
+    pub(super) retry_at: Option<Instant>,
+    pub(super) warned_no_candidate: bool,
+}
+
+impl State {
+    /// A fresh cluster: nothing known, first election once every instance answered or
+    /// after two probe intervals and a timeout.
+    pub fn new(specs: Vec<Spec>, settings: Settings, now: Instant) -> Self {
+        let startup_until = now + settings.interval * 2 + settings.timeout;
+        State {
+            members: specs.into_iter().map(|s| Member::new(s, &settings)).collect(),
+            settings,
+            active: None,
+            promoted_at: None,
+            promotion: None,
+            lost: None,
+            startup_until,
+            elected_once: false,
+            retry_at: None,
+            warned_no_candidate: false,
+        }
+    }
+
+    /// The state after a configuration reload: what `old` knew about each instance that is
+    /// still configured at the same address, with the new thresholds. Nothing may be in
+    /// flight in `old` ([`State::busy`] is false).
+    pub fn reconfigured(old: State, specs: Vec<Spec>, settings: Settings, now: Instant) -> Self {
+        let mut new = State::new(specs, settings, now);
+        let same =
+            |m: &Member| new.members.iter().position(|n| n.spec.id == m.spec.id && n.spec.address == m.spec.address);
+        let map: Vec<Option<usize>> = old.members.iter().map(same).collect();
+        for (o, m) in old.members.into_iter().enumerate() {
+            let Some(i) = map[o] else { continue };
+            let spec = new.members[i].spec.clone();
+            // Thresholds may have changed: keep the health, take the new rise/fall.
+            let mut tracker = Tracker::new(new.settings.rise, new.settings.fall);
+            match m.health() {
+                Health::Up => drop(tracker.observe(true)),
+                Health::Down => drop(tracker.observe(false)),
+                Health::Unknown => {}
+            }
+            new.members[i] = Member { spec, tracker, sync_in_flight: false, stop_in_flight: false, ..m };
+        }
+        new.active = old.active.and_then(|a| map[a]);
+        new.promoted_at = old.promoted_at;
+        new.elected_once = old.elected_once;
+        new.lost = old.lost.map(|l| Lost { from: l.from.filter(|f| new.index_of(f).is_some()), ..l });
+        new
+    }
+
+    pub fn members(&self) -> &[Member] {
+        &self.members
+    }
+
+    pub fn active(&self) -> Option<&InstanceId> {
+        self.active.map(|i| &self.members[i].spec.id)
+    }
+
+    /// A promotion is in progress (a reload waits for it to end).
+    pub fn busy(&self) -> bool {
+        self.promotion.is_some()
+    }
+
+    pub(super) fn index_of(&self, id: &InstanceId) -> Option<usize> {
+        self.members.iter().position(|m| &m.spec.id == id)
+    }
+
+    pub fn member(&self, id: &InstanceId) -> Option<&Member> {
+        self.index_of(id).map(|i| &self.members[i])
+    }
+
+    pub fn role(&self, id: &InstanceId) -> Role {
+        let Some(i) = self.index_of(id) else { return Role::Down };
+        let m = &self.members[i];
+        if Some(i) == self.active {
+            Role::Active
+        } else if self.promotion.as_ref().is_some_and(|p| p.target == i) {
+            Role::Promoting
+        } else if m.health() != Health::Up {
+            Role::Down
+        } else if m.runtime_state == Some(false) {
+            Role::Unmanageable
+        } else {
+            Role::Standby
+        }
+    }
+
+    pub fn phase(&self) -> Phase {
+        match (self.active, &self.promotion) {
+            (_, Some(_)) => Phase::Promoting,
+            (Some(_), None) => Phase::Serving,
+            (None, None) if !self.elected_once => Phase::Starting,
+            (None, None) => Phase::NoActive,
+        }
+    }
+
+    pub(super) fn policy(&self) -> Policy {
+        Policy { failback: self.settings.failback, failback_delay: self.settings.failback_delay }
+    }
+
+    pub(super) fn candidates(&self, now: Instant) -> Vec<Candidate> {
+        self.members
+            .iter()
+            .map(|m| Candidate {
+                priority: m.spec.priority,
+                eligible: m.eligible(),
+                running: m.flow_state == Some(FlowState::Start),
+                in_step: m.sync != Sync::OutOfStep,
+                cooling: m.cooling(now),
+                up_since: m.up_since,
+            })
+            .collect()
+    }
+
+    pub(super) fn in_grace(&self, i: usize, now: Instant) -> bool {
+        self.active == Some(i) && self.promoted_at.is_some_and(|t| now < t + self.settings.promotion_grace)
+    }
+
+    /// When the core next needs an [`super::Event::Tick`] (cooldowns, retries, failback, the
+    /// end of the start-up window or of a promotion's grace).
+    pub fn next_wake(&self, now: Instant) -> Option<Instant> {
+        let mut wake: Option<Instant> = None;
+        let mut consider = |t: Option<Instant>| {
+            if let Some(t) = t.filter(|&t| t > now) {
+                wake = Some(wake.map_or(t, |w| w.min(t)));
+            }
+        };
+        if !self.elected_once {
+            consider(Some(self.startup_until));
+        }
+        consider(self.retry_at);
+        consider(election::failback_due(self.active, &self.candidates(now), &self.policy()));
+        for m in &self.members {
+            consider(m.cooldown_until);
+            consider(m.sync_retry_at);
+            consider(m.stop_retry_at);
+        }
+        if let Some(p) = self.promoted_at {
+            consider(Some(p + self.settings.promotion_grace));
+        }
+        wake
+    }
+}

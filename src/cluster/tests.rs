@@ -1,0 +1,556 @@
+//! The core's rules as event scripts: each test reads like the scenario it guards and asserts
+//! the effects in order. `actions` renders effects as short words ("stop b", "start a",
+//! "route a"); notices are asserted separately where they matter.
+
+use std::time::{Duration, SystemTime};
+
+use tokio::time::Instant;
+
+use super::*;
+
+const MS: Duration = Duration::from_millis(1);
+
+fn settings() -> Settings {
+    Settings {
+        rise: 2,
+        fall: 2,
+        interval: 500 * MS,
+        timeout: 400 * MS,
+        promotion_grace: 2000 * MS,
+        failback: false,
+        failback_delay: Duration::from_secs(60),
+        stop_timeout: Duration::from_secs(15),
+        start_timeout: Duration::from_secs(15),
+    }
+}
+
+fn id(s: &str) -> InstanceId {
+    InstanceId::from(s)
+}
+
+fn specs(list: &[(&str, i64)]) -> Vec<Spec> {
+    list.iter().map(|&(n, p)| Spec { id: id(n), address: format!("http://{n}:1880"), priority: p }).collect()
+}
+
+fn report(state: Result<FlowState, CallError>) -> Report {
+    Report { at: SystemTime::UNIX_EPOCH, latency: MS, state, runtime_state: Some(Ok(true)), canary: None }
+}
+
+/// Effects as words; notices and rechecks left out.
+fn actions(fx: &[Effect]) -> Vec<String> {
+    fx.iter()
+        .filter_map(|e| {
+            Some(match e {
+                Effect::Release { id, failed } => format!("release {id}{}", if *failed { " failed" } else { "" }),
+                Effect::Route(Some(id)) => format!("route {id}"),
+                Effect::Route(None) => "route -".into(),
+                Effect::TakeChangeLock => "lock".into(),
+                Effect::ReleaseChangeLock => "unlock".into(),
+                Effect::StopFlows { id, purpose: StopFor::Stray, .. } => format!("stop stray {id}"),
+                Effect::StopFlows { id, .. } => format!("stop {id}"),
+                Effect::StartFlows { id, .. } => format!("start {id}"),
+                Effect::Resync { id, locked: true, .. } => format!("resync {id} locked"),
+                Effect::Resync { id, .. } => format!("resync {id}"),
+                Effect::Reply { result: Ok(_), .. } => "reply ok".into(),
+                Effect::Reply { result: Err(_), .. } => "reply error".into(),
+                Effect::Notice(_) | Effect::Recheck(_) => return None,
+            })
+        })
+        .collect()
+}
+
+fn notices(fx: &[Effect]) -> Vec<Notice> {
+    fx.iter().filter_map(|e| if let Effect::Notice(n) = e { Some(n.clone()) } else { None }).collect()
+}
+
+/// Only flow-state and routing actions: what break-before-make is about.
+fn moves(fx: &[Effect]) -> Vec<String> {
+    actions(fx)
+        .into_iter()
+        .filter(|a| a.starts_with("stop") || a.starts_with("start") || a.starts_with("route"))
+        .collect()
+}
+
+struct Script {
+    core: State,
+    now: Instant,
+}
+
+impl Script {
+    fn new(list: &[(&str, i64)]) -> Self {
+        Self::with(list, settings())
+    }
+
+    fn with(list: &[(&str, i64)], s: Settings) -> Self {
+        let now = Instant::now();
+        Script { core: State::new(specs(list), s, now), now }
+    }
+
+    fn send(&mut self, e: Event) -> Vec<Effect> {
+        self.core.step(e, self.now)
+    }
+
+    fn probe(&mut self, n: &str, state: Result<FlowState, CallError>) -> Vec<Effect> {
+        self.send(Event::Probe { id: id(n), report: report(state) })
+    }
+
+    fn up(&mut self, n: &str, s: FlowState) -> Vec<Effect> {
+        self.probe(n, Ok(s))
+    }
+
+    fn advance(&mut self, d: Duration) -> Vec<Effect> {
+        self.now += d;
+        self.send(Event::Tick)
+    }
+
+    fn locked(&mut self) -> Vec<Effect> {
+        self.send(Event::ChangeLockTaken { got: true })
+    }
+
+    fn stopped(&mut self, n: &str, result: Result<(), CallError>) -> Vec<Effect> {
+        self.send(Event::Stopped { id: id(n), purpose: StopFor::Promotion, result })
+    }
+
+    fn started(&mut self, n: &str) -> Vec<Effect> {
+        self.send(Event::Started { id: id(n), result: Ok(()) })
+    }
+
+    fn all_in_step(&mut self) {
+        let steps = self.core.members().iter().map(|m| (m.spec.id.clone(), Sync::InStep)).collect();
+        self.send(Event::Steps(steps));
+    }
+
+    /// a (priority 200) active, b standby, both in step.
+    fn serving_a() -> Self {
+        let mut s = Script::new(&[("a", 200), ("b", 100)]);
+        s.up("a", FlowState::Stop);
+        assert_eq!(actions(&s.up("b", FlowState::Stop)), ["lock"]);
+        assert_eq!(actions(&s.locked()), ["stop b"]);
+        assert_eq!(actions(&s.stopped("b", Ok(()))), ["start a"]);
+        assert_eq!(actions(&s.started("a")), ["unlock", "route a", "resync a", "resync b"]);
+        // As the driver sees it: the table says in step, then the results arrive.
+        s.all_in_step();
+        for n in ["a", "b"] {
+            assert!(moves(&s.send(Event::Synced { id: id(n), outcome: SyncOutcome::InStep })).is_empty());
+        }
+        assert_eq!(s.core.active(), Some(&id("a")));
+        s
+    }
+}
+
+#[test]
+fn first_election_waits_for_every_instance_then_stops_before_it_starts() {
+    let mut s = Script::new(&[("a", 200), ("b", 100)]);
+    let fx = s.up("a", FlowState::Stop);
+    assert_eq!(actions(&fx), Vec::<String>::new(), "waits for b");
+    assert!(fx.contains(&Effect::Recheck(id("a"))), "what a holds is checked again");
+    assert_eq!(actions(&s.up("b", FlowState::Stop)), ["lock"]);
+    assert_eq!(s.core.phase(), Phase::Promoting);
+    assert_eq!(actions(&s.locked()), ["stop b"], "nothing starts before b confirmed its stop");
+    assert_eq!(actions(&s.stopped("b", Ok(()))), ["start a"]);
+    assert_eq!(actions(&s.started("a")), ["unlock", "route a", "resync a", "resync b"]);
+    assert_eq!(s.core.phase(), Phase::Serving);
+}
+
+#[test]
+fn without_answers_the_first_election_happens_when_the_start_up_window_ends() {
+    let mut s = Script::new(&[("a", 200), ("b", 100)]);
+    s.up("b", FlowState::Stop);
+    assert_eq!(actions(&s.advance(1000 * MS)), Vec::<String>::new(), "still inside 2 × interval + timeout");
+    assert_eq!(actions(&s.advance(400 * MS)), ["lock"]);
+}
+
+#[test]
+fn an_instance_already_running_flows_is_adopted() {
+    let mut s = Script::new(&[("a", 200), ("b", 100)]);
+    s.up("a", FlowState::Stop);
+    s.up("b", FlowState::Start);
+    assert_eq!(actions(&s.locked()), ["stop a"]);
+    assert_eq!(actions(&s.stopped("a", Ok(()))), ["start b"]);
+}
+
+#[test]
+fn crash_of_the_active_releases_its_traffic_and_promotes_the_standby() {
+    let mut s = Script::serving_a();
+    let fx = s.probe("a", Err(CallError::Refused));
+    assert_eq!(actions(&fx), ["release a failed", "route -", "lock"]);
+    assert!(notices(&fx).contains(&Notice::ActiveLost { id: id("a"), reason: Reason::Crash }));
+    assert_eq!(actions(&s.locked()), ["start b"], "a is down: nothing to stop");
+    let fx = s.started("b");
+    assert_eq!(moves(&fx), ["route b"]);
+    let Some(Notice::Promotion { from, reason, result, .. }) =
+        notices(&fx).into_iter().find(|n| matches!(n, Notice::Promotion { .. }))
+    else {
+        panic!("no promotion notice")
+    };
+    assert_eq!((from, reason, result), (Some(id("a")), Reason::Crash, Ok(())));
+}
+
+#[test]
+fn a_hang_needs_fall_timeouts_and_is_reported_as_a_hang() {
+    let mut s = Script::serving_a();
+    s.advance(3000 * MS); // past the promotion grace
+    let timeout = || Err(CallError::Timeout(400 * MS));
+    assert_eq!(actions(&s.probe("a", timeout())), Vec::<String>::new(), "one timeout is not enough");
+    let fx = s.probe("a", timeout());
+    assert_eq!(actions(&fx), ["release a failed", "route -", "lock"]);
+    assert!(notices(&fx).contains(&Notice::ActiveLost { id: id("a"), reason: Reason::Hang }));
+}
+
+#[test]
+fn timeouts_of_a_just_promoted_active_are_forgiven_during_the_grace() {
+    let mut s = Script::serving_a();
+    for _ in 0..5 {
+        assert_eq!(actions(&s.probe("a", Err(CallError::Timeout(400 * MS)))), Vec::<String>::new());
+    }
+    assert_eq!(s.core.active(), Some(&id("a")));
+}
+
+#[test]
+fn a_rebooted_instance_running_its_flows_is_stopped_as_a_stray() {
+    let mut s = Script::serving_a();
+    s.probe("b", Err(CallError::Refused));
+    s.up("b", FlowState::Start);
+    let fx = s.up("b", FlowState::Start); // rise = 2
+    assert_eq!(actions(&fx), ["stop stray b", "resync b"]);
+    assert_eq!(s.core.active(), Some(&id("a")), "the active is kept");
+    let fx = s.send(Event::Stopped { id: id("b"), purpose: StopFor::Stray, result: Ok(()) });
+    assert!(notices(&fx).contains(&Notice::StrayStopped { id: id("b"), was: FlowState::Start }));
+    assert_eq!(actions(&s.up("b", FlowState::Stop)), Vec::<String>::new(), "stopped once, not again");
+}
+
+#[test]
+fn a_failed_stray_stop_is_retried_later_not_at_every_probe() {
+    let mut s = Script::serving_a();
+    s.up("b", FlowState::Start);
+    s.send(Event::Stopped { id: id("b"), purpose: StopFor::Stray, result: Err(CallError::Status(500, "x".into())) });
+    assert_eq!(actions(&s.up("b", FlowState::Start)), Vec::<String>::new());
+    assert_eq!(actions(&s.advance(5000 * MS)), ["stop stray b"]);
+}
+
+#[test]
+fn a_flapping_instance_is_never_promoted_while_the_active_is_healthy() {
+    let mut s = Script::serving_a();
+    for _ in 0..10 {
+        for fx in [s.probe("b", Err(CallError::Refused)), s.up("b", FlowState::Stop), s.up("b", FlowState::Stop)] {
+            assert!(moves(&fx).is_empty(), "{fx:?}");
+        }
+        s.advance(1500 * MS);
+    }
+    assert_eq!(s.core.active(), Some(&id("a")));
+}
+
+#[test]
+fn failback_waits_for_a_stable_preferred_instance() {
+    let mut st = settings();
+    st.failback = true;
+    let mut s = Script::with(&[("a", 200), ("b", 100)], st);
+    s.probe("a", Err(CallError::Refused));
+    s.up("b", FlowState::Start);
+    s.locked();
+    assert_eq!(moves(&s.started("b")), ["route b"]);
+    // a comes back at t0, then flaps at t0 + 30 s: the delay counts from its last return.
+    s.up("a", FlowState::Stop);
+    s.up("a", FlowState::Stop);
+    s.advance(Duration::from_secs(30));
+    s.probe("a", Err(CallError::Refused));
+    s.up("a", FlowState::Stop);
+    assert!(moves(&s.up("a", FlowState::Stop)).is_empty());
+    assert_eq!(s.core.next_wake(s.now), Some(s.now + Duration::from_secs(60)));
+    assert!(moves(&s.advance(Duration::from_secs(59))).is_empty());
+    let fx = s.advance(Duration::from_secs(1));
+    assert_eq!(actions(&fx), ["release b", "route -", "lock"], "planned: in-flight requests finish");
+    assert_eq!(actions(&s.locked()), ["stop b"]);
+    assert_eq!(actions(&s.stopped("b", Ok(()))), ["start a"]);
+}
+
+#[test]
+fn a_switchover_waits_for_the_change_lock_held_by_a_deploy() {
+    let mut s = Script::serving_a();
+    let fx = s.send(Event::Switchover { to: Some(id("b")), ticket: 7 });
+    assert_eq!(actions(&fx), ["release a", "route -", "lock"]);
+    // Probes go on; nothing moves until the lock is answered.
+    assert!(moves(&s.up("a", FlowState::Start)).is_empty());
+    assert_eq!(actions(&s.send(Event::Switchover { to: None, ticket: 8 })), ["reply error"], "one at a time");
+    let fx = s.send(Event::ChangeLockTaken { got: false });
+    assert!(notices(&fx).contains(&Notice::LockBusy));
+    assert_eq!(actions(&fx), ["stop a"]);
+    assert_eq!(actions(&s.stopped("a", Ok(()))), ["start b"]);
+    let fx = s.started("b");
+    assert!(fx.contains(&Effect::Reply { ticket: 7, result: Ok("b is active".into()) }));
+    assert_eq!(s.core.member(&id("a")).unwrap().flow_state, Some(FlowState::Stop));
+}
+
+#[test]
+fn switchover_to_an_unknown_or_ineligible_instance_is_refused_with_the_reason() {
+    let mut s = Script::serving_a();
+    let reply = |fx: Vec<Effect>| match &fx[..] {
+        [Effect::Reply { result: Err(e), .. }] => e.clone(),
+        other => panic!("{other:?}"),
+    };
+    assert!(reply(s.send(Event::Switchover { to: Some(id("z")), ticket: 1 })).contains("known: a, b"));
+    s.probe("b", Err(CallError::Refused));
+    assert!(reply(s.send(Event::Switchover { to: Some(id("b")), ticket: 2 })).contains("connection refused"));
+    assert_eq!(reply(s.send(Event::Switchover { to: None, ticket: 3 })), "no eligible standby");
+}
+
+#[test]
+fn an_instance_that_cannot_stop_its_running_flows_blocks_the_promotion() {
+    let mut s = Script::serving_a();
+    s.send(Event::Switchover { to: Some(id("b")), ticket: 1 });
+    s.locked();
+    let fx = s.stopped("a", Err(CallError::Status(500, "boom".into())));
+    assert_eq!(actions(&fx), ["unlock", "reply error", "stop stray a"], "never start b while a may still run");
+    assert_eq!(s.core.active(), None);
+    // After the retry pause the election runs again; b cools down after its failed
+    // promotion, so a is chosen again.
+    assert!(moves(&s.advance(100 * MS)).is_empty());
+    assert_eq!(actions(&s.advance(100 * MS)), ["lock"]);
+}
+
+#[test]
+fn an_unreachable_instance_is_fenced_and_the_promotion_goes_on() {
+    let mut s = Script::serving_a();
+    s.send(Event::Switchover { to: Some(id("b")), ticket: 1 });
+    s.locked();
+    let fx = s.stopped("a", Err(CallError::Timeout(15 * 1000 * MS)));
+    assert!(notices(&fx).contains(&Notice::StopUnanswered { id: id("a") }));
+    assert_eq!(actions(&fx), ["start b"]);
+}
+
+#[test]
+fn an_out_of_step_candidate_is_resynced_under_the_lock_before_its_flows_start() {
+    let mut s = Script::serving_a();
+    s.send(Event::Steps(vec![(id("b"), Sync::OutOfStep)]));
+    s.probe("a", Err(CallError::Refused));
+    assert_eq!(actions(&s.locked()), ["resync b locked"]);
+    let fx = s.send(Event::Synced { id: id("b"), outcome: SyncOutcome::Resynced });
+    assert_eq!(actions(&fx), ["start b"]);
+}
+
+#[test]
+fn an_in_step_standby_is_preferred_over_an_out_of_step_one() {
+    let mut s = Script::new(&[("a", 300), ("b", 200), ("c", 100)]);
+    s.send(Event::Steps(vec![(id("a"), Sync::OutOfStep), (id("b"), Sync::OutOfStep)]));
+    s.up("a", FlowState::Stop);
+    s.up("b", FlowState::Stop);
+    s.up("c", FlowState::Stop);
+    s.locked();
+    s.stopped("a", Ok(()));
+    assert_eq!(actions(&s.stopped("b", Ok(()))), ["start c"]);
+}
+
+#[test]
+fn a_reload_keeps_the_active_and_never_promotes_an_added_instance_on_sight() {
+    let mut s = Script::serving_a();
+    let old = s.core.clone();
+    assert!(!old.busy());
+    s.core = State::reconfigured(old, specs(&[("a", 200), ("c", 500)]), settings(), s.now);
+    assert_eq!(s.core.active(), Some(&id("a")));
+    assert_eq!(s.core.role(&id("a")), Role::Active);
+    assert!(s.core.member(&id("b")).is_none(), "removed");
+    let fx = s.up("c", FlowState::Stop);
+    assert!(moves(&fx).is_empty(), "{fx:?}");
+    assert_eq!(s.core.role(&id("c")), Role::Standby);
+}
+
+#[test]
+fn a_reload_that_moves_an_instance_forgets_what_was_known_about_it() {
+    let s = Script::serving_a();
+    let mut moved = specs(&[("a", 200), ("b", 100)]);
+    moved[1].address = "http://elsewhere:1880".into();
+    let core = State::reconfigured(s.core.clone(), moved, settings(), s.now);
+    assert_eq!(core.member(&id("b")).unwrap().health(), crate::health::Health::Unknown);
+    assert_eq!(core.member(&id("a")).unwrap().health(), crate::health::Health::Up);
+}
+
+#[test]
+fn a_failing_canary_moves_the_active_only_when_another_is_eligible() {
+    let mut s = Script::serving_a();
+    s.advance(3000 * MS);
+    let canary = |s: &mut Script| {
+        let mut r = report(Ok(FlowState::Start));
+        r.canary = Some(Err(CallError::Status(404, "Cannot GET".into())));
+        s.send(Event::Probe { id: id("a"), report: r })
+    };
+    assert!(moves(&canary(&mut s)).is_empty());
+    let fx = canary(&mut s);
+    assert_eq!(actions(&fx), ["release a", "route -", "lock"], "fall = 2; a is not failed, only demoted");
+    assert!(notices(&fx).contains(&Notice::ActiveLost { id: id("a"), reason: Reason::Canary }));
+}
+
+#[test]
+fn disabling_runtime_state_makes_an_instance_unmanageable() {
+    let mut s = Script::serving_a();
+    let mut r = report(Ok(FlowState::Stop));
+    r.runtime_state = Some(Ok(false));
+    let fx = s.send(Event::Probe { id: id("b"), report: r.clone() });
+    assert!(notices(&fx).contains(&Notice::Unmanageable { id: id("b") }));
+    assert_eq!(s.core.role(&id("b")), Role::Unmanageable);
+    assert!(notices(&s.send(Event::Probe { id: id("b"), report: r })).is_empty(), "said once");
+}
+
+/// Random scripts against a model of real instances (they crash, hang, reboot with their
+/// flows running, answer calls in any order). At every step at most one instance is one the
+/// core told to run flows and has not since seen stopped, seen down, or fenced (it did not
+/// answer a stop), and a start is never sent while another such instance exists. At the end,
+/// with every instance healthy, there is an active again and no call is left unanswered.
+#[test]
+fn at_most_one_instance_is_ever_told_to_run_flows() {
+    #[derive(Clone, Copy, Default)]
+    struct Inst {
+        dead: bool,
+        hung: bool,
+        running: bool,
+    }
+    struct Rng(u64);
+    impl Rng {
+        fn next(&mut self, n: u64) -> u64 {
+            self.0 ^= self.0 << 13;
+            self.0 ^= self.0 >> 7;
+            self.0 ^= self.0 << 17;
+            self.0 % n
+        }
+    }
+    let names = ["a", "b", "c"];
+    for seed in 1..=400u64 {
+        let mut rng = Rng(seed.wrapping_mul(0x9E37_79B9_7F4A_7C15));
+        let mut st = settings();
+        st.failback = seed % 2 == 0;
+        st.failback_delay = Duration::from_secs(2);
+        let mut s = Script::with(&[("a", 300), ("b", 200), ("c", 100)], st);
+        let mut insts = [Inst::default(); 3];
+        let mut pending: Vec<Effect> = Vec::new();
+        let mut told: Vec<usize> = Vec::new();
+        let trace = std::cell::RefCell::new(Vec::<String>::new());
+        let idx = |n: &InstanceId| names.iter().position(|x| *x == n.as_str()).unwrap();
+        let handle = |fx: Vec<Effect>, pending: &mut Vec<Effect>, told: &mut Vec<usize>| {
+            for e in fx {
+                match &e {
+                    Effect::StartFlows { id, .. } => {
+                        let t = idx(id);
+                        assert!(
+                            told.iter().all(|&o| o == t),
+                            "seed {seed}: start {id} while {told:?} run; trace:\n{}",
+                            trace.borrow().join("\n")
+                        );
+                        told.push(t);
+                        told.dedup();
+                        pending.push(e);
+                    }
+                    // Seen down, or fenced because it did not answer its stop.
+                    Effect::Notice(Notice::Down { id, .. } | Notice::StopUnanswered { id }) => {
+                        told.retain(|&o| o != idx(id))
+                    }
+                    Effect::StopFlows { .. } | Effect::TakeChangeLock | Effect::Resync { .. } => pending.push(e),
+                    _ => {}
+                }
+                assert!(told.len() <= 1, "seed {seed}: {told:?} told to run");
+            }
+        };
+        for round in 0..600 {
+            let last = round >= 240; // heal everything and let it settle
+            if round > 300 && pending.is_empty() && s.core.active().is_some() {
+                break;
+            }
+            if last {
+                insts.iter_mut().for_each(|i| {
+                    i.dead = false;
+                    i.hung = false
+                });
+            }
+            let r = rng.next(10);
+            let fx = if (r < 4 || last) && !pending.is_empty() {
+                let e = pending.remove(rng.next(pending.len() as u64) as usize);
+                let answer = |i: &Inst| {
+                    if i.dead {
+                        Err(CallError::Refused)
+                    } else if i.hung {
+                        Err(CallError::Timeout(400 * MS))
+                    } else {
+                        Ok(())
+                    }
+                };
+                match e {
+                    Effect::TakeChangeLock => s.send(Event::ChangeLockTaken { got: rng.next(4) > 0 }),
+                    Effect::StopFlows { id, purpose, .. } => {
+                        let i = &mut insts[idx(&id)];
+                        let result = answer(i);
+                        if result.is_ok() {
+                            i.running = false;
+                            told.retain(|&o| o != idx(&id));
+                        }
+                        s.send(Event::Stopped { id, purpose, result })
+                    }
+                    Effect::StartFlows { id, .. } => {
+                        let i = &mut insts[idx(&id)];
+                        let result = answer(i);
+                        if result.is_ok() {
+                            i.running = true;
+                        }
+                        s.send(Event::Started { id, result })
+                    }
+                    Effect::Resync { id, .. } => {
+                        // As the driver does: the table says in step, then the result arrives.
+                        s.send(Event::Steps(vec![(id.clone(), Sync::InStep)]));
+                        s.send(Event::Synced { id, outcome: SyncOutcome::InStep })
+                    }
+                    _ => unreachable!(),
+                }
+            } else if r < 7 || last {
+                let n = rng.next(3) as usize;
+                let i = insts[n];
+                let state = if i.dead {
+                    Err(CallError::Refused)
+                } else if i.hung {
+                    Err(CallError::Timeout(400 * MS))
+                } else {
+                    Ok(if i.running { FlowState::Start } else { FlowState::Stop })
+                };
+                s.now += 100 * MS;
+                s.probe(names[n], state)
+            } else if r < 8 {
+                let n = rng.next(3) as usize;
+                let i = &mut insts[n];
+                match rng.next(4) {
+                    0 => *i = Inst { dead: true, hung: false, running: false },
+                    1 if i.dead => *i = Inst { dead: false, hung: false, running: rng.next(2) == 0 },
+                    2 => i.hung = !i.hung,
+                    _ => {}
+                }
+                Vec::new()
+            } else if r < 9 {
+                let to = match rng.next(4) {
+                    3 => None,
+                    n => Some(id(names[n as usize])),
+                };
+                s.send(Event::Switchover { to, ticket: round })
+            } else {
+                s.advance(Duration::from_millis(rng.next(3000)))
+            };
+            trace.borrow_mut().push(format!(
+                "{round}: {:?} -> {:?} {:?}",
+                insts.map(|i| (i.dead, i.hung, i.running)),
+                actions(&fx),
+                notices(&fx)
+            ));
+            handle(fx, &mut pending, &mut told);
+        }
+        assert!(pending.is_empty(), "seed {seed}: effects left unanswered: {pending:?}");
+        assert!(s.core.active().is_some(), "seed {seed}: no active after healing: {:?}", s.core.phase());
+    }
+}
+
+#[test]
+fn a_target_that_goes_down_during_its_promotion_is_never_told_to_start() {
+    let mut s = Script::serving_a();
+    s.send(Event::Switchover { to: Some(id("b")), ticket: 1 });
+    s.locked();
+    s.advance(3000 * MS);
+    for _ in 0..2 {
+        s.probe("b", Err(CallError::Timeout(400 * MS)));
+    }
+    let fx = s.stopped("a", Ok(()));
+    assert_eq!(actions(&fx), ["unlock", "reply error"], "no start for a hung target");
+    assert!(matches!(&notices(&fx)[..], [Notice::Promotion { result: Err(e), .. }] if e.contains("went down")));
+}

@@ -15,8 +15,8 @@ use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
 
-use crate::body::Body;
 use crate::config::{BackendConfig, NodeRedPaths};
+use crate::traffic::body::Body;
 
 /// The configured name of an instance; the same value in logs, metrics and the admin API.
 #[derive(Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -199,10 +199,10 @@ pub fn client(cfg: &crate::config::Config, max_idle_per_host: Option<usize>) -> 
     Ok(b.build(connector(cfg)?))
 }
 
-/// TLS for `https` instances (see [`crate::tls::client_config`]).
+/// TLS for `https` instances (see [`crate::traffic::tls::client_config`]).
 fn tls_config(cfg: &crate::config::Config) -> Result<rustls::ClientConfig, String> {
     let cas: Vec<std::path::PathBuf> = cfg.backends.iter().filter_map(|b| b.ca.clone()).collect();
-    crate::tls::client_config(&cas)
+    crate::traffic::tls::client_config(&cas)
 }
 
 /// The client for probes and flow-state calls: its own pool, so probes never queue behind

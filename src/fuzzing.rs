@@ -28,12 +28,12 @@ pub fn config(data: &[u8]) {
 
 /// The sticky-cookie check: never panics, and accepts only the exact cookie it issued.
 pub fn cookie(data: &[u8]) {
-    let codec = crate::editor::CookieCodec::new(Some("fuzz"));
+    let codec = crate::editor::cookie::CookieCodec::new(Some("fuzz"));
     let issued = codec.encode("nr-a");
     if let Ok(v) = http::HeaderValue::from_bytes(data) {
         let mut h = http::HeaderMap::new();
         h.insert(http::header::COOKIE, v);
-        if crate::editor::CookieCodec::carries(&h, "flowgate_editor", &issued) {
+        if crate::editor::cookie::CookieCodec::carries(&h, "flowgate_editor", &issued) {
             assert!(data.windows(issued.len()).any(|w| w == issued.as_bytes()), "only the issued value is accepted");
         }
     }

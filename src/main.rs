@@ -58,7 +58,7 @@ fn main() -> ExitCode {
                 ExitCode::from(EXIT_CONFIG)
             }
         },
-        Cmd::PrepareStandby { user_dir } => match flowgate::standby::prepare_standby(&user_dir) {
+        Cmd::PrepareStandby { user_dir } => match flowgate::ops::standby::prepare_standby(&user_dir) {
             Ok(()) => {
                 println!("{}: runtimeFlowState set to stop", user_dir.display());
                 ExitCode::SUCCESS
@@ -70,7 +70,7 @@ fn main() -> ExitCode {
         },
         Cmd::SelfSigned { names, out, file } => {
             let names: Vec<&str> = names.iter().map(String::as_str).collect();
-            let written = flowgate::tls::self_signed(&names).and_then(|(cert, key)| {
+            let written = flowgate::traffic::tls::self_signed(&names).and_then(|(cert, key)| {
                 std::fs::create_dir_all(&out).map_err(|e| e.to_string())?;
                 std::fs::write(out.join(format!("{file}.crt")), cert).map_err(|e| e.to_string())?;
                 let key_path = out.join(format!("{file}.key"));
@@ -116,7 +116,7 @@ fn main() -> ExitCode {
                     }
                 },
             };
-            let workers = match flowgate::server::Workers::spawn(workers) {
+            let workers = match flowgate::traffic::server::Workers::spawn(workers) {
                 Ok(w) => w,
                 Err(e) => {
                     eprintln!("cannot start the worker threads: {e}");

@@ -1,20 +1,25 @@
-//! State shared between the supervisor (the only writer of HA state) and the request path.
+//! State shared between the cluster driver (the only writer of HA state), the request path,
+//! the editor plane and the admin API.
 //!
 //! The request path does one `ArcSwap` load per request to find the active instance. Waiters
 //! (requests held during a failover) subscribe to a `watch` generation counter only when
 //! there is no active instance.
 
-use std::sync::Arc;
+use std::sync::atomic::AtomicBool;
+use std::sync::{Arc, Mutex};
 
 use arc_swap::ArcSwap;
 use serde::Serialize;
-use tokio::sync::{Notify, mpsc, watch};
+use tokio::sync::{Notify, watch};
 use tokio_util::sync::CancellationToken;
 
 use crate::backend::Backend;
-use crate::cluster::driver::Command;
 use crate::config::Config;
-use crate::metrics::Metrics;
+use crate::editor::changes::Changes;
+use crate::editor::cookie::{CookieCodec, Pin};
+use crate::editor::logins::TokenStore;
+use crate::editor::sync::SyncTable;
+use crate::ops::metrics::Metrics;
 
 /// The elected instance, with the signals that tell traffic bound to it when to give up.
 #[derive(Debug)]
@@ -34,7 +39,7 @@ pub struct View {
     pub active: Option<Arc<Active>>,
 }
 
-/// The operator-facing status, rebuilt by the supervisor on every change.
+/// The operator-facing status, rebuilt by the cluster driver on every change.
 #[derive(Debug, Default, Clone, Serialize)]
 pub struct Status {
     pub active: Option<String>,
@@ -74,38 +79,87 @@ pub struct FailoverRecord {
     pub detail: Option<String>,
 }
 
+/// One configured instance and what is built for it, in configuration order.
+pub struct Instance {
+    pub backend: Arc<Backend>,
+    /// Its editor cookie.
+    pub pin: Pin,
+    /// Wakes its prober at once (passive detection on live traffic).
+    pub kick: Arc<Notify>,
+    /// It refused an editor's token on a deploy copy (no token-info hook): copies to it wait
+    /// for the active and carry flowgate's token.
+    pub refuses_editor_tokens: AtomicBool,
+}
+
+/// What outlives a configuration: metrics, remembered logins, the change lock.
+#[derive(Clone, Default)]
+pub struct Services {
+    pub metrics: Arc<Metrics>,
+    pub tokens: Arc<TokenStore>,
+    pub changes: Arc<Changes>,
+}
+
+/// One configuration's state, shared by the request path, the editor plane, the admin API and
+/// the cluster driver; replaced as a whole on reload.
 pub struct Shared {
     pub config: Arc<Config>,
-    /// Target revision and per-instance step (deploy path and supervisor).
-    pub sync: std::sync::Mutex<crate::sync::SyncTable>,
-    /// Wakes the supervisor after a deploy changed the sync table.
+    pub instances: Vec<Instance>,
+    /// Target revision and per-instance step (written by editor writes and resyncs).
+    pub sync: Mutex<SyncTable>,
+    /// Wakes the cluster driver after the sync table changed.
     pub sync_changed: Notify,
-    /// Deploys, resyncs and promotions hold this; see `deploy.rs`. Outlives config reloads.
-    pub change_lock: Arc<tokio::sync::Mutex<()>>,
-    /// Cancelled to make the current holder of `change_lock` give it up.
-    pub fence: Arc<std::sync::Mutex<CancellationToken>>,
+    pub changes: Arc<Changes>,
     /// Editor logins accepted by every instance.
-    pub tokens: Arc<crate::auth::TokenStore>,
-    pub cookies: Arc<crate::editor::CookieCodec>,
-    pub backends: Vec<Arc<Backend>>,
-    /// Per backend: its editor cookie.
-    pub pins: Vec<crate::editor::Pin>,
-    /// Per backend: wakes its prober at once (passive detection on live traffic).
-    pub kicks: Vec<Arc<Notify>>,
-    /// Per backend: it refused an editor's token on a deploy copy (no token-info hook).
-    pub editor_token_refused: Vec<std::sync::atomic::AtomicBool>,
+    pub tokens: Arc<TokenStore>,
+    pub cookies: Arc<CookieCodec>,
+    /// The routing view: written by the cluster driver only.
     pub view: ArcSwap<View>,
+    /// Bumped with every new view; requests held during a failover wait on it.
     pub generation: watch::Sender<u64>,
     pub status: ArcSwap<Status>,
     pub metrics: Arc<Metrics>,
-    pub commands: mpsc::Sender<Command>,
 }
 
 impl Shared {
+    /// The state of a new configuration, with nothing routed yet.
+    pub fn new(config: Arc<Config>, sync: SyncTable, cookies: Arc<CookieCodec>, services: &Services) -> Self {
+        let instances = config
+            .backends
+            .iter()
+            .map(|b| Instance {
+                backend: Arc::new(Backend::new(b, &config.node_red, config.health.canary.as_deref())),
+                pin: Pin::new(&cookies, &config.editor.cookie, b.id.as_str(), &config.node_red.admin_root),
+                kick: Arc::new(Notify::new()),
+                refuses_editor_tokens: AtomicBool::new(false),
+            })
+            .collect();
+        Shared {
+            config,
+            instances,
+            sync: Mutex::new(sync),
+            sync_changed: Notify::new(),
+            changes: services.changes.clone(),
+            tokens: services.tokens.clone(),
+            cookies,
+            view: ArcSwap::from_pointee(View::default()),
+            generation: watch::channel(0).0,
+            status: ArcSwap::from_pointee(Status::default()),
+            metrics: services.metrics.clone(),
+        }
+    }
+
+    pub fn backend(&self, index: usize) -> &Arc<Backend> {
+        &self.instances[index].backend
+    }
+
+    pub fn backends(&self) -> impl ExactSizeIterator<Item = &Arc<Backend>> {
+        self.instances.iter().map(|i| &i.backend)
+    }
+
     /// Marks `backend` suspect after an error on live traffic: probe it now.
     pub fn suspect(&self, index: usize) {
-        if let Some(k) = self.kicks.get(index) {
-            k.notify_one();
+        if let Some(i) = self.instances.get(index) {
+            i.kick.notify_one();
         }
     }
 }

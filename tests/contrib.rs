@@ -35,7 +35,7 @@ async fn dashboard_and_alert_rules_use_only_existing_metrics() {
     // A flowgate with TLS, so the certificate metric is present too.
     let certs = std::env::temp_dir().join(format!("flowgate-contrib-{}", std::process::id()));
     std::fs::create_dir_all(&certs).unwrap();
-    let (c, k) = flowgate::tls::self_signed(&["localhost"]).unwrap();
+    let (c, k) = flowgate::traffic::tls::self_signed(&["localhost"]).unwrap();
     std::fs::write(certs.join("localhost.crt"), c).unwrap();
     std::fs::write(certs.join("localhost.key"), k).unwrap();
     let fa = FakeNodeRed::start("a", Options::default(), EventLog::default()).await;

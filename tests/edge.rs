@@ -24,7 +24,7 @@ fn temp(tag: &str) -> PathBuf {
 }
 
 fn write_pair(dir: &Path, name: &str, names: &[&str]) -> String {
-    let (cert, key) = flowgate::tls::self_signed(names).unwrap();
+    let (cert, key) = flowgate::traffic::tls::self_signed(names).unwrap();
     std::fs::write(dir.join(format!("{name}.crt")), &cert).unwrap();
     std::fs::write(dir.join(format!("{name}.key")), key).unwrap();
     cert
@@ -539,7 +539,7 @@ async fn idle_connections_are_parked_and_resume_without_losing_a_byte() {
     // completed (the pause is the point of this step, not a synchronisation).
     s.write_all(b"GET /hello HTTP/1.1\r\nHo").await.unwrap();
     eventually(SECS, "woken by the partial head", || async { parked(&h).await == 0.0 }).await;
-    tokio::time::sleep(flowgate::server::PARK_AFTER * 6).await;
+    tokio::time::sleep(flowgate::traffic::server::PARK_AFTER * 6).await;
     s.write_all(b"st: x\r\n\r\n").await.unwrap();
     assert_eq!(read_response(&mut s, &mut buf).await, (200, "hello from a".into()));
 
@@ -559,7 +559,7 @@ async fn idle_connections_are_parked_and_resume_without_losing_a_byte() {
     let mut pbuf = Vec::new();
     p.write_all(b"POST /echo HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\n\r\nhello").await.unwrap();
     assert_eq!(read_response(&mut p, &mut pbuf).await, (200, "hello".into()));
-    tokio::time::sleep(flowgate::server::PARK_AFTER * 6).await;
+    tokio::time::sleep(flowgate::traffic::server::PARK_AFTER * 6).await;
     let m = metrics(&h).await;
     assert_eq!(sample(&m, "flowgate_client_connections"), Some(2.0));
     assert_eq!(sample(&m, "flowgate_client_connections_parked"), Some(1.0));
@@ -607,7 +607,7 @@ async fn parked_connections_close_at_the_idle_limit_and_at_shutdown() {
 async fn connections_can_be_served_by_one_runtime_per_core() {
     let log = EventLog::default();
     let fa = FakeNodeRed::start("a", Options::default(), log.clone()).await;
-    let workers = flowgate::server::Workers::spawn(2).unwrap();
+    let workers = flowgate::traffic::server::Workers::spawn(2).unwrap();
     let handles = workers.handles();
     let cfg =
         flowgate::config::parse(&yaml(&[("a", fa.url(), 100)], ""), Path::new("t.yaml"), &Secrets(vec![])).unwrap();

@@ -346,7 +346,7 @@ async fn a_login_through_flowgate_is_known_to_token_info() {
 async fn an_editor_write_waiting_for_the_lock_goes_to_the_active_after_a_failover() {
     let c = cluster(2, "deploy: { timeout: 1s }\n").await;
     let shared = c.h.shared();
-    let held = flowgate::deploy::lock_changes(&shared, SECS).await.expect("lock");
+    let held = shared.changes.lock(SECS).await.expect("lock");
     let writing = tokio::spawn({
         let url = c.url("/flow/t1");
         async move { send(&client(), "PUT", &url, r#"{"id":"t1"}"#).await.unwrap() }

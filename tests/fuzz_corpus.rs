@@ -27,10 +27,10 @@ fn the_cookie_corpus_never_panics() {
 
 #[test]
 fn a_genuine_cookie_is_recognised() {
-    let c = flowgate::editor::CookieCodec::new(Some("fuzz"));
+    let c = flowgate::editor::cookie::CookieCodec::new(Some("fuzz"));
     let header = format!("x=1; flowgate_editor={}", c.encode("nr-a"));
     flowgate::fuzzing::cookie(header.as_bytes());
     let mut h = http::HeaderMap::new();
     h.insert(http::header::COOKIE, header.parse().unwrap());
-    assert!(flowgate::editor::CookieCodec::carries(&h, "flowgate_editor", &c.encode("nr-a")));
+    assert!(flowgate::editor::cookie::CookieCodec::carries(&h, "flowgate_editor", &c.encode("nr-a")));
 }

@@ -85,7 +85,7 @@ impl NodeRed {
     pub async fn boot(&mut self, prepare: bool) {
         assert!(self.child.is_none(), "{} already running", self.name);
         if prepare {
-            flowgate::standby::prepare_standby(&self.user_dir).unwrap();
+            flowgate::ops::standby::prepare_standby(&self.user_dir).unwrap();
         }
         let log =
             std::fs::OpenOptions::new().create(true).append(true).open(self.user_dir.join("node-red.log")).unwrap();

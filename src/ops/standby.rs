@@ -8,7 +8,6 @@
 //! mode 0600 because the file holds the credential secret.
 
 use std::fs;
-use std::io::Write;
 use std::path::{Path, PathBuf};
 
 #[derive(Debug, thiserror::Error)]
@@ -50,14 +49,8 @@ pub fn prepare_standby(user_dir: &Path) -> Result<(), StandbyError> {
         };
         doc.insert("runtimeFlowState".into(), "stop".into());
         let text = serde_json::to_string_pretty(&doc).expect("a JSON map serialises");
-        let tmp = user_dir.join(format!("{name}.flowgate-tmp"));
-        let mut opts = fs::OpenOptions::new();
-        opts.write(true).create(true).truncate(true);
-        #[cfg(unix)]
-        std::os::unix::fs::OpenOptionsExt::mode(&mut opts, 0o600);
-        let mut f = opts.open(&tmp).map_err(io(&tmp))?;
-        f.write_all(text.as_bytes()).and_then(|_| f.sync_all()).map_err(io(&tmp))?;
-        fs::rename(&tmp, &path).map_err(io(&path))?;
+        crate::files::write_private(&path, text.as_bytes())
+            .map_err(|e| StandbyError::Io { path: e.path, source: e.source })?;
     }
     Ok(())
 }

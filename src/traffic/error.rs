@@ -5,7 +5,7 @@
 use http::header::{CONTENT_TYPE, HeaderValue, RETRY_AFTER};
 use http::{Response, StatusCode};
 
-use crate::body::Body;
+use crate::traffic::body::Body;
 
 pub const ERROR_HEADER: &str = "x-flowgate-error";
 

@@ -32,9 +32,9 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use crate::body::Body;
-use crate::error::ProxyError;
 use crate::state::{Active, Shared};
+use crate::traffic::body::Body;
+use crate::traffic::error::ProxyError;
 
 pub use forward::{is_upgrade, strip_hop_by_hop};
 
@@ -93,11 +93,8 @@ impl Proxy {
         tunnels: TaskTracker,
         shutdown: CancellationToken,
     ) -> Self {
-        let pools = shared
-            .backends
-            .iter()
-            .map(|b| Arc::new(upstream::Pool::new(b.clone(), connector.clone(), workers)))
-            .collect();
+        let pools =
+            shared.backends().map(|b| Arc::new(upstream::Pool::new(b.clone(), connector.clone(), workers))).collect();
         Proxy { shared, client, pools, tunnels, shutdown }
     }
 
@@ -178,8 +175,9 @@ impl Proxy {
         let editor = matches!(class, RouteClass::Editor | RouteClass::EditorSocket);
         // Sticky editor sessions: the pinned instance must be the active; otherwise the editor
         // moves to the active and its cookie is re-issued.
-        let pin = &self.shared.pins[active.index];
-        let reissue = editor && !crate::editor::CookieCodec::carries(req.headers(), &cfg.editor.cookie, &pin.value);
+        let pin = &self.shared.instances[active.index].pin;
+        let reissue =
+            editor && !crate::editor::cookie::CookieCodec::carries(req.headers(), &cfg.editor.cookie, &pin.value);
         let set_cookie = reissue.then(|| pin.set_cookie[usize::from(peer.tls)].clone());
         let result = if upgrade {
             upgrade::tunnel(self, req, peer, active).await
@@ -189,23 +187,23 @@ impl Proxy {
             forward::set_forwarded(&mut parts.headers, &parts.uri, peer.addr.ip(), peer.tls, &cfg.trusted_proxies);
             let action = if editor {
                 let rel = parts.uri.path().strip_prefix(cfg.node_red.admin_root.as_str()).unwrap_or("");
-                crate::editor::action(&parts.method, rel)
+                crate::editor::cookie::action(&parts.method, rel)
             } else {
-                crate::editor::Action::Forward
+                crate::editor::cookie::Action::Forward
             };
             let (s, c) = (&*self.shared, &self.client);
-            use crate::editor::Action;
+            use crate::editor::cookie::Action;
             match action {
                 Action::Forward => self.forward(parts, body, active).await,
-                Action::Deploy => crate::deploy::deploy(s, c, parts, body, active).await,
+                Action::Deploy => crate::editor::writes::deploy(s, c, parts, body, active).await,
                 Action::FlowState => Err(ProxyError::FlowStateOwned),
-                Action::AddFlow => crate::deploy::add_flow(s, c, parts, body, active).await,
+                Action::AddFlow => crate::editor::writes::add_flow(s, c, parts, body, active).await,
                 Action::Replay { flows_changed } => {
-                    crate::deploy::replay(s, c, parts, body, active, false, flows_changed).await
+                    crate::editor::writes::replay(s, c, parts, body, active, false, flows_changed).await
                 }
-                Action::Palette => crate::deploy::replay(s, c, parts, body, active, true, false).await,
-                Action::Login => crate::deploy::login(s, c, parts, body, active).await,
-                Action::Logout => crate::deploy::logout(s, c, parts, body, active).await,
+                Action::Palette => crate::editor::writes::replay(s, c, parts, body, active, true, false).await,
+                Action::Login => crate::editor::writes::login(s, c, parts, body, active).await,
+                Action::Logout => crate::editor::writes::logout(s, c, parts, body, active).await,
             }
         };
         let mut resp = result?;
@@ -297,36 +295,16 @@ impl Proxy {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::backend::Backend;
-    use crate::metrics::Metrics;
-    use crate::state::{Status, View};
-    use arc_swap::ArcSwap;
+    use crate::state::View;
     use std::path::Path;
-    use tokio::sync::{mpsc, watch};
 
     fn proxy(hold: &str) -> Arc<Proxy> {
         let yaml = format!("backends: [{{id: a, url: \"http://127.0.0.1:9\"}}]\nfailover: {{ hold: {hold} }}\n");
         let config = Arc::new(crate::config::parse(&yaml, Path::new("t.yaml"), &crate::config::System).unwrap());
-        let backends = vec![Arc::new(Backend::new(&config.backends[0], &config.node_red, None))];
         let ids = vec!["a".to_string()];
-        let shared = Arc::new(Shared {
-            sync: std::sync::Mutex::new(crate::sync::SyncTable::open(ids, None, None).unwrap()),
-            sync_changed: tokio::sync::Notify::new(),
-            change_lock: Default::default(),
-            fence: Default::default(),
-            tokens: Arc::new(crate::auth::TokenStore::open(None)),
-            cookies: Arc::new(crate::editor::CookieCodec::new(None)),
-            pins: vec![crate::editor::Pin::new(&crate::editor::CookieCodec::new(None), "c", "a", "/")],
-            config,
-            backends,
-            kicks: vec![],
-            editor_token_refused: vec![Default::default()],
-            view: ArcSwap::from_pointee(View::default()),
-            generation: watch::channel(0).0,
-            status: ArcSwap::from_pointee(Status::default()),
-            metrics: Arc::new(Metrics::new()),
-            commands: mpsc::channel(1).0,
-        });
+        let sync = crate::editor::sync::SyncTable::open(ids, None, None).unwrap();
+        let cookies = Arc::new(crate::editor::cookie::CookieCodec::new(None));
+        let shared = Arc::new(Shared::new(config, sync, cookies, &crate::state::Services::default()));
         let client = crate::backend::client(&shared.config, None).unwrap();
         let connector = crate::backend::connector(&shared.config).unwrap();
         Arc::new(Proxy::new(shared, client, connector, 1, TaskTracker::new(), CancellationToken::new()))
@@ -335,7 +313,7 @@ mod tests {
     fn publish(p: &Proxy, generation: u64) -> Arc<Active> {
         let a = Arc::new(Active {
             index: 0,
-            backend: p.shared.backends[0].clone(),
+            backend: p.shared.backend(0).clone(),
             failed: CancellationToken::new(),
             demoted: CancellationToken::new(),
         });

@@ -31,7 +31,7 @@ mod tests;
 use std::time::Duration;
 
 use crate::backend::{BackendId, CallError, FlowState};
-use crate::health::Report;
+use crate::control::health::Report;
 
 pub use state::{Member, Settings, Spec, State};
 

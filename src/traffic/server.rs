@@ -38,9 +38,9 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{debug, warn};
 
-use crate::body::Body;
 use crate::config::Limits;
-use crate::proxy::Peer;
+use crate::traffic::body::Body;
+use crate::traffic::proxy::Peer;
 
 pub use conn::PARK_AFTER;
 
@@ -142,7 +142,7 @@ impl Workers {
             let (tx, rx) = std::sync::mpsc::channel();
             let stop = workers.stop.clone();
             let thread = std::thread::Builder::new().name(format!("flowgate-worker-{i}")).spawn(move || {
-                crate::proxy::upstream::set_worker(i);
+                crate::traffic::proxy::upstream::set_worker(i);
                 match tokio::runtime::Builder::new_current_thread().enable_all().build() {
                     Ok(rt) => {
                         let _ = tx.send(Ok(rt.handle().clone()));

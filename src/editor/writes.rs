@@ -29,7 +29,6 @@
 //! or hung instance's deploy.
 
 use std::sync::Arc;
-use std::time::Duration;
 
 use bytes::Bytes;
 use http::header::{self, AUTHORIZATION, HeaderMap, HeaderName, HeaderValue};
@@ -43,47 +42,26 @@ use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
 use crate::backend::{AdminClient, Backend, CallError};
-use crate::body::Body;
-use crate::cluster::SyncOutcome;
-use crate::error::ProxyError;
+use crate::control::cluster::SyncOutcome;
+use crate::editor::changes::ChangeGuard;
+use crate::editor::sync::Step;
 use crate::state::{Active, Shared};
-use crate::sync::Step;
+use crate::traffic::body::Body;
+use crate::traffic::error::ProxyError;
 
 pub const DEPLOYED_HEADER: &str = "x-flowgate-deployed";
 static API_VERSION: HeaderName = HeaderName::from_static("node-red-api-version");
 static DEPLOYMENT_TYPE: HeaderName = HeaderName::from_static("node-red-deployment-type");
 
-/// Holding the change lock; `fence` is cancelled when a promotion needs the lock.
-pub struct ChangeGuard<'a> {
-    _lock: tokio::sync::MutexGuard<'a, ()>,
-    pub fence: CancellationToken,
-}
-
-/// Takes the change lock within `wait`, registering a fence for this holder.
-pub async fn lock_changes(shared: &Shared, wait: Duration) -> Option<ChangeGuard<'_>> {
-    let lock = tokio::time::timeout(wait, shared.change_lock.lock()).await.ok()?;
-    let fence = CancellationToken::new();
-    *shared.fence.lock().unwrap_or_else(|e| e.into_inner()) = fence.clone();
-    Some(ChangeGuard { _lock: lock, fence })
-}
-
 /// For a write from an editor: the change lock, and the active instance as it is once the lock
 /// is held (a failover may have happened while waiting). 503 when neither is to be had within
 /// `failover.hold`.
-async fn lock_for_write<'a>(
-    shared: &'a Shared,
-    active: &Arc<Active>,
-) -> Result<(ChangeGuard<'a>, Arc<Active>), ProxyError> {
-    let guard = lock_changes(shared, shared.config.failover.hold).await.ok_or(ProxyError::ChangeInProgress)?;
+async fn lock_for_write(shared: &Shared, active: &Arc<Active>) -> Result<(ChangeGuard, Arc<Active>), ProxyError> {
+    let guard = shared.changes.lock(shared.config.failover.hold).await.ok_or(ProxyError::ChangeInProgress)?;
     match &shared.view.load().active {
         Some(a) if Arc::ptr_eq(a, active) || !a.failed.is_cancelled() => Ok((guard, a.clone())),
         _ => Err(ProxyError::ChangeInProgress),
     }
-}
-
-/// Asks the current holder of the change lock to give it up (promotion).
-pub fn fence_changes(shared: &Shared) {
-    shared.fence.lock().unwrap_or_else(|e| e.into_inner()).cancel();
 }
 
 /// Reads a whole request body, 413 above `limit`.
@@ -186,13 +164,13 @@ fn copy_headers(parts: &Parts, backend: &Backend) -> HeaderMap {
 /// Which instances besides the active receive copies: every healthy one.
 fn others(shared: &Shared, active: usize) -> (Vec<usize>, Vec<usize>) {
     let status = shared.status.load();
-    (0..shared.backends.len())
+    (0..shared.instances.len())
         .filter(|&i| i != active)
         .partition(|&i| status.backends.get(i).is_some_and(|b| b.health == "up"))
 }
 
 fn reply(status: StatusCode, mut headers: HeaderMap, body: Bytes, took: usize, total: usize) -> Response<Body> {
-    crate::proxy::strip_hop_by_hop(&mut headers, false);
+    crate::traffic::proxy::strip_hop_by_hop(&mut headers, false);
     headers.remove(header::CONTENT_LENGTH);
     let mut r = Response::new(Body::full(body));
     *r.status_mut() = status;
@@ -217,13 +195,13 @@ fn rev_of(body: &[u8]) -> Option<String> {
 }
 
 fn record(shared: &Shared, i: usize, result: &'static str) {
-    shared.metrics.deploy_fanout.with_label_values(&[shared.backends[i].id.as_str(), result]).inc();
+    shared.metrics.deploy_fanout.with_label_values(&[shared.backend(i).id.as_str(), result]).inc();
 }
 
 /// The editor's instance took a write that changed flows: read its new revision and make it
 /// the target. Returns the new revision.
 async fn adopt_active_flows(shared: &Shared, client: &AdminClient, active: usize) -> Option<String> {
-    let b = &shared.backends[active];
+    let b = &shared.backend(active);
     match b.flows(client, shared.config.deploy.timeout).await {
         Ok((rev, raw)) => {
             let flows: Option<serde_json::Value> = serde_json::from_slice(&raw).ok();
@@ -250,14 +228,14 @@ fn save(shared: &Shared) {
 /// What one instance answered to a copy of a deploy; updates its step.
 fn apply_copy(
     shared: &Shared,
-    t: &mut crate::sync::SyncTable,
+    t: &mut crate::editor::sync::SyncTable,
     i: usize,
     r: Result<(StatusCode, HeaderMap, Bytes), CallError>,
     v2: bool,
     old_gen: u64,
     new_gen: u64,
 ) -> bool {
-    let id = &shared.backends[i].id;
+    let id = &shared.backend(i).id;
     let cgen = if t.applied[i].cred_gen >= old_gen { new_gen } else { t.applied[i].cred_gen };
     match r {
         Ok((s, _, body)) if s.is_success() => {
@@ -313,14 +291,14 @@ pub async fn deploy(
     let (guard, active) = lock_for_write(shared, &active).await?;
     let ai = active.index;
     let ab = &active.backend;
-    let total = shared.backends.len();
+    let total = shared.instances.len();
     let v2 = checked.api == Api::V2 && !checked.reload;
     let (pq, editor_headers) = to_instance(&parts);
     let (up, down) = others(shared, ai);
     let (speculative, mut later, old_gen, expected) = {
         let t = shared.sync.lock().unwrap_or_else(|e| e.into_inner());
         let (spec, later): (Vec<usize>, Vec<usize>) = up.iter().partition(|&&i| {
-            t.in_step(i) && !shared.editor_token_refused[i].load(std::sync::atomic::Ordering::Relaxed)
+            t.in_step(i) && !shared.instances[i].refuses_editor_tokens.load(std::sync::atomic::Ordering::Relaxed)
         });
         let expected: Vec<Option<String>> =
             (0..total).map(|i| if t.in_step(i) { t.applied[i].rev.clone() } else { None }).collect();
@@ -335,7 +313,7 @@ pub async fn deploy(
         }
     };
     let to_standbys = futures_util::future::join_all(speculative.iter().map(|&i| {
-        let (b, h, body, pq) = (shared.backends[i].clone(), editor_headers.clone(), bytes.clone(), pq.clone());
+        let (b, h, body, pq) = (shared.backend(i).clone(), editor_headers.clone(), bytes.clone(), pq.clone());
         let fence = guard.fence.clone();
         async move { (i, fenced(b.exchange(client, Method::POST, &pq, h, body, cfg.deploy.timeout), &fence).await) }
     }));
@@ -367,7 +345,7 @@ pub async fn deploy(
         for (i, r) in &spec_results {
             if matches!(r, Ok((s, ..)) if s.is_success()) {
                 record(shared, *i, "diverged");
-                warn!(backend = %shared.backends[*i].id, "standby took a deploy its active refused; it will be resynced");
+                warn!(backend = %shared.backend(*i).id, "standby took a deploy its active refused; it will be resynced");
                 t.mark_out_of_step(*i, "took a deploy the active refused");
             }
         }
@@ -405,8 +383,8 @@ pub async fn deploy(
         for (i, r) in spec_results {
             if matches!(r, Ok((StatusCode::UNAUTHORIZED | StatusCode::FORBIDDEN, ..))) {
                 // This instance does not accept editor tokens: copy with flowgate's token.
-                shared.editor_token_refused[i].store(true, std::sync::atomic::Ordering::Relaxed);
-                info!(backend = %shared.backends[i].id, "instance refuses editor tokens (no /auth/token-info in its adminAuth.tokens); deploys to it wait for the active");
+                shared.instances[i].refuses_editor_tokens.store(true, std::sync::atomic::Ordering::Relaxed);
+                info!(backend = %shared.backend(i).id, "instance refuses editor tokens (no /auth/token-info in its adminAuth.tokens); deploys to it wait for the active");
                 later.push(i);
                 continue;
             }
@@ -422,7 +400,7 @@ pub async fn deploy(
     let raw: Option<V2Body<'_>> = if v2 { serde_json::from_slice(&bytes).ok() } else { None };
     let copies =
         futures_util::future::join_all(later.iter().map(|&i| {
-            let b = shared.backends[i].clone();
+            let b = shared.backend(i).clone();
             let body = match &raw {
                 Some(v2) => v2_body(v2.flows.get(), expected[i].as_deref(), v2.credentials.map(RawValue::get)),
                 None => bytes.clone(),
@@ -482,7 +460,7 @@ pub async fn replay(
     )
     .await
     .map_err(|_| ProxyError::UpstreamFailed)?;
-    let total = shared.backends.len();
+    let total = shared.instances.len();
     if !status.is_success() {
         return Ok(reply(status, rh, rb, 0, total));
     }
@@ -492,7 +470,7 @@ pub async fn replay(
     }
     let (up, down) = others(shared, ai);
     let calls = up.iter().map(|&i| {
-        let b = shared.backends[i].clone();
+        let b = shared.backend(i).clone();
         let (headers, body, fence, pq, m) =
             (copy_headers(&parts, &b), bytes.clone(), guard.fence.clone(), pq.clone(), parts.method.clone());
         async move { (i, fenced(b.exchange(client, m, &pq, headers, body, timeout), &fence).await) }
@@ -522,7 +500,7 @@ pub async fn replay(
                         Ok((s, _, body)) => format!("{s} {}", crate::backend::snippet(&body)),
                         Err(e) => e.to_string(),
                     };
-                    warn!(backend = %shared.backends[i].id, method = %parts.method, path = %pq, error = %why, "replay failed");
+                    warn!(backend = %shared.backend(i).id, method = %parts.method, path = %pq, error = %why, "replay failed");
                     t.mark_out_of_step(i, format!("{} {pq} failed: {why}", parts.method));
                 }
             }
@@ -551,7 +529,7 @@ pub async fn add_flow(
         fenced(active.backend.exchange(client, Method::POST, &pq, h, bytes, cfg.deploy.timeout), &guard.fence)
             .await
             .map_err(|_| ProxyError::UpstreamFailed)?;
-    let total = shared.backends.len();
+    let total = shared.instances.len();
     if status.is_success() {
         adopt_active_flows(shared, client, active.index).await;
         let mut t = shared.sync.lock().unwrap_or_else(|e| e.into_inner());
@@ -581,7 +559,7 @@ pub async fn login(
     let (status, rh, rb) =
         b.exchange(client, Method::POST, &pq, h, bytes, timeout).await.map_err(|_| ProxyError::UpstreamFailed)?;
     if status == StatusCode::OK
-        && let Some((token, expires_in)) = crate::auth::parse_login(&rb)
+        && let Some((token, expires_in)) = crate::editor::logins::parse_login(&rb)
     {
         let mut sh = HeaderMap::new();
         if let Ok(v) = HeaderValue::from_str(&format!("Bearer {token}")) {
@@ -600,7 +578,7 @@ pub async fn login(
             other => warn!(backend = %b.id, result = ?other.map(|r| r.0), "cannot read the new token's user"),
         }
     }
-    Ok(reply(status, rh, rb, usize::from(status == StatusCode::OK), shared.backends.len()))
+    Ok(reply(status, rh, rb, usize::from(status == StatusCode::OK), shared.instances.len()))
 }
 
 /// `POST <admin>/auth/revoke`: forwarded; the token is forgotten.
@@ -612,7 +590,7 @@ pub async fn logout(
     active: Arc<Active>,
 ) -> Result<Response<Body>, ProxyError> {
     let bytes = read_body(body, 64 << 10).await?;
-    if let Some(t) = crate::auth::revoked_token(&bytes) {
+    if let Some(t) = crate::editor::logins::revoked_token(&bytes) {
         shared.tokens.remove(&t);
     }
     if let Some(t) =
@@ -626,14 +604,14 @@ pub async fn logout(
         .exchange(client, Method::POST, &pq, h, bytes, shared.config.deploy.timeout)
         .await
         .map_err(|_| ProxyError::UpstreamFailed)?;
-    Ok(reply(status, rh, rb, 1, shared.backends.len()))
+    Ok(reply(status, rh, rb, 1, shared.instances.len()))
 }
 
 /// Checks instance `i` against the target and brings it in step. `active` is the source of
 /// flows when there is one (and the instance itself when `i` is the active: then its flows
 /// become the target if they differ).
 pub async fn resync(shared: &Shared, client: &AdminClient, i: usize, active: Option<usize>) -> SyncOutcome {
-    let Some(guard) = lock_changes(shared, shared.config.deploy.timeout).await else {
+    let Some(guard) = shared.changes.lock(shared.config.deploy.timeout).await else {
         return SyncOutcome::Failed("the change lock stayed busy".into());
     };
     let outcome = resync_locked(shared, client, i, active, &guard.fence).await;
@@ -651,7 +629,7 @@ pub async fn resync_locked(
     fence: &CancellationToken,
 ) -> SyncOutcome {
     let cfg = &shared.config;
-    let b = &shared.backends[i];
+    let b = &shared.backend(i);
     let (rev, raw) = match b.flows(client, cfg.deploy.timeout).await {
         Ok(x) => x,
         Err(e) => return SyncOutcome::Failed(format!("cannot read its flows: {e}")),
@@ -679,7 +657,7 @@ pub async fn resync_locked(
     }
     // The source flows: the active's (fresh), else the remembered ones.
     let source = match active {
-        Some(a) => match shared.backends[a].flows(client, cfg.deploy.timeout).await {
+        Some(a) => match shared.backend(a).flows(client, cfg.deploy.timeout).await {
             Ok((arev, araw)) => {
                 let mut t = shared.sync.lock().unwrap_or_else(|e| e.into_inner());
                 if t.rev.as_deref() != Some(arev.as_str()) {

@@ -42,6 +42,13 @@ fn hash(token: &str) -> String {
     crypto::hex(&crypto::sha256(token.as_bytes()))
 }
 
+impl Default for TokenStore {
+    /// Kept in memory only.
+    fn default() -> Self {
+        TokenStore::open(None)
+    }
+}
+
 impl TokenStore {
     pub fn open(dir: Option<&std::path::Path>) -> Self {
         let path = dir.map(|d| d.join("tokens.json"));
@@ -58,18 +65,7 @@ impl TokenStore {
     fn save(&self, tokens: &HashMap<String, TokenInfo>) {
         let Some(path) = &self.path else { return };
         let data = serde_json::to_vec(tokens).expect("serialises");
-        let tmp = path.with_extension("tmp");
-        let result = (|| {
-            use std::io::Write;
-            let mut opts = std::fs::OpenOptions::new();
-            opts.write(true).create(true).truncate(true);
-            #[cfg(unix)]
-            std::os::unix::fs::OpenOptionsExt::mode(&mut opts, 0o600);
-            let mut f = opts.open(&tmp)?;
-            f.write_all(&data)?;
-            std::fs::rename(&tmp, path)
-        })();
-        if let Err(e) = result {
+        if let Err(e) = crate::files::write_private(path, &data) {
             tracing::warn!(path = %path.display(), error = %e, "cannot save editor tokens");
         }
     }

@@ -25,9 +25,9 @@ use hyper::body::Incoming;
 use tokio::sync::oneshot;
 
 use crate::backend::BackendId;
-use crate::body::Body;
-use crate::cluster::driver::Command;
+use crate::control::cluster::driver::Command;
 use crate::state::Shared;
+use crate::traffic::body::Body;
 
 fn reply(status: StatusCode, content_type: &'static str, body: impl Into<bytes::Bytes>) -> Response<Body> {
     let mut r = Response::new(Body::full(body));
@@ -127,7 +127,7 @@ pub async fn serve(app: Arc<crate::App>, req: Request<Incoming>) -> Result<Respo
         (&Method::POST, "/resync") => match authorised(&shared, &req) {
             Err(r) => *r,
             Ok(()) => {
-                match query_param(&req, "to").and_then(|id| shared.backends.iter().position(|b| b.id.as_str() == id)) {
+                match query_param(&req, "to").and_then(|id| shared.backends().position(|b| b.id.as_str() == id)) {
                     Some(i) => {
                         shared
                             .sync
@@ -137,7 +137,7 @@ pub async fn serve(app: Arc<crate::App>, req: Request<Incoming>) -> Result<Respo
                         shared.sync_changed.notify_one();
                         json(
                             StatusCode::ACCEPTED,
-                            serde_json::json!({"result": format!("{} will be resynced", shared.backends[i].id)}),
+                            serde_json::json!({"result": format!("{} will be resynced", shared.backend(i).id)}),
                         )
                     }
                     None => json(
@@ -184,7 +184,7 @@ pub async fn serve(app: Arc<crate::App>, req: Request<Incoming>) -> Result<Respo
             Ok(()) => {
                 let to = query_param(&req, "to").map(BackendId::from);
                 let (tx, rx) = oneshot::channel();
-                if shared.commands.send(Command::Switchover { to, reply: tx }).await.is_err() {
+                if app.commands().send(Command::Switchover { to, reply: tx }).await.is_err() {
                     json(StatusCode::SERVICE_UNAVAILABLE, serde_json::json!({"error": "shutting down"}))
                 } else {
                     match rx.await {

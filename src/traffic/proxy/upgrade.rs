@@ -11,9 +11,9 @@ use hyper_util::rt::TokioIo;
 use tracing::debug;
 
 use super::{Peer, Proxy, forward};
-use crate::body::Body;
-use crate::error::ProxyError;
 use crate::state::Active;
+use crate::traffic::body::Body;
+use crate::traffic::error::ProxyError;
 
 pub async fn tunnel(
     proxy: &Proxy,

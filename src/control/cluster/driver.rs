@@ -17,7 +17,7 @@ use tracing::{error, info, warn};
 
 use super::{Effect, Event, InstanceId, Notice, Reason, Settings, Spec, State, Sync};
 use crate::backend::{AdminClient, Backend, BackendId, FlowState};
-use crate::health::{Health, Report};
+use crate::control::health::{Health, Report};
 use crate::state::{Active, BackendStatus, FailoverRecord, Shared, Status, View};
 
 const HISTORY: usize = 50;
@@ -81,7 +81,7 @@ impl Driver {
         seed: Option<Seed>,
     ) -> Self {
         let now = Instant::now();
-        let specs: Vec<Spec> = shared.backends.iter().map(|b| spec(b)).collect();
+        let specs: Vec<Spec> = shared.backends().map(|b| spec(b)).collect();
         let settings = Settings::from_config(&shared.config);
         let (done_tx, done_rx) = mpsc::unbounded_channel();
         let mut d = Driver {
@@ -106,7 +106,7 @@ impl Driver {
             if let (Some(id), Some(old)) = (d.core.active().cloned(), seed.current) {
                 let i = d.index(&id);
                 // Same instance: keep its fencing signals.
-                let backend = d.shared.backends[i].clone();
+                let backend = d.shared.backend(i).clone();
                 d.publish(Some(Arc::new(Active {
                     index: i,
                     backend,
@@ -119,7 +119,7 @@ impl Driver {
     }
 
     fn index(&self, id: &InstanceId) -> usize {
-        self.shared.backends.iter().position(|b| &b.id == id).expect("the core names configured instances")
+        self.shared.backends().position(|b| &b.id == id).expect("the core names configured instances")
     }
 
     /// Answers a pending handover once nothing is in flight. True when this driver ends.
@@ -151,7 +151,7 @@ impl Driver {
                 _ = cancel.cancelled() => break,
                 Some((i, report)) = self.reports.recv() => {
                     self.observe_probe(i, &report);
-                    Some(Event::Probe { id: self.shared.backends[i].id.clone(), report })
+                    Some(Event::Probe { id: self.shared.backend(i).id.clone(), report })
                 }
                 Some(c) = self.commands.recv() => match c {
                     Command::Switchover { to, reply } => {
@@ -197,14 +197,13 @@ impl Driver {
         let steps: Vec<(InstanceId, Sync)> = {
             let t = self.shared.sync.lock().unwrap_or_else(|e| e.into_inner());
             self.shared
-                .backends
-                .iter()
+                .backends()
                 .zip(&t.steps)
                 .map(|(b, s)| {
                     let s = match s {
-                        crate::sync::Step::Unknown => Sync::Unknown,
-                        crate::sync::Step::InStep => Sync::InStep,
-                        crate::sync::Step::OutOfStep(_) => Sync::OutOfStep,
+                        crate::editor::sync::Step::Unknown => Sync::Unknown,
+                        crate::editor::sync::Step::InStep => Sync::InStep,
+                        crate::editor::sync::Step::OutOfStep(_) => Sync::OutOfStep,
                     };
                     (b.id.clone(), s)
                 })
@@ -217,7 +216,7 @@ impl Driver {
     }
 
     fn observe_probe(&self, i: usize, r: &Report) {
-        let (id, metrics) = (self.shared.backends[i].id.as_str(), &self.shared.metrics);
+        let (id, metrics) = (self.shared.backend(i).id.as_str(), &self.shared.metrics);
         metrics.probe_duration.with_label_values(&[id]).observe(r.latency.as_secs_f64());
         if let Err(e) = &r.state {
             metrics.probe_failures.with_label_values(&[id, e.kind()]).inc();
@@ -246,7 +245,7 @@ impl Driver {
             Effect::Route(id) => {
                 let active = id.map(|id| {
                     let index = self.index(&id);
-                    let backend = self.shared.backends[index].clone();
+                    let backend = self.shared.backend(index).clone();
                     Arc::new(Active {
                         index,
                         backend,
@@ -257,23 +256,21 @@ impl Driver {
                 self.publish(active);
             }
             Effect::TakeChangeLock => {
-                crate::deploy::fence_changes(&shared);
                 let (tx, wait) = (self.done_tx.clone(), shared.config.deploy.timeout);
                 tokio::spawn(async move {
-                    let guard = tokio::time::timeout(wait, shared.change_lock.clone().lock_owned()).await.ok();
-                    let _ = tx.send(Done::Locked(guard));
+                    let _ = tx.send(Done::Locked(shared.changes.take_over(wait).await));
                 });
             }
             Effect::ReleaseChangeLock => self.lock = None,
             Effect::StopFlows { id, timeout, purpose } => {
-                let b = shared.backends[self.index(&id)].clone();
+                let b = shared.backend(self.index(&id)).clone();
                 self.spawn(async move {
                     let result = b.set_flow_state(&client, FlowState::Stop, timeout).await;
                     Event::Stopped { id, purpose, result }
                 });
             }
             Effect::StartFlows { id, timeout } => {
-                let b = shared.backends[self.index(&id)].clone();
+                let b = shared.backend(self.index(&id)).clone();
                 self.spawn(async move {
                     let result = b.set_flow_state(&client, FlowState::Start, timeout).await;
                     Event::Started { id, result }
@@ -285,9 +282,9 @@ impl Driver {
                     let outcome = if locked {
                         // The promotion holds the change lock: nothing else can fence this.
                         let fence = CancellationToken::new();
-                        crate::deploy::resync_locked(&shared, &client, i, source, &fence).await
+                        crate::editor::writes::resync_locked(&shared, &client, i, source, &fence).await
                     } else {
-                        crate::deploy::resync(&shared, &client, i, source).await
+                        crate::editor::writes::resync(&shared, &client, i, source).await
                     };
                     Event::Synced { id, outcome }
                 });
@@ -296,7 +293,7 @@ impl Driver {
                 let i = self.index(&id);
                 let mut t = shared.sync.lock().unwrap_or_else(|e| e.into_inner());
                 if t.in_step(i) {
-                    t.steps[i] = crate::sync::Step::Unknown;
+                    t.steps[i] = crate::editor::sync::Step::Unknown;
                 }
             }
             Effect::Reply { ticket, result } => {
@@ -415,8 +412,7 @@ impl Driver {
         let active = self.core.active();
         let backends = self
             .shared
-            .backends
-            .iter()
+            .backends()
             .zip(self.core.members())
             .enumerate()
             .map(|(i, (b, m))| {
@@ -428,9 +424,9 @@ impl Driver {
                 let revision = sync.applied[i].rev.clone();
                 metrics.set_sync(b.id.as_str(), sync.in_step(i), revision.as_deref());
                 let step = match &sync.steps[i] {
-                    crate::sync::Step::InStep => "in_step".to_string(),
-                    crate::sync::Step::Unknown => "unknown".to_string(),
-                    crate::sync::Step::OutOfStep(why) => format!("out_of_step: {why}"),
+                    crate::editor::sync::Step::InStep => "in_step".to_string(),
+                    crate::editor::sync::Step::Unknown => "unknown".to_string(),
+                    crate::editor::sync::Step::OutOfStep(why) => format!("out_of_step: {why}"),
                 };
                 let is_active = active == Some(&b.id);
                 BackendStatus {

@@ -360,8 +360,8 @@ fn a_reload_that_moves_an_instance_forgets_what_was_known_about_it() {
     let mut moved = specs(&[("a", 200), ("b", 100)]);
     moved[1].address = "http://elsewhere:1880".into();
     let core = State::reconfigured(s.core.clone(), moved, settings(), s.now);
-    assert_eq!(core.member(&id("b")).unwrap().health(), crate::health::Health::Unknown);
-    assert_eq!(core.member(&id("a")).unwrap().health(), crate::health::Health::Up);
+    assert_eq!(core.member(&id("b")).unwrap().health(), crate::control::health::Health::Unknown);
+    assert_eq!(core.member(&id("a")).unwrap().health(), crate::control::health::Health::Up);
 }
 
 #[test]

@@ -31,7 +31,7 @@ use tokio::time::Instant;
 use tower_service::Service;
 
 use crate::backend::{Backend, Connector, UPSTREAM_IDLE_TIMEOUT};
-use crate::body::Body;
+use crate::traffic::body::Body;
 
 /// Idle connections kept per instance.
 const MAX_IDLE: usize = 512;

@@ -10,8 +10,8 @@ use tokio::time::Instant;
 use super::{InstanceId, Phase, Reason, Role, Sync};
 use crate::backend::{CallError, FlowState};
 use crate::config::Config;
-use crate::election::{self, Candidate, Policy};
-use crate::health::{Health, Tracker};
+use crate::control::election::{self, Candidate, Policy};
+use crate::control::health::{Health, Tracker};
 
 /// The timings and policy the core decides with (from the configuration).
 #[derive(Debug, Clone)]

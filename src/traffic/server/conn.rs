@@ -36,9 +36,9 @@ use tokio_util::sync::CancellationToken;
 use tracing::debug;
 
 use super::Gauges;
-use crate::body::Body;
 use crate::config::Limits;
-use crate::proxy::Peer;
+use crate::traffic::body::Body;
+use crate::traffic::proxy::Peer;
 
 /// How long an HTTP/1 connection may idle before its buffers are released.
 pub const PARK_AFTER: Duration = Duration::from_millis(10);

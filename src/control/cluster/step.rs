@@ -11,8 +11,8 @@ use tokio::time::Instant;
 use super::state::{CANARY_COOLDOWN, Lost, PROMOTION_COOLDOWN, Promotion, RETRY_LATER, RETRY_PAUSE, Stage, State};
 use super::{Effect, Event, InstanceId, Notice, Reason, StopFor, Sync, SyncOutcome};
 use crate::backend::{CallError, FlowState};
-use crate::election;
-use crate::health::{Health, Report, Transition};
+use crate::control::election;
+use crate::control::health::{Health, Report, Transition};
 
 impl State {
     /// Applies one event at `now` and returns what to do, in order.

@@ -80,16 +80,7 @@ pub enum StoreError {
 }
 
 fn write_private(path: &Path, data: &[u8]) -> Result<(), StoreError> {
-    use std::io::Write;
-    let io = |source| StoreError::Io { path: path.to_owned(), source };
-    let tmp = path.with_extension("tmp");
-    let mut opts = std::fs::OpenOptions::new();
-    opts.write(true).create(true).truncate(true);
-    #[cfg(unix)]
-    std::os::unix::fs::OpenOptionsExt::mode(&mut opts, 0o600);
-    let mut f = opts.open(&tmp).map_err(io)?;
-    f.write_all(data).and_then(|_| f.sync_all()).map_err(io)?;
-    std::fs::rename(&tmp, path).map_err(io)
+    crate::files::write_private(path, data).map_err(|e| StoreError::Io { path: e.path, source: e.source })
 }
 
 impl SyncTable {

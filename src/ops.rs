@@ -1,0 +1,9 @@
+//! Operations: how people and tools see and steer flowgate.
+//!
+//! - [`admin`]: the admin API and the live status page.
+//! - [`metrics`]: Prometheus metrics, all registered in one place.
+//! - [`standby`]: `flowgate prepare-standby`, which makes an instance boot with flows stopped.
+
+pub mod admin;
+pub mod metrics;
+pub mod standby;

@@ -26,7 +26,8 @@ use crate::editor::logins::TokenStore;
 use crate::editor::sync::SyncTable;
 use crate::ops::admin;
 use crate::state::{Services, Shared};
-use crate::traffic::proxy::{Peer, Proxy};
+use crate::traffic::proxy::Proxy;
+use crate::traffic::server::Peer;
 use crate::traffic::{server, tls};
 
 /// Pre-bound listeners. `proxy` and `https` are client-facing; `redirect` only redirects to

@@ -4,47 +4,19 @@
 //! cover `setState`).
 
 use std::fmt;
-use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
 use http::header::{AUTHORIZATION, CONTENT_TYPE, HeaderValue};
 use http::{Method, Request, StatusCode, Uri};
-use http_body_util::{BodyExt, Limited};
+use http_body_util::{BodyExt, Full, Limited};
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
 
 use crate::config::{BackendConfig, NodeRedPaths};
-use crate::traffic::body::Body;
 
-/// The configured name of an instance; the same value in logs, metrics and the admin API.
-#[derive(Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub struct BackendId(Arc<str>);
-
-impl From<&str> for BackendId {
-    fn from(s: &str) -> Self {
-        BackendId(Arc::from(s))
-    }
-}
-
-impl BackendId {
-    pub fn as_str(&self) -> &str {
-        &self.0
-    }
-}
-
-impl fmt::Display for BackendId {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.0)
-    }
-}
-
-impl fmt::Debug for BackendId {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{:?}", &*self.0)
-    }
-}
+pub use crate::config::BackendId;
 
 /// Node-RED's flow state as `GET /flows/state` reports it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -168,7 +140,7 @@ pub fn snippet(body: &[u8]) -> String {
 }
 
 /// The client type for every call to an instance (plain HTTP, or HTTPS with a configured CA).
-pub type AdminClient = Client<Connector, Body>;
+pub type AdminClient = Client<Connector, Full<Bytes>>;
 
 /// Idle pooled connections to Node-RED are dropped before Node's HTTP server closes them
 /// itself (its `keepAliveTimeout` is 5 s): otherwise a request can race the server's close.
@@ -210,6 +182,23 @@ fn tls_config(cfg: &crate::config::Config) -> Result<rustls::ClientConfig, Strin
 /// connection per instance is enough, and leaves fewer stale ones after a crash.
 pub fn admin_client(cfg: &crate::config::Config) -> Result<AdminClient, String> {
     client(cfg, Some(1))
+}
+
+/// Sends `req` and reads the whole answer (at most `limit` bytes) within `timeout`.
+async fn buffered(
+    client: &AdminClient,
+    req: Request<Full<Bytes>>,
+    limit: usize,
+    timeout: Duration,
+) -> Result<(StatusCode, http::HeaderMap, Bytes), CallError> {
+    let exchange = async {
+        let resp = client.request(req).await.map_err(|e| CallError::from_client(&e))?;
+        let (parts, body) = resp.into_parts();
+        let bytes =
+            Limited::new(body, limit).collect().await.map_err(|e| CallError::Transport(e.to_string()))?.to_bytes();
+        Ok((parts.status, parts.headers, bytes))
+    };
+    tokio::time::timeout(timeout, exchange).await.unwrap_or(Err(CallError::Timeout(timeout)))
 }
 
 /// One configured Node-RED instance.
@@ -295,21 +284,11 @@ impl Backend {
         body: Bytes,
         timeout: Duration,
     ) -> Result<(StatusCode, http::HeaderMap, Bytes), CallError> {
-        let mut req = Request::new(Body::full(body));
+        let mut req = Request::new(Full::new(body));
         *req.method_mut() = method;
         *req.uri_mut() = self.uri(path_and_query);
         *req.headers_mut() = headers;
-        let exchange = async {
-            let resp = client.request(req).await.map_err(|e| CallError::from_client(&e))?;
-            let (parts, body) = resp.into_parts();
-            let bytes = Limited::new(body, MAX_ADMIN_BODY * 16)
-                .collect()
-                .await
-                .map_err(|e| CallError::Transport(e.to_string()))?
-                .to_bytes();
-            Ok((parts.status, parts.headers, bytes))
-        };
-        tokio::time::timeout(timeout, exchange).await.unwrap_or(Err(CallError::Timeout(timeout)))
+        buffered(client, req, MAX_ADMIN_BODY * 16, timeout).await
     }
 
     /// `GET <admin>/flows` (API v2) with flowgate's token: the instance's rev and its flows
@@ -339,6 +318,7 @@ impl Backend {
         }
     }
 
+    /// flowgate's own call (its token, a JSON body if any) to one of the admin endpoints.
     async fn call(
         &self,
         client: &AdminClient,
@@ -347,26 +327,17 @@ impl Backend {
         body: Option<&'static str>,
         timeout: Duration,
     ) -> Result<(StatusCode, Bytes), CallError> {
-        let mut req = Request::builder().method(method).uri(uri.clone());
+        let mut req = Request::new(Full::new(body.map_or_else(Bytes::new, |b| Bytes::from_static(b.as_bytes()))));
+        *req.method_mut() = method;
+        *req.uri_mut() = uri.clone();
         if let Some(t) = &self.token {
-            req = req.header(AUTHORIZATION, t.clone());
+            req.headers_mut().insert(AUTHORIZATION, t.clone());
         }
-        let req = match body {
-            Some(b) => req.header(CONTENT_TYPE, "application/json").body(Body::full(b)),
-            None => req.body(Body::empty()),
+        if body.is_some() {
+            req.headers_mut().insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
         }
-        .expect("valid request");
-        let exchange = async {
-            let resp = client.request(req).await.map_err(|e| CallError::from_client(&e))?;
-            let status = resp.status();
-            let bytes = Limited::new(resp.into_body(), MAX_ADMIN_BODY)
-                .collect()
-                .await
-                .map_err(|e| CallError::Transport(e.to_string()))?
-                .to_bytes();
-            Ok((status, bytes))
-        };
-        tokio::time::timeout(timeout, exchange).await.unwrap_or(Err(CallError::Timeout(timeout)))
+        let (status, _, bytes) = buffered(client, req, MAX_ADMIN_BODY, timeout).await?;
+        Ok((status, bytes))
     }
 
     /// `GET <admin>/flows/state`. Not proof that flows run (see the canary).

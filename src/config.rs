@@ -4,206 +4,16 @@
 //! field path and, where it can be found, its line: `backends[1].url (line 9): …`.
 
 mod locate;
+mod model;
 pub mod raw;
 mod units;
 mod validate;
 
-use std::fmt;
-use std::net::{IpAddr, SocketAddr};
-use std::path::{Path, PathBuf};
-use std::time::Duration;
+use std::path::Path;
 
+pub use model::*;
 pub use units::{parse_duration, parse_size};
 pub use validate::{SecretSource, System};
-
-use crate::backend::BackendId;
-
-/// A validated configuration. Downstream code never re-checks these values.
-#[derive(Debug, Clone)]
-pub struct Config {
-    pub listen: Listen,
-    pub admin_token: Option<Secret>,
-    pub backends: Vec<BackendConfig>,
-    pub node_red: NodeRedPaths,
-    pub health: HealthConfig,
-    pub failover: FailoverConfig,
-    pub trusted_proxies: Vec<Cidr>,
-    pub editor: EditorConfig,
-    pub deploy: DeployConfig,
-    pub state: StateConfig,
-    pub tls: Option<TlsConfig>,
-    pub limits: Limits,
-    pub shutdown_grace: Duration,
-    pub log: LogConfig,
-}
-
-#[derive(Debug, Clone)]
-pub struct EditorConfig {
-    pub cookie: String,
-    pub cookie_key: Option<Secret>,
-}
-
-#[derive(Debug, Clone)]
-pub struct DeployConfig {
-    pub max_body: usize,
-    pub timeout: Duration,
-    pub palette_timeout: Duration,
-}
-
-#[derive(Debug, Clone)]
-pub struct StateConfig {
-    pub dir: Option<PathBuf>,
-    pub key: Option<Secret>,
-}
-
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Listen {
-    pub proxy: Option<SocketAddr>,
-    pub https: Option<SocketAddr>,
-    pub redirect: Option<SocketAddr>,
-    pub admin: SocketAddr,
-}
-
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct TlsConfig {
-    pub certs: PathBuf,
-    pub default: Option<String>,
-    pub reload_interval: Duration,
-}
-
-#[derive(Debug, Clone)]
-pub struct Limits {
-    pub header_read_timeout: Duration,
-    pub max_header_bytes: usize,
-    pub max_headers: usize,
-    pub max_connections: usize,
-}
-
-#[derive(Debug, Clone)]
-pub struct BackendConfig {
-    pub id: BackendId,
-    pub scheme: http::uri::Scheme,
-    pub authority: http::uri::Authority,
-    pub ca: Option<PathBuf>,
-    pub priority: i64,
-    pub token: Option<Secret>,
-}
-
-/// `httpAdminRoot` and `httpNodeRoot`, normalised to start and end with `/`.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct NodeRedPaths {
-    pub admin_root: String,
-    pub node_root: String,
-}
-
-#[derive(Debug, Clone)]
-pub struct HealthConfig {
-    pub interval: Duration,
-    pub timeout: Duration,
-    pub rise: u32,
-    pub fall: u32,
-    /// Full request path of the canary (node root included).
-    pub canary: Option<String>,
-    pub promotion_grace: Duration,
-}
-
-#[derive(Debug, Clone)]
-pub struct FailoverConfig {
-    pub failback: bool,
-    pub failback_delay: Duration,
-    pub hold: Duration,
-    pub stop_timeout: Duration,
-    pub start_timeout: Duration,
-}
-
-#[derive(Debug, Clone)]
-pub struct LogConfig {
-    pub level: Option<String>,
-    pub json: bool,
-    pub access: bool,
-}
-
-/// An IP block of trusted proxies.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Cidr {
-    addr: IpAddr,
-    prefix: u8,
-}
-
-impl Cidr {
-    pub fn contains(&self, ip: IpAddr) -> bool {
-        let ip = match ip {
-            IpAddr::V6(v6) => v6.to_ipv4_mapped().map(IpAddr::V4).unwrap_or(ip),
-            v4 => v4,
-        };
-        match (self.addr, ip) {
-            (IpAddr::V4(a), IpAddr::V4(b)) => {
-                let mask = u32::MAX.checked_shl(32 - u32::from(self.prefix)).unwrap_or(0);
-                u32::from(a) & mask == u32::from(b) & mask
-            }
-            (IpAddr::V6(a), IpAddr::V6(b)) => {
-                let mask = u128::MAX.checked_shl(128 - u32::from(self.prefix)).unwrap_or(0);
-                u128::from(a) & mask == u128::from(b) & mask
-            }
-            _ => false,
-        }
-    }
-}
-
-/// A token that never appears in logs or `Debug` output.
-#[derive(Clone, PartialEq, Eq)]
-pub struct Secret(String);
-
-impl Secret {
-    pub fn new(value: String) -> Self {
-        Secret(value)
-    }
-    pub fn expose(&self) -> &str {
-        &self.0
-    }
-}
-
-impl fmt::Debug for Secret {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("Secret(***)")
-    }
-}
-
-/// One semantic problem in a config file.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Problem {
-    pub field: String,
-    pub line: Option<usize>,
-    pub message: String,
-}
-
-impl fmt::Display for Problem {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self.line {
-            Some(l) => write!(f, "{} (line {l}): {}", self.field, self.message),
-            None => write!(f, "{}: {}", self.field, self.message),
-        }
-    }
-}
-
-#[derive(Debug, thiserror::Error)]
-pub enum ConfigError {
-    #[error("cannot read {path}: {source}")]
-    Read {
-        path: PathBuf,
-        #[source]
-        source: std::io::Error,
-    },
-    /// Syntax, type and unknown-key errors; the message carries the field path and line.
-    #[error("{path}: {message}")]
-    Syntax { path: PathBuf, message: String },
-    #[error("{path}: {} problem(s):\n{}", problems.len(), list(problems))]
-    Invalid { path: PathBuf, problems: Vec<Problem> },
-}
-
-fn list(problems: &[Problem]) -> String {
-    problems.iter().map(|p| format!("  - {p}")).collect::<Vec<_>>().join("\n")
-}
 
 /// Reads, parses and validates a config file.
 pub fn load(path: &Path) -> Result<Config, ConfigError> {
@@ -233,6 +43,7 @@ pub fn parse(text: &str, path: &Path, secrets: &dyn SecretSource) -> Result<Conf
 mod tests {
     use super::*;
     use std::collections::HashMap;
+    use std::time::Duration;
 
     struct Fake(HashMap<&'static str, &'static str>);
     impl SecretSource for Fake {

@@ -4,13 +4,13 @@ use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
 use std::time::Duration;
 
-use super::raw::{RawConfig, RawSecret};
-use super::units::{parse_duration, parse_size};
-use super::{
+use super::model::BackendId;
+use super::model::{
     BackendConfig, Cidr, Config, DeployConfig, EditorConfig, FailoverConfig, HealthConfig, Listen, LogConfig,
     NodeRedPaths, Problem, Secret, StateConfig,
 };
-use crate::backend::BackendId;
+use super::raw::{RawConfig, RawSecret};
+use super::units::{parse_duration, parse_size};
 
 pub const DEFAULT_PROXY_ADDR: &str = "0.0.0.0:1880";
 pub const DEFAULT_ADMIN_ADDR: &str = "127.0.0.1:9901";
@@ -160,7 +160,7 @@ pub fn validate(raw: RawConfig, secrets: &dyn SecretSource, base: &std::path::Pa
         if !certs.is_dir() {
             p.add("tls.certs", format!("{} is not a folder of NAME.crt + NAME.key files", t.certs));
         }
-        super::TlsConfig {
+        super::model::TlsConfig {
             certs,
             default: t.default.clone(),
             reload_interval: p.duration("tls.reload_interval", &t.reload_interval, DEFAULT_CERT_RELOAD),
@@ -322,7 +322,7 @@ pub fn validate(raw: RawConfig, secrets: &dyn SecretSource, base: &std::path::Pa
             DEFAULT_MAX_HEADER_BYTES
         }
     };
-    let limits = super::Limits {
+    let limits = super::model::Limits {
         header_read_timeout: p.duration(
             "limits.header_read_timeout",
             &l.header_read_timeout,

@@ -36,7 +36,7 @@ impl CookieCodec {
     /// True if a cookie `name` carries exactly `expected` (the [`Self::encode`]d value of the
     /// instance it should pin), compared in constant time; no tag is computed per request.
     pub fn carries(headers: &HeaderMap, name: &str, expected: &str) -> bool {
-        cookies(headers, name).any(|v| crate::ops::admin::constant_time_eq(v.as_bytes(), expected.as_bytes()))
+        cookies(headers, name).any(|v| crypto::constant_time_eq(v.as_bytes(), expected.as_bytes()))
     }
 
     /// `Set-Cookie` pinning the editor to `id`.

@@ -170,7 +170,7 @@ fn others(shared: &Shared, active: usize) -> (Vec<usize>, Vec<usize>) {
 }
 
 fn reply(status: StatusCode, mut headers: HeaderMap, body: Bytes, took: usize, total: usize) -> Response<Body> {
-    crate::traffic::proxy::strip_hop_by_hop(&mut headers, false);
+    crate::traffic::proxy::forward::strip_hop_by_hop(&mut headers, false);
     headers.remove(header::CONTENT_LENGTH);
     let mut r = Response::new(Body::full(body));
     *r.status_mut() = status;

@@ -40,11 +40,6 @@ fn json(status: StatusCode, v: serde_json::Value) -> Response<Body> {
     reply(status, "application/json", v.to_string())
 }
 
-/// Equal-length comparison that does not stop at the first difference.
-pub fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
-    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
-}
-
 fn authorised(shared: &Shared, req: &Request<Incoming>) -> Result<(), Box<Response<Body>>> {
     let Some(token) = &shared.config.admin_token else {
         return Err(Box::new(json(
@@ -58,7 +53,7 @@ fn authorised(shared: &Shared, req: &Request<Incoming>) -> Result<(), Box<Respon
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.strip_prefix("Bearer "))
         .unwrap_or("");
-    if constant_time_eq(given.as_bytes(), token.expose().as_bytes()) {
+    if crate::crypto::constant_time_eq(given.as_bytes(), token.expose().as_bytes()) {
         Ok(())
     } else {
         let mut r = json(StatusCode::UNAUTHORIZED, serde_json::json!({"error": "missing or wrong bearer token"}));
@@ -207,7 +202,7 @@ pub async fn serve(app: Arc<crate::App>, req: Request<Incoming>) -> Result<Respo
 
 #[cfg(test)]
 mod tests {
-    use super::constant_time_eq;
+    use crate::crypto::constant_time_eq;
 
     #[test]
     fn token_comparison() {

@@ -7,7 +7,7 @@ use prometheus::{
     TextEncoder,
 };
 
-use crate::traffic::proxy::RouteClass;
+use crate::traffic::proxy::route::RouteClass;
 
 pub const ROLES: [&str; 5] = ["active", "standby", "promoting", "down", "unmanageable"];
 pub const FLOW_STATES: [&str; 4] = ["start", "stop", "safe", "unknown"];

@@ -25,7 +25,7 @@ enum Kind {
         end: bool,
     },
     /// A proxied response, driving its upstream connection.
-    Upstream(crate::traffic::proxy::upstream::Upstream),
+    Upstream(crate::traffic::proxy::upstream::Upstream<Body>),
     /// Chunks produced by a task (server-sent events).
     Channel(tokio::sync::mpsc::Receiver<Bytes>),
 }
@@ -54,7 +54,7 @@ impl Body {
         Body(Kind::Incoming(inc))
     }
 
-    pub fn upstream(up: crate::traffic::proxy::upstream::Upstream) -> Self {
+    pub fn upstream(up: crate::traffic::proxy::upstream::Upstream<Body>) -> Self {
         Body(Kind::Upstream(up))
     }
 

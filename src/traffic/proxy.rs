@@ -15,13 +15,12 @@
 //!      never answers), or the connection broke mid-request: idempotent requests without a
 //!      body are retried on the new active; the rest answer 502 at once and are never replayed.
 
-mod forward;
+pub mod forward;
 pub mod route;
 mod upgrade;
 pub mod upstream;
 
 use std::convert::Infallible;
-use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -36,30 +35,9 @@ use crate::state::{Active, Shared};
 use crate::traffic::body::Body;
 use crate::traffic::error::ProxyError;
 
+pub use crate::traffic::server::Peer;
 pub use forward::{is_upgrade, strip_hop_by_hop};
-
-/// Route classes, for metrics and (later) routing policy.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum RouteClass {
-    Editor = 0,
-    EditorSocket = 1,
-    Runtime = 2,
-    RuntimeSocket = 3,
-}
-
-impl RouteClass {
-    pub const ALL: [RouteClass; 4] =
-        [RouteClass::Editor, RouteClass::EditorSocket, RouteClass::Runtime, RouteClass::RuntimeSocket];
-
-    pub fn as_str(self) -> &'static str {
-        match self {
-            RouteClass::Editor => "editor",
-            RouteClass::EditorSocket => "editor_websocket",
-            RouteClass::Runtime => "runtime",
-            RouteClass::RuntimeSocket => "runtime_websocket",
-        }
-    }
-}
+pub use route::RouteClass;
 
 pub type ProxyClient = crate::backend::AdminClient;
 
@@ -68,19 +46,10 @@ const MAX_ATTEMPTS: u32 = 3;
 
 pub struct Proxy {
     pub shared: Arc<Shared>,
-    client: ProxyClient,
     /// Per backend: connections for proxied requests.
-    pools: Vec<Arc<upstream::Pool>>,
-    /// Websocket tunnels, so shutdown can close and await them.
-    pub tunnels: TaskTracker,
-    pub shutdown: CancellationToken,
-}
-
-/// The client side of one connection.
-#[derive(Debug, Clone, Copy)]
-pub struct Peer {
-    pub addr: SocketAddr,
-    pub tls: bool,
+    pools: Vec<Arc<upstream::Pool<Body>>>,
+    /// Websocket tunnels, and the client for editor writes and upgrade requests.
+    tunnels: upgrade::Tunnels,
 }
 
 impl Proxy {
@@ -95,7 +64,7 @@ impl Proxy {
     ) -> Self {
         let pools =
             shared.backends().map(|b| Arc::new(upstream::Pool::new(b.clone(), connector.clone(), workers))).collect();
-        Proxy { shared, client, pools, tunnels, shutdown }
+        Proxy { shared, pools, tunnels: upgrade::Tunnels { client, tracker: tunnels, shutdown } }
     }
 
     pub async fn serve(self: Arc<Self>, req: Request<Incoming>, peer: Peer) -> Result<Response<Body>, Infallible> {
@@ -180,7 +149,7 @@ impl Proxy {
             editor && !crate::editor::cookie::CookieCodec::carries(req.headers(), &cfg.editor.cookie, &pin.value);
         let set_cookie = reissue.then(|| pin.set_cookie[usize::from(peer.tls)].clone());
         let result = if upgrade {
-            upgrade::tunnel(self, req, peer, active).await
+            upgrade::tunnel(&self.tunnels, &self.shared, req, peer, active).await
         } else {
             let (mut parts, body) = req.into_parts();
             strip_hop_by_hop(&mut parts.headers, false);
@@ -191,7 +160,7 @@ impl Proxy {
             } else {
                 crate::editor::cookie::Action::Forward
             };
-            let (s, c) = (&*self.shared, &self.client);
+            let (s, c) = (&*self.shared, &self.tunnels.client);
             use crate::editor::cookie::Action;
             match action {
                 Action::Forward => self.forward(parts, body, active).await,

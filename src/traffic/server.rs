@@ -40,7 +40,13 @@ use tracing::{debug, warn};
 
 use crate::config::Limits;
 use crate::traffic::body::Body;
-use crate::traffic::proxy::Peer;
+
+/// The client side of one connection.
+#[derive(Debug, Clone, Copy)]
+pub struct Peer {
+    pub addr: std::net::SocketAddr,
+    pub tls: bool,
+}
 
 pub use conn::PARK_AFTER;
 

@@ -5,8 +5,30 @@
 //! default "/" for both), the first path segment decides: the editor's own paths (from
 //! Node-RED's routers) are editor traffic, everything else is runtime traffic.
 
-use super::RouteClass;
 use crate::config::NodeRedPaths;
+
+/// Route classes, for metrics and (later) routing policy.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RouteClass {
+    Editor = 0,
+    EditorSocket = 1,
+    Runtime = 2,
+    RuntimeSocket = 3,
+}
+
+impl RouteClass {
+    pub const ALL: [RouteClass; 4] =
+        [RouteClass::Editor, RouteClass::EditorSocket, RouteClass::Runtime, RouteClass::RuntimeSocket];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RouteClass::Editor => "editor",
+            RouteClass::EditorSocket => "editor_websocket",
+            RouteClass::Runtime => "runtime",
+            RouteClass::RuntimeSocket => "runtime_websocket",
+        }
+    }
+}
 
 /// First path segments (relative to httpAdminRoot) that Node-RED's editor and admin API serve.
 const EDITOR_SEGMENTS: &[&str] = &[

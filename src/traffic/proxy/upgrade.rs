@@ -10,13 +10,27 @@ use hyper::body::Incoming;
 use hyper_util::rt::TokioIo;
 use tracing::debug;
 
-use super::{Peer, Proxy, forward};
-use crate::state::Active;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use super::forward;
+use crate::backend::AdminClient;
+use crate::state::{Active, Shared};
 use crate::traffic::body::Body;
 use crate::traffic::error::ProxyError;
+use crate::traffic::server::Peer;
+
+/// What tunnels need beyond the request: a client for the upgrade request, and a tracker and
+/// token so shutdown can close and await them.
+pub struct Tunnels {
+    pub client: AdminClient,
+    pub tracker: TaskTracker,
+    pub shutdown: CancellationToken,
+}
 
 pub async fn tunnel(
-    proxy: &Proxy,
+    tunnels: &Tunnels,
+    shared: &Shared,
     mut req: Request<Incoming>,
     peer: Peer,
     active: Arc<Active>,
@@ -24,22 +38,16 @@ pub async fn tunnel(
     let client_upgrade = hyper::upgrade::on(&mut req);
     let (mut parts, _) = req.into_parts();
     forward::strip_hop_by_hop(&mut parts.headers, true);
-    forward::set_forwarded(
-        &mut parts.headers,
-        &parts.uri,
-        peer.addr.ip(),
-        peer.tls,
-        &proxy.shared.config.trusted_proxies,
-    );
-    let mut out = Request::new(Body::empty());
+    forward::set_forwarded(&mut parts.headers, &parts.uri, peer.addr.ip(), peer.tls, &shared.config.trusted_proxies);
+    let mut out = Request::new(http_body_util::Full::default());
     *out.method_mut() = parts.method;
     *out.uri_mut() = forward::upstream_uri(&active.backend.scheme, &active.backend.authority, &parts.uri);
     *out.version_mut() = Version::HTTP_11;
     *out.headers_mut() = parts.headers;
 
     let mut resp = tokio::select! {
-        r = proxy.client.request(out) => r.map_err(|e| {
-            proxy.shared.suspect(active.index);
+        r = tunnels.client.request(out) => r.map_err(|e| {
+            shared.suspect(active.index);
             if e.is_connect() { ProxyError::UpstreamConnect } else { ProxyError::UpstreamFailed }
         })?,
         _ = active.failed.cancelled() => return Err(ProxyError::InstanceFailed),
@@ -53,10 +61,10 @@ pub async fn tunnel(
     let (mut rp, _) = resp.into_parts();
     forward::strip_hop_by_hop(&mut rp.headers, true);
 
-    let metrics = proxy.shared.metrics.clone();
-    let shutdown = proxy.shutdown.clone();
+    let metrics = shared.metrics.clone();
+    let shutdown = tunnels.shutdown.clone();
     let backend = active.backend.id.clone();
-    proxy.tunnels.spawn(async move {
+    tunnels.tracker.spawn(async move {
         let (client, upstream) = match tokio::try_join!(client_upgrade, upstream_upgrade) {
             Ok(pair) => pair,
             Err(e) => {

@@ -31,7 +31,11 @@ use tokio::time::Instant;
 use tower_service::Service;
 
 use crate::backend::{Backend, Connector, UPSTREAM_IDLE_TIMEOUT};
-use crate::traffic::body::Body;
+
+/// A request body the pool can send: the request path's `Body` (generic here so that this
+/// file does not depend on the type that wraps its responses).
+pub trait SendBody: http_body::Body<Data = Bytes, Error = hyper::Error> + Send + Unpin + 'static {}
+impl<T: http_body::Body<Data = Bytes, Error = hyper::Error> + Send + Unpin + 'static> SendBody for T {}
 
 /// Idle connections kept per instance.
 const MAX_IDLE: usize = 512;
@@ -63,13 +67,13 @@ impl UpstreamError {
 /// What the connector gives: plain TCP, or TLS over it.
 type Stream = hyper_rustls::MaybeHttpsStream<TokioIo<TcpStream>>;
 
-struct Conn {
-    send: http1::SendRequest<Body>,
-    conn: http1::Connection<Stream, Body>,
+struct Conn<B: SendBody> {
+    send: http1::SendRequest<B>,
+    conn: http1::Connection<Stream, B>,
     idle_since: Instant,
 }
 
-impl Conn {
+impl<B: SendBody> Conn<B> {
     /// Drives the connection until it can take a request: false if it is closed.
     async fn ready(&mut self) -> bool {
         poll_fn(|cx| {
@@ -93,15 +97,18 @@ pub fn set_worker(i: usize) {
     WORKER.with(|w| w.set(i));
 }
 
+/// One worker's idle connections to an instance, most recently used last.
+type IdleList<B> = Mutex<VecDeque<Box<Conn<B>>>>;
+
 /// The pooled connections to one instance: an idle list per worker thread.
-pub struct Pool {
+pub struct Pool<B: SendBody> {
     connector: Connector,
     /// `<scheme>://<authority>/` of the instance, what the connector connects to.
     origin: http::Uri,
-    idle: Box<[Mutex<VecDeque<Box<Conn>>>]>,
+    idle: Box<[IdleList<B>]>,
 }
 
-impl Pool {
+impl<B: SendBody> Pool<B> {
     /// `workers`: how many runtimes serve client connections; each gets its own idle list.
     pub fn new(backend: Arc<Backend>, connector: Connector, workers: usize) -> Self {
         let origin = http::Uri::builder()
@@ -115,7 +122,7 @@ impl Pool {
 
     /// Sends `req` (origin-form URI) and returns the response; its body keeps driving the
     /// connection and returns it to the pool when it ends.
-    pub async fn send(self: &Arc<Self>, mut req: Request<Body>) -> Result<Response<Upstream>, UpstreamError> {
+    pub async fn send(self: &Arc<Self>, mut req: Request<B>) -> Result<Response<Upstream<B>>, UpstreamError> {
         loop {
             let (mut c, fresh) = match self.checkout().await {
                 Some(c) => (c, false),
@@ -157,12 +164,12 @@ impl Pool {
         }
     }
 
-    fn idle(&self) -> &Mutex<VecDeque<Box<Conn>>> {
+    fn idle(&self) -> &IdleList<B> {
         &self.idle[WORKER.with(|w| w.get()) % self.idle.len()]
     }
 
     /// The newest idle connection that is still open and ready.
-    async fn checkout(&self) -> Option<Box<Conn>> {
+    async fn checkout(&self) -> Option<Box<Conn<B>>> {
         loop {
             let mut c = self.idle().lock().unwrap_or_else(|e| e.into_inner()).pop_back()?;
             if c.idle_since.elapsed() < UPSTREAM_IDLE_TIMEOUT && c.ready().await {
@@ -171,7 +178,7 @@ impl Pool {
         }
     }
 
-    fn put(&self, mut c: Box<Conn>) {
+    fn put(&self, mut c: Box<Conn<B>>) {
         let now = Instant::now();
         c.idle_since = now;
         let mut idle = self.idle().lock().unwrap_or_else(|e| e.into_inner());
@@ -184,7 +191,7 @@ impl Pool {
         idle.push_back(c);
     }
 
-    async fn connect(&self) -> Result<Box<Conn>, UpstreamError> {
+    async fn connect(&self) -> Result<Box<Conn<B>>, UpstreamError> {
         let stream = tokio::time::timeout(CONNECT_TIMEOUT, self.connector.clone().call(self.origin.clone()))
             .await
             .map_err(|e| UpstreamError::Connect(e.into()))?
@@ -202,15 +209,15 @@ impl Pool {
 
 /// A response body from an instance. Polling it also drives its connection, which goes back to
 /// the pool once the body has ended.
-pub struct Upstream {
+pub struct Upstream<B: SendBody> {
     body: Incoming,
-    conn: Option<Box<Conn>>,
+    conn: Option<Box<Conn<B>>>,
     /// The body was read to its end (chunked bodies never report `is_end_stream`).
     ended: bool,
-    pool: Arc<Pool>,
+    pool: Arc<Pool<B>>,
 }
 
-impl http_body::Body for Upstream {
+impl<B: SendBody> http_body::Body for Upstream<B> {
     type Data = Bytes;
     type Error = hyper::Error;
 
@@ -238,7 +245,7 @@ impl http_body::Body for Upstream {
     }
 }
 
-impl Drop for Upstream {
+impl<B: SendBody> Drop for Upstream<B> {
     /// A body read to its end leaves its connection reusable; otherwise the connection closes.
     fn drop(&mut self) {
         if let Some(c) = self.conn.take()

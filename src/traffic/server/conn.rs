@@ -38,7 +38,7 @@ use tracing::debug;
 use super::Gauges;
 use crate::config::Limits;
 use crate::traffic::body::Body;
-use crate::traffic::proxy::Peer;
+use crate::traffic::server::Peer;
 
 /// How long an HTTP/1 connection may idle before its buffers are released.
 pub const PARK_AFTER: Duration = Duration::from_millis(10);

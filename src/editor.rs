@@ -2,14 +2,17 @@
 //!
 //! - [`cookie`]: the signed cookie that pins an editor to an instance, and which editor
 //!   requests are writes.
-//! - [`writes`]: deploys and the other editor writes, fanned out to every instance.
+//! - [`writes`]: deploys and the other editor writes; [`fanout`], the one executor they use
+//!   to reach every instance.
 //! - [`sync`]: the target every instance should hold (flows, rev, credentials) and who is in
-//!   step; resyncs bring the others back.
+//!   step; [`resync`] brings the others back.
 //! - [`changes`]: the change lock that keeps writes, resyncs and promotions apart.
 //! - [`logins`]: editor tokens remembered so every instance accepts them.
 
 pub mod changes;
 pub mod cookie;
+pub mod fanout;
 pub mod logins;
+pub mod resync;
 pub mod sync;
 pub mod writes;

@@ -31,6 +31,19 @@ pub enum Step {
     OutOfStep(String),
 }
 
+/// What an instance answered to a copy of a deploy.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum CopyOutcome {
+    /// It took the deploy; its new revision when the answer says it (API v2).
+    Took { rev: Option<String> },
+    /// 409: its flows were not those the copy expected.
+    Conflict,
+    /// Any other refusal, with the status.
+    Refused(String),
+    /// No answer (connection, timeout, fenced by a promotion).
+    Failed(String),
+}
+
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub struct Applied {
     pub rev: Option<String>,
@@ -166,6 +179,26 @@ impl SyncTable {
                 self.cred_gen
             ))
         };
+    }
+
+    /// Records what instance `i` answered to a copy of a deploy that moved the credentials from
+    /// generation `old_gen` to `new_gen` (it has the new ones only if it had the old ones).
+    /// Returns whether it took the deploy.
+    pub fn copy_result(&mut self, i: usize, outcome: CopyOutcome, old_gen: u64, new_gen: u64) -> bool {
+        let cgen = if self.applied[i].cred_gen >= old_gen { new_gen } else { self.applied[i].cred_gen };
+        let took = matches!(outcome, CopyOutcome::Took { .. });
+        match outcome {
+            CopyOutcome::Took { rev: Some(rev) } => self.mark_applied(i, Some(rev), cgen),
+            CopyOutcome::Took { rev: None } => {
+                // Its revision is checked by a resync.
+                self.applied[i].cred_gen = cgen;
+                self.steps[i] = Step::Unknown;
+            }
+            CopyOutcome::Conflict => self.mark_out_of_step(i, "drifted: its flows differed from the target (409)"),
+            CopyOutcome::Refused(status) => self.mark_out_of_step(i, format!("refused the deploy: {status}")),
+            CopyOutcome::Failed(e) => self.mark_out_of_step(i, format!("deploy failed: {e}")),
+        }
+        took
     }
 
     pub fn mark_out_of_step(&mut self, i: usize, why: impl Into<String>) {
@@ -329,5 +362,24 @@ mod tests {
         let wrong = SyncTable::open(ids, Some(&d), Some("other")).err().expect("wrong key refused").to_string();
         assert!(wrong.contains("state.key"), "{wrong}");
         std::fs::remove_dir_all(&d).unwrap();
+    }
+
+    #[test]
+    fn copy_results_move_each_instance_as_its_answer_says() {
+        let mut t = SyncTable::open(vec!["a".into(), "b".into(), "c".into(), "d".into()], None, None).unwrap();
+        t.deployed("r1".into(), None);
+        t.cred_gen = 3;
+        t.applied[1].cred_gen = 2; // b has every credential up to the deploy
+        assert!(t.copy_result(1, CopyOutcome::Took { rev: Some("r1".into()) }, 2, 3));
+        assert_eq!((t.steps[1].clone(), t.applied[1].cred_gen), (Step::InStep, 3));
+        // c missed a credential change earlier: taking this deploy does not give it that one.
+        assert!(t.copy_result(2, CopyOutcome::Took { rev: Some("r1".into()) }, 2, 3));
+        assert!(matches!(t.steps[2], Step::OutOfStep(_)));
+        assert!(t.copy_result(3, CopyOutcome::Took { rev: None }, 0, 3), "v1: checked later");
+        assert_eq!(t.steps[3], Step::Unknown);
+        assert!(!t.copy_result(0, CopyOutcome::Conflict, 0, 3));
+        assert!(matches!(&t.steps[0], Step::OutOfStep(w) if w.contains("409")));
+        assert!(!t.copy_result(0, CopyOutcome::Refused("500 Internal Server Error".into()), 0, 3));
+        assert!(matches!(&t.steps[0], Step::OutOfStep(w) if w.contains("500")));
     }
 }

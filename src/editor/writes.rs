@@ -19,7 +19,7 @@
 //!    409 and is resynced instead of being silently skipped. Standbys stay stopped (Node-RED
 //!    only saves flows on a stopped runtime). Instances that are down, fail, disagree with the
 //!    active, or drift are marked out of step.
-//! 5. Out-of-step instances are brought back in step by the supervisor (`resync`): the
+//! 5. Out-of-step instances are brought back in step by the cluster driver (`resync.rs`): the
 //!    active's flows (or, with no active, the remembered ones) plus every credential flowgate
 //!    remembers, deployed in full. An out-of-step instance is not promoted while an in-step
 //!    one exists.
@@ -31,47 +31,24 @@
 use std::sync::Arc;
 
 use bytes::Bytes;
-use http::header::{self, AUTHORIZATION, HeaderMap, HeaderName, HeaderValue};
+use http::header::{AUTHORIZATION, HeaderMap, HeaderName, HeaderValue};
 use http::request::Parts;
 use http::{Method, Response, StatusCode};
-use http_body_util::{BodyExt, Limited};
 use hyper::body::Incoming;
 use serde::Deserialize;
 use serde_json::value::RawValue;
-use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
-use crate::backend::{AdminClient, Backend, CallError};
-use crate::control::cluster::SyncOutcome;
-use crate::editor::changes::ChangeGuard;
-use crate::editor::sync::Step;
+use super::fanout::{Answer, Write, read_body, reply, rev_of, short, v2_body};
+use crate::backend::AdminClient;
+use crate::editor::sync::{CopyOutcome, Step};
 use crate::state::{Active, Shared};
 use crate::traffic::body::Body;
 use crate::traffic::error::ProxyError;
 
-pub const DEPLOYED_HEADER: &str = "x-flowgate-deployed";
+pub use super::fanout::DEPLOYED_HEADER;
 static API_VERSION: HeaderName = HeaderName::from_static("node-red-api-version");
 static DEPLOYMENT_TYPE: HeaderName = HeaderName::from_static("node-red-deployment-type");
-
-/// For a write from an editor: the change lock, and the active instance as it is once the lock
-/// is held (a failover may have happened while waiting). 503 when neither is to be had within
-/// `failover.hold`.
-async fn lock_for_write(shared: &Shared, active: &Arc<Active>) -> Result<(ChangeGuard, Arc<Active>), ProxyError> {
-    let guard = shared.changes.lock(shared.config.failover.hold).await.ok_or(ProxyError::ChangeInProgress)?;
-    match &shared.view.load().active {
-        Some(a) if Arc::ptr_eq(a, active) || !a.failed.is_cancelled() => Ok((guard, a.clone())),
-        _ => Err(ProxyError::ChangeInProgress),
-    }
-}
-
-/// Reads a whole request body, 413 above `limit`.
-pub async fn read_body(body: Incoming, limit: usize) -> Result<Bytes, ProxyError> {
-    match Limited::new(body, limit).collect().await {
-        Ok(c) => Ok(c.to_bytes()),
-        Err(e) if e.downcast_ref::<http_body_util::LengthLimitError>().is_some() => Err(ProxyError::PayloadTooLarge),
-        Err(_) => Err(ProxyError::BadRequest),
-    }
-}
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Api {
@@ -123,148 +100,28 @@ fn check_deploy(headers: &HeaderMap, body: &[u8]) -> Result<Checked, ProxyError>
     Ok(Checked { api, reload, flows: Some(flows) })
 }
 
-/// `{"flows":<exact bytes>[,"rev":"…"][,"credentials":<exact bytes>]}`.
-fn v2_body(flows: &str, rev: Option<&str>, credentials: Option<&str>) -> Bytes {
-    let mut out = String::with_capacity(flows.len() + 128);
-    out.push_str("{\"flows\":");
-    out.push_str(flows);
-    if let Some(r) = rev {
-        out.push_str(",\"rev\":");
-        out.push_str(&serde_json::to_string(r).expect("string"));
-    }
-    if let Some(c) = credentials {
-        out.push_str(",\"credentials\":");
-        out.push_str(c);
-    }
-    out.push('}');
-    Bytes::from(out)
-}
-
-/// The path and headers of an editor request as sent on to an instance: the editor's own
-/// headers without those that belong to the client hop (Host, Content-Length, Cookie).
-fn to_instance(parts: &Parts) -> (String, HeaderMap) {
-    let pq = parts.uri.path_and_query().map_or("/", |p| p.as_str()).to_string();
-    let mut h = parts.headers.clone();
-    for name in [header::HOST, header::CONTENT_LENGTH, header::COOKIE] {
-        h.remove(name);
-    }
-    (pq, h)
-}
-
-/// Headers for a copy of an editor write sent to another instance: the editor's end-to-end
-/// headers, with flowgate's token for that instance when it has one.
-fn copy_headers(parts: &Parts, backend: &Backend) -> HeaderMap {
-    let (_, mut h) = to_instance(parts);
-    if let Some(t) = backend.token() {
-        h.insert(AUTHORIZATION, t.clone());
-    }
-    h
-}
-
-/// Which instances besides the active receive copies: every healthy one.
-fn others(shared: &Shared, active: usize) -> (Vec<usize>, Vec<usize>) {
-    let status = shared.status.load();
-    (0..shared.instances.len())
-        .filter(|&i| i != active)
-        .partition(|&i| status.backends.get(i).is_some_and(|b| b.health == "up"))
-}
-
-fn reply(status: StatusCode, mut headers: HeaderMap, body: Bytes, took: usize, total: usize) -> Response<Body> {
-    crate::traffic::proxy::forward::strip_hop_by_hop(&mut headers, false);
-    headers.remove(header::CONTENT_LENGTH);
-    let mut r = Response::new(Body::full(body));
-    *r.status_mut() = status;
-    *r.headers_mut() = headers;
-    r.headers_mut().insert(DEPLOYED_HEADER, HeaderValue::from_str(&format!("{took}/{total}")).expect("digits"));
-    r
-}
-
-/// One call to an instance, abandoned when `fence` is cancelled.
-async fn fenced<T>(
-    call: impl std::future::Future<Output = Result<T, CallError>>,
-    fence: &CancellationToken,
-) -> Result<T, CallError> {
-    tokio::select! {
-        r = call => r,
-        _ = fence.cancelled() => Err(CallError::Transport("abandoned: a failover took the change lock".into())),
-    }
-}
-
-fn rev_of(body: &[u8]) -> Option<String> {
-    serde_json::from_slice::<serde_json::Value>(body).ok()?.get("rev")?.as_str().map(str::to_string)
-}
-
-fn record(shared: &Shared, i: usize, result: &'static str) {
-    shared.metrics.deploy_fanout.with_label_values(&[shared.backend(i).id.as_str(), result]).inc();
-}
-
-/// The editor's instance took a write that changed flows: read its new revision and make it
-/// the target. Returns the new revision.
-async fn adopt_active_flows(shared: &Shared, client: &AdminClient, active: usize) -> Option<String> {
-    let b = &shared.backend(active);
-    match b.flows(client, shared.config.deploy.timeout).await {
-        Ok((rev, raw)) => {
-            let flows: Option<serde_json::Value> = serde_json::from_slice(&raw).ok();
-            let mut t = shared.sync.lock().unwrap_or_else(|e| e.into_inner());
-            t.deployed(rev.clone(), flows.as_ref());
-            let cgen = t.cred_gen;
-            t.mark_applied(active, Some(rev.clone()), cgen);
-            Some(rev)
-        }
-        Err(e) => {
-            warn!(backend = %b.id, error = %e, "cannot read the active's flows after a change");
-            None
-        }
-    }
-}
-
-fn save(shared: &Shared) {
-    let t = shared.sync.lock().unwrap_or_else(|e| e.into_inner());
-    if let Err(e) = t.save() {
-        warn!(error = %e, "cannot save the deploy state");
-    }
-}
-
-/// What one instance answered to a copy of a deploy; updates its step.
-fn apply_copy(
-    shared: &Shared,
-    t: &mut crate::editor::sync::SyncTable,
-    i: usize,
-    r: Result<(StatusCode, HeaderMap, Bytes), CallError>,
-    v2: bool,
-    old_gen: u64,
-    new_gen: u64,
-) -> bool {
-    let id = &shared.backend(i).id;
-    let cgen = if t.applied[i].cred_gen >= old_gen { new_gen } else { t.applied[i].cred_gen };
-    match r {
+/// Classifies one instance's answer to a copy of a deploy, counts and logs it.
+fn copy_outcome(w: &Write<'_>, i: usize, answer: Answer, v2: bool) -> CopyOutcome {
+    let id = &w.shared.backend(i).id;
+    match answer {
         Ok((s, _, body)) if s.is_success() => {
-            record(shared, i, "ok");
-            if v2 {
-                t.mark_applied(i, rev_of(&body), cgen);
-            } else {
-                t.applied[i].cred_gen = cgen;
-                t.steps[i] = Step::Unknown; // its rev is checked by the supervisor
-            }
-            true
+            w.record(i, "ok");
+            CopyOutcome::Took { rev: if v2 { rev_of(&body) } else { None } }
         }
         Ok((StatusCode::CONFLICT, _, _)) => {
-            record(shared, i, "conflict");
+            w.record(i, "conflict");
             warn!(backend = %id, "standby had drifted (409 for the revision it should have); it will be resynced");
-            t.mark_out_of_step(i, "drifted: its flows differed from the target (409)");
-            false
+            CopyOutcome::Conflict
         }
         Ok((s, _, body)) => {
-            record(shared, i, "error");
+            w.record(i, "error");
             warn!(backend = %id, status = s.as_u16(), body = %crate::backend::snippet(&body), "standby refused the deploy");
-            t.mark_out_of_step(i, format!("refused the deploy: {s}"));
-            false
+            CopyOutcome::Refused(s.to_string())
         }
         Err(e) => {
-            record(shared, i, "error");
+            w.record(i, "error");
             warn!(backend = %id, error = %e, "deploy to standby failed");
-            t.mark_out_of_step(i, format!("deploy failed: {e}"));
-            false
+            CopyOutcome::Failed(e.to_string())
         }
     }
 }
@@ -288,13 +145,11 @@ pub async fn deploy(
     let cfg = &shared.config;
     let bytes = read_body(body, cfg.deploy.max_body).await?;
     let checked = check_deploy(&parts.headers, &bytes)?;
-    let (guard, active) = lock_for_write(shared, &active).await?;
-    let ai = active.index;
-    let ab = &active.backend;
-    let total = shared.instances.len();
+    let w = Write::locked(shared, client, parts, bytes, &active, cfg.deploy.timeout).await?;
+    let ai = w.active.index;
+    let total = w.total();
     let v2 = checked.api == Api::V2 && !checked.reload;
-    let (pq, editor_headers) = to_instance(&parts);
-    let (up, down) = others(shared, ai);
+    let (up, down) = w.others();
     let (speculative, mut later, old_gen, expected) = {
         let t = shared.sync.lock().unwrap_or_else(|e| e.into_inner());
         let (spec, later): (Vec<usize>, Vec<usize>) = up.iter().partition(|&&i| {
@@ -306,25 +161,15 @@ pub async fn deploy(
     };
 
     let started = tokio::time::Instant::now();
-    let to_active = async {
-        tokio::select! {
-            r = fenced(ab.exchange(client, Method::POST, &pq, editor_headers.clone(), bytes.clone(), cfg.deploy.timeout), &guard.fence) => r,
-            _ = active.failed.cancelled() => Err(CallError::Transport("the active failed during the deploy".into())),
-        }
-    };
-    let to_standbys = futures_util::future::join_all(speculative.iter().map(|&i| {
-        let (b, h, body, pq) = (shared.backend(i).clone(), editor_headers.clone(), bytes.clone(), pq.clone());
-        let fence = guard.fence.clone();
-        async move { (i, fenced(b.exchange(client, Method::POST, &pq, h, body, cfg.deploy.timeout), &fence).await) }
-    }));
-    let (first, spec_results) = tokio::join!(to_active, to_standbys);
+    let to_standbys = w.to_each(&speculative, |_| w.headers.clone(), |_| w.bytes.clone());
+    let (first, spec_results) = tokio::join!(w.to_active(), to_standbys);
     let active_ms = started.elapsed().as_secs_f64() * 1e3;
 
     let (status, resp_headers, resp_body) = match first {
         Ok(r) => r,
         Err(e) => {
-            warn!(backend = %ab.id, error = %e, "deploy to the active failed; the editor is told it was not applied");
-            record(shared, ai, "error");
+            warn!(backend = %w.active.backend.id, error = %e, "deploy to the active failed; the editor is told it was not applied");
+            w.record(ai, "error");
             let mut t = shared.sync.lock().unwrap_or_else(|e| e.into_inner());
             t.steps[ai] = Step::Unknown;
             for (i, r) in &spec_results {
@@ -334,26 +179,26 @@ pub async fn deploy(
             }
             drop(t);
             shared.metrics.deploys.with_label_values(&["error"]).inc();
-            shared.sync_changed.notify_one();
+            w.finish();
             return Err(ProxyError::UpstreamFailed);
         }
     };
     if !status.is_success() {
-        record(shared, ai, if status == StatusCode::CONFLICT { "conflict" } else { "rejected" });
+        w.record(ai, if status == StatusCode::CONFLICT { "conflict" } else { "rejected" });
         shared.metrics.deploys.with_label_values(&["rejected"]).inc();
         let mut t = shared.sync.lock().unwrap_or_else(|e| e.into_inner());
         for (i, r) in &spec_results {
             if matches!(r, Ok((s, ..)) if s.is_success()) {
-                record(shared, *i, "diverged");
+                w.record(*i, "diverged");
                 warn!(backend = %shared.backend(*i).id, "standby took a deploy its active refused; it will be resynced");
                 t.mark_out_of_step(*i, "took a deploy the active refused");
             }
         }
         drop(t);
-        shared.sync_changed.notify_one();
+        w.finish();
         return Ok(reply(status, resp_headers, resp_body, 0, total));
     }
-    record(shared, ai, "ok");
+    w.record(ai, "ok");
 
     // The new target.
     let new_rev = if v2 { rev_of(&resp_body) } else { None };
@@ -374,7 +219,7 @@ pub async fn deploy(
     };
     let target_rev = match new_rev {
         Some(r) => Some(r),
-        None => adopt_active_flows(shared, client, ai).await,
+        None => w.adopt_active_flows().await,
     };
     let mut took = 1;
     {
@@ -388,38 +233,28 @@ pub async fn deploy(
                 later.push(i);
                 continue;
             }
-            took += usize::from(apply_copy(shared, &mut t, i, r, v2, old_gen, new_gen));
+            took += usize::from(t.copy_result(i, copy_outcome(&w, i, r, v2), old_gen, new_gen));
         }
         for &i in &down {
-            record(shared, i, "skipped");
+            w.record(i, "skipped");
             t.mark_out_of_step(i, format!("missed the deploy of rev {} while down", short(target_rev.as_deref())));
         }
     }
 
     // Copies with flowgate's token for the others, now that the active took the deploy.
-    let raw: Option<V2Body<'_>> = if v2 { serde_json::from_slice(&bytes).ok() } else { None };
-    let copies =
-        futures_util::future::join_all(later.iter().map(|&i| {
-            let b = shared.backend(i).clone();
-            let body = match &raw {
-                Some(v2) => v2_body(v2.flows.get(), expected[i].as_deref(), v2.credentials.map(RawValue::get)),
-                None => bytes.clone(),
-            };
-            let (headers, fence, pq) = (copy_headers(&parts, &b), guard.fence.clone(), pq.clone());
-            async move {
-                (i, fenced(b.exchange(client, Method::POST, &pq, headers, body, cfg.deploy.timeout), &fence).await)
-            }
-        }))
-        .await;
+    let raw: Option<V2Body<'_>> = if v2 { serde_json::from_slice(&w.bytes).ok() } else { None };
+    let body_for = |i: usize| match &raw {
+        Some(v2) => v2_body(v2.flows.get(), expected[i].as_deref(), v2.credentials.map(RawValue::get)),
+        None => w.bytes.clone(),
+    };
+    let copies = w.to_each(&later, |i| w.copy_headers(i), body_for).await;
     {
         let mut t = shared.sync.lock().unwrap_or_else(|e| e.into_inner());
         for (i, r) in copies {
-            took += usize::from(apply_copy(shared, &mut t, i, r, v2, old_gen, new_gen));
+            took += usize::from(t.copy_result(i, copy_outcome(&w, i, r, v2), old_gen, new_gen));
         }
     }
-    drop(guard);
-    save(shared);
-    shared.sync_changed.notify_one();
+    w.finish();
     shared.metrics.deploys.with_label_values(&["ok"]).inc();
     let total_ms = started.elapsed().as_secs_f64() * 1e3;
     info!(
@@ -431,10 +266,6 @@ pub async fn deploy(
         "deploy fanned out"
     );
     Ok(reply(status, resp_headers, resp_body, took, total))
-}
-
-fn short(rev: Option<&str>) -> String {
-    rev.map_or_else(|| "unknown".into(), |r| r.chars().take(8).collect())
 }
 
 /// Replayable writes (`PUT|DELETE flow/:id`, library, user settings, palette): the editor's
@@ -451,64 +282,50 @@ pub async fn replay(
     let cfg = &shared.config;
     let bytes = read_body(body, cfg.deploy.max_body).await?;
     let timeout = if palette { cfg.deploy.palette_timeout } else { cfg.deploy.timeout };
-    let (guard, active) = lock_for_write(shared, &active).await?;
-    let ai = active.index;
-    let (pq, editor_headers) = to_instance(&parts);
-    let (status, rh, rb) = fenced(
-        active.backend.exchange(client, parts.method.clone(), &pq, editor_headers, bytes.clone(), timeout),
-        &guard.fence,
-    )
-    .await
-    .map_err(|_| ProxyError::UpstreamFailed)?;
-    let total = shared.instances.len();
+    let w = Write::locked(shared, client, parts, bytes, &active, timeout).await?;
+    let (status, rh, rb) = w.to_active().await.map_err(|_| ProxyError::UpstreamFailed)?;
+    let total = w.total();
     if !status.is_success() {
         return Ok(reply(status, rh, rb, 0, total));
     }
-    record(shared, ai, "ok");
+    w.record(w.active.index, "ok");
     if flows_changed {
-        adopt_active_flows(shared, client, ai).await;
+        w.adopt_active_flows().await;
     }
-    let (up, down) = others(shared, ai);
-    let calls = up.iter().map(|&i| {
-        let b = shared.backend(i).clone();
-        let (headers, body, fence, pq, m) =
-            (copy_headers(&parts, &b), bytes.clone(), guard.fence.clone(), pq.clone(), parts.method.clone());
-        async move { (i, fenced(b.exchange(client, m, &pq, headers, body, timeout), &fence).await) }
-    });
-    let results = futures_util::future::join_all(calls).await;
+    let (up, down) = w.others();
+    let results = w.to_each(&up, |i| w.copy_headers(i), |_| w.bytes.clone()).await;
+    let (method, pq) = (&w.parts.method, &w.pq);
     let mut took = 1;
     {
         let mut t = shared.sync.lock().unwrap_or_else(|e| e.into_inner());
         for i in down {
-            record(shared, i, "skipped");
+            w.record(i, "skipped");
             if flows_changed || palette {
-                t.mark_out_of_step(i, format!("missed {} {pq} while down", parts.method));
+                t.mark_out_of_step(i, format!("missed {method} {pq} while down"));
             }
         }
         for (i, r) in results {
             match r {
                 Ok((s, _, _)) if s.is_success() => {
                     took += 1;
-                    record(shared, i, "ok");
+                    w.record(i, "ok");
                     if flows_changed {
-                        t.steps[i] = Step::Unknown; // its rev is checked by the supervisor
+                        t.steps[i] = Step::Unknown; // its rev is checked by a resync
                     }
                 }
                 other => {
-                    record(shared, i, "error");
+                    w.record(i, "error");
                     let why = match other {
                         Ok((s, _, body)) => format!("{s} {}", crate::backend::snippet(&body)),
                         Err(e) => e.to_string(),
                     };
-                    warn!(backend = %shared.backend(i).id, method = %parts.method, path = %pq, error = %why, "replay failed");
-                    t.mark_out_of_step(i, format!("{} {pq} failed: {why}", parts.method));
+                    warn!(backend = %shared.backend(i).id, %method, path = %pq, error = %why, "replay failed");
+                    t.mark_out_of_step(i, format!("{method} {pq} failed: {why}"));
                 }
             }
         }
     }
-    drop(guard);
-    save(shared);
-    shared.sync_changed.notify_one();
+    w.finish();
     Ok(reply(status, rh, rb, took, total))
 }
 
@@ -523,28 +340,22 @@ pub async fn add_flow(
 ) -> Result<Response<Body>, ProxyError> {
     let cfg = &shared.config;
     let bytes = read_body(body, cfg.deploy.max_body).await?;
-    let (guard, active) = lock_for_write(shared, &active).await?;
-    let (pq, h) = to_instance(&parts);
-    let (status, rh, rb) =
-        fenced(active.backend.exchange(client, Method::POST, &pq, h, bytes, cfg.deploy.timeout), &guard.fence)
-            .await
-            .map_err(|_| ProxyError::UpstreamFailed)?;
-    let total = shared.instances.len();
+    let w = Write::locked(shared, client, parts, bytes, &active, cfg.deploy.timeout).await?;
+    let (status, rh, rb) = w.to_active().await.map_err(|_| ProxyError::UpstreamFailed)?;
+    let total = w.total();
     if status.is_success() {
-        adopt_active_flows(shared, client, active.index).await;
+        w.adopt_active_flows().await;
         let mut t = shared.sync.lock().unwrap_or_else(|e| e.into_inner());
-        for i in (0..total).filter(|&i| i != active.index) {
+        for i in (0..total).filter(|&i| i != w.active.index) {
             t.mark_out_of_step(i, "a flow was added on the active (POST flow is not replayable)");
         }
     }
-    drop(guard);
-    save(shared);
-    shared.sync_changed.notify_one();
+    w.finish();
     Ok(reply(status, rh, rb, usize::from(status.is_success()), total))
 }
 
 /// `POST <admin>/auth/token`: forwarded to the editor's instance; a token it issues is
-/// remembered (with the user's permissions) so every instance accepts it (`auth.rs`).
+/// remembered (with the user's permissions) so every instance accepts it (`logins.rs`).
 pub async fn login(
     shared: &Shared,
     client: &AdminClient,
@@ -553,11 +364,8 @@ pub async fn login(
     active: Arc<Active>,
 ) -> Result<Response<Body>, ProxyError> {
     let bytes = read_body(body, 64 << 10).await?;
-    let (pq, h) = to_instance(&parts);
-    let b = &active.backend;
-    let timeout = shared.config.deploy.timeout;
-    let (status, rh, rb) =
-        b.exchange(client, Method::POST, &pq, h, bytes, timeout).await.map_err(|_| ProxyError::UpstreamFailed)?;
+    let w = Write::unlocked(shared, client, parts, bytes, active);
+    let (status, rh, rb) = w.to_active().await.map_err(|_| ProxyError::UpstreamFailed)?;
     if status == StatusCode::OK
         && let Some((token, expires_in)) = crate::editor::logins::parse_login(&rb)
     {
@@ -565,8 +373,9 @@ pub async fn login(
         if let Ok(v) = HeaderValue::from_str(&format!("Bearer {token}")) {
             sh.insert(AUTHORIZATION, v);
         }
+        let b = &w.active.backend;
         let settings = format!("{}settings", b.admin_root);
-        match b.exchange(client, Method::GET, &settings, sh, Bytes::new(), timeout).await {
+        match b.exchange(client, Method::GET, &settings, sh, Bytes::new(), w.timeout).await {
             Ok((StatusCode::OK, _, body)) => {
                 let v: serde_json::Value = serde_json::from_slice(&body).unwrap_or_default();
                 let user = &v["user"];
@@ -578,7 +387,7 @@ pub async fn login(
             other => warn!(backend = %b.id, result = ?other.map(|r| r.0), "cannot read the new token's user"),
         }
     }
-    Ok(reply(status, rh, rb, usize::from(status == StatusCode::OK), shared.instances.len()))
+    Ok(reply(status, rh, rb, usize::from(status == StatusCode::OK), w.total()))
 }
 
 /// `POST <admin>/auth/revoke`: forwarded; the token is forgotten.
@@ -598,114 +407,9 @@ pub async fn logout(
     {
         shared.tokens.remove(t);
     }
-    let (pq, h) = to_instance(&parts);
-    let (status, rh, rb) = active
-        .backend
-        .exchange(client, Method::POST, &pq, h, bytes, shared.config.deploy.timeout)
-        .await
-        .map_err(|_| ProxyError::UpstreamFailed)?;
-    Ok(reply(status, rh, rb, 1, shared.instances.len()))
-}
-
-/// Checks instance `i` against the target and brings it in step. `active` is the source of
-/// flows when there is one (and the instance itself when `i` is the active: then its flows
-/// become the target if they differ).
-pub async fn resync(shared: &Shared, client: &AdminClient, i: usize, active: Option<usize>) -> SyncOutcome {
-    let Some(guard) = shared.changes.lock(shared.config.deploy.timeout).await else {
-        return SyncOutcome::Failed("the change lock stayed busy".into());
-    };
-    let outcome = resync_locked(shared, client, i, active, &guard.fence).await;
-    drop(guard);
-    save(shared);
-    outcome
-}
-
-/// [`resync`] for a caller that already holds the change lock (a promotion).
-pub async fn resync_locked(
-    shared: &Shared,
-    client: &AdminClient,
-    i: usize,
-    active: Option<usize>,
-    fence: &CancellationToken,
-) -> SyncOutcome {
-    let cfg = &shared.config;
-    let b = &shared.backend(i);
-    let (rev, raw) = match b.flows(client, cfg.deploy.timeout).await {
-        Ok(x) => x,
-        Err(e) => return SyncOutcome::Failed(format!("cannot read its flows: {e}")),
-    };
-    {
-        let mut t = shared.sync.lock().unwrap_or_else(|e| e.into_inner());
-        let cgen = t.cred_gen;
-        if active == Some(i) || t.rev.is_none() && active.is_none() {
-            // The active is the truth for what runs; adopt its flows if they differ.
-            if t.rev.as_deref() != Some(rev.as_str()) {
-                if t.rev.is_some() {
-                    warn!(backend = %b.id, rev = short(Some(&rev)), "the active's flows differ from the remembered target; adopting them");
-                }
-                let flows: Option<serde_json::Value> = serde_json::from_slice(&raw).ok();
-                t.deployed(rev.clone(), flows.as_ref());
-            }
-            let cgen = t.cred_gen.max(t.applied[i].cred_gen);
-            t.mark_applied(i, Some(rev), cgen);
-            return SyncOutcome::InStep;
-        }
-        if t.rev.as_deref() == Some(rev.as_str()) && t.applied[i].cred_gen >= cgen {
-            t.mark_applied(i, Some(rev), cgen);
-            return SyncOutcome::InStep;
-        }
-    }
-    // The source flows: the active's (fresh), else the remembered ones.
-    let source = match active {
-        Some(a) => match shared.backend(a).flows(client, cfg.deploy.timeout).await {
-            Ok((arev, araw)) => {
-                let mut t = shared.sync.lock().unwrap_or_else(|e| e.into_inner());
-                if t.rev.as_deref() != Some(arev.as_str()) {
-                    let flows: Option<serde_json::Value> = serde_json::from_slice(&araw).ok();
-                    t.deployed(arev, flows.as_ref());
-                }
-                Some(String::from_utf8_lossy(&araw).into_owned())
-            }
-            Err(e) => return SyncOutcome::Failed(format!("cannot read the active's flows: {e}")),
-        },
-        None => shared.sync.lock().unwrap_or_else(|e| e.into_inner()).flows.as_ref().map(|f| f.to_string()),
-    };
-    let Some(flows) = source else { return SyncOutcome::Failed("no flows are known to resync from".into()) };
-    let (target, cgen, creds) = {
-        let t = shared.sync.lock().unwrap_or_else(|e| e.into_inner());
-        let creds = (!t.credentials.is_empty()).then(|| serde_json::Value::Object(t.credentials.clone()).to_string());
-        (t.rev.clone(), t.cred_gen, creds)
-    };
-    let body = v2_body(&flows, None, creds.as_deref());
-    let mut h = HeaderMap::new();
-    h.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
-    h.insert(API_VERSION.clone(), HeaderValue::from_static("v2"));
-    h.insert(DEPLOYMENT_TYPE.clone(), HeaderValue::from_static("full"));
-    if let Some(tok) = b.token() {
-        h.insert(AUTHORIZATION, tok.clone());
-    }
-    let pq = format!("{}flows", b.admin_root);
-    let r = fenced(b.exchange(client, Method::POST, &pq, h, body, cfg.deploy.timeout), fence).await;
-    {
-        let mut t = shared.sync.lock().unwrap_or_else(|e| e.into_inner());
-        match r {
-            Ok((StatusCode::OK, _, body)) => {
-                let got = rev_of(&body);
-                t.mark_applied(i, got.clone(), cgen);
-                if t.in_step(i) {
-                    SyncOutcome::Resynced
-                } else {
-                    SyncOutcome::Failed(format!(
-                        "rev after resync {} differs from target {}",
-                        short(got.as_deref()),
-                        short(target.as_deref())
-                    ))
-                }
-            }
-            Ok((s, _, body)) => SyncOutcome::Failed(format!("{s} {}", crate::backend::snippet(&body))),
-            Err(e) => SyncOutcome::Failed(e.to_string()),
-        }
-    }
+    let w = Write::unlocked(shared, client, parts, bytes, active);
+    let (status, rh, rb) = w.to_active().await.map_err(|_| ProxyError::UpstreamFailed)?;
+    Ok(reply(status, rh, rb, 1, w.total()))
 }
 
 #[cfg(test)]
@@ -737,13 +441,5 @@ mod tests {
         assert!(check_deploy(&headers(&[("node-red-deployment-type", "bogus")]), b"[]").is_err());
         assert!(check_deploy(&headers(&[("node-red-deployment-type", "reload")]), b"").is_ok());
         assert!(check_deploy(&v2, b"{not json").is_err());
-    }
-
-    #[test]
-    fn the_v2_body_keeps_flow_bytes_exactly() {
-        let flows = r#"[ {"id":"a", "x":1.0,"z":"t"} ]"#;
-        let b = v2_body(flows, Some("abc"), Some(r#"{"$":"blob"}"#));
-        assert_eq!(&b[..], format!(r#"{{"flows":{flows},"rev":"abc","credentials":{{"$":"blob"}}}}"#).as_bytes());
-        assert_eq!(&v2_body("[]", None, None)[..], br#"{"flows":[]}"#);
     }
 }

@@ -282,9 +282,9 @@ impl Driver {
                     let outcome = if locked {
                         // The promotion holds the change lock: nothing else can fence this.
                         let fence = CancellationToken::new();
-                        crate::editor::writes::resync_locked(&shared, &client, i, source, &fence).await
+                        crate::editor::resync::resync_locked(&shared, &client, i, source, &fence).await
                     } else {
-                        crate::editor::writes::resync(&shared, &client, i, source).await
+                        crate::editor::resync::resync(&shared, &client, i, source).await
                     };
                     Event::Synced { id, outcome }
                 });

@@ -82,7 +82,7 @@ pub(crate) struct Clients {
 }
 
 impl Clients {
-    pub fn new(config: &Config) -> Result<Self, String> {
+    pub fn new(config: &Config) -> Result<Self, tls::TlsError> {
         Ok(Clients {
             admin: backend::admin_client(config)?,
             editor: backend::client(config, None)?,
@@ -266,7 +266,7 @@ pub fn start_on(
     let limits = config.limits.clone();
     let grace = config.shutdown_grace;
     let tls_every = config.tls.as_ref().map_or(Duration::from_secs(10), |t| t.reload_interval);
-    let clients = Clients::new(&config).map_err(err)?;
+    let clients = Clients::new(&config).map_err(|e| err(e.to_string()))?;
     let core = rt.build(config, clients, table, None);
     let app = Arc::new(App {
         core: ArcSwap::from_pointee(core),

@@ -17,6 +17,7 @@ use hyper_util::rt::TokioExecutor;
 use crate::config::{BackendConfig, NodeRedPaths};
 
 pub use crate::config::BackendId;
+use crate::traffic::tls::TlsError;
 
 /// Node-RED's flow state as `GET /flows/state` reports it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -149,7 +150,7 @@ pub const UPSTREAM_IDLE_TIMEOUT: Duration = Duration::from_secs(4);
 /// Connects to an instance: TCP (no delay, 5 s timeout), then TLS for `https` ones.
 pub type Connector = hyper_rustls::HttpsConnector<HttpConnector>;
 
-pub fn connector(cfg: &crate::config::Config) -> Result<Connector, String> {
+pub fn connector(cfg: &crate::config::Config) -> Result<Connector, TlsError> {
     let mut conn = HttpConnector::new();
     conn.set_nodelay(true);
     conn.set_connect_timeout(Some(Duration::from_secs(5)));
@@ -162,7 +163,7 @@ pub fn connector(cfg: &crate::config::Config) -> Result<Connector, String> {
 }
 
 /// A pooled client for the configured instances. `max_idle_per_host: None` is unbounded.
-pub fn client(cfg: &crate::config::Config, max_idle_per_host: Option<usize>) -> Result<AdminClient, String> {
+pub fn client(cfg: &crate::config::Config, max_idle_per_host: Option<usize>) -> Result<AdminClient, TlsError> {
     let mut b = Client::builder(TokioExecutor::new());
     b.pool_idle_timeout(UPSTREAM_IDLE_TIMEOUT);
     if let Some(n) = max_idle_per_host {
@@ -172,7 +173,7 @@ pub fn client(cfg: &crate::config::Config, max_idle_per_host: Option<usize>) -> 
 }
 
 /// TLS for `https` instances (see [`crate::traffic::tls::client_config`]).
-fn tls_config(cfg: &crate::config::Config) -> Result<rustls::ClientConfig, String> {
+fn tls_config(cfg: &crate::config::Config) -> Result<rustls::ClientConfig, TlsError> {
     let cas: Vec<std::path::PathBuf> = cfg.backends.iter().filter_map(|b| b.ca.clone()).collect();
     crate::traffic::tls::client_config(&cas)
 }
@@ -180,7 +181,7 @@ fn tls_config(cfg: &crate::config::Config) -> Result<rustls::ClientConfig, Strin
 /// The client for probes and flow-state calls: its own pool, so probes never queue behind
 /// traffic. Calls to one instance are sequential (probes) or serialised (flow state): one idle
 /// connection per instance is enough, and leaves fewer stale ones after a crash.
-pub fn admin_client(cfg: &crate::config::Config) -> Result<AdminClient, String> {
+pub fn admin_client(cfg: &crate::config::Config) -> Result<AdminClient, TlsError> {
     client(cfg, Some(1))
 }
 

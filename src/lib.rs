@@ -63,7 +63,7 @@ pub mod files;
 #[doc(hidden)]
 pub mod fuzzing;
 pub mod ops;
-mod reload;
+pub mod reload;
 mod shutdown;
 pub mod state;
 pub mod traffic;

@@ -70,19 +70,20 @@ fn main() -> ExitCode {
         },
         Cmd::SelfSigned { names, out, file } => {
             let names: Vec<&str> = names.iter().map(String::as_str).collect();
-            let written = flowgate::traffic::tls::self_signed(&names).and_then(|(cert, key)| {
-                std::fs::create_dir_all(&out).map_err(|e| e.to_string())?;
-                std::fs::write(out.join(format!("{file}.crt")), cert).map_err(|e| e.to_string())?;
-                let key_path = out.join(format!("{file}.key"));
-                std::fs::write(&key_path, key).map_err(|e| e.to_string())?;
-                #[cfg(unix)]
-                {
-                    use std::os::unix::fs::PermissionsExt;
-                    std::fs::set_permissions(&key_path, std::fs::Permissions::from_mode(0o600))
-                        .map_err(|e| e.to_string())?;
-                }
-                Ok(())
-            });
+            let written =
+                flowgate::traffic::tls::self_signed(&names).map_err(|e| e.to_string()).and_then(|(cert, key)| {
+                    std::fs::create_dir_all(&out).map_err(|e| e.to_string())?;
+                    std::fs::write(out.join(format!("{file}.crt")), cert).map_err(|e| e.to_string())?;
+                    let key_path = out.join(format!("{file}.key"));
+                    std::fs::write(&key_path, key).map_err(|e| e.to_string())?;
+                    #[cfg(unix)]
+                    {
+                        use std::os::unix::fs::PermissionsExt;
+                        std::fs::set_permissions(&key_path, std::fs::Permissions::from_mode(0o600))
+                            .map_err(|e| e.to_string())?;
+                    }
+                    Ok(())
+                });
             match written {
                 Ok(()) => {
                     println!("{}: wrote {file}.crt and {file}.key", out.display());

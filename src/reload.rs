@@ -11,30 +11,52 @@ use tokio::sync::oneshot;
 use tracing::{error, info, warn};
 
 use crate::app::{App, Clients, Handle};
-use crate::config::{self, Config};
+use crate::backend::BackendId;
+use crate::config::{self, Config, ConfigError};
 use crate::control::cluster::driver::Command;
-use crate::editor::sync::SyncTable;
-use crate::traffic::tls;
+use crate::editor::sync::{StoreError, SyncTable};
+use crate::traffic::tls::{self, TlsError};
+
+/// Why a reload was refused; the running configuration stays in force.
+#[derive(Debug, thiserror::Error)]
+pub enum ReloadError {
+    #[error("flowgate was not started from a configuration file")]
+    NoFile,
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    #[error(
+        "backend {0} is active: it cannot be removed or moved by a reload; move the active role first (POST /switchover)"
+    )]
+    ActiveRemoved(BackendId),
+    #[error("state.dir: {0}")]
+    State(#[from] StoreError),
+    #[error(transparent)]
+    Tls(#[from] TlsError),
+    #[error("shutting down")]
+    ShuttingDown,
+    #[error("a promotion is still in progress; try again")]
+    Busy,
+    #[error("the cluster driver stopped")]
+    DriverStopped,
+}
 
 impl App {
     /// Reloads the configuration file.
-    pub async fn reload_file(&self) -> Result<String, String> {
-        let Some(path) = &self.config_path else {
-            return Err("flowgate was not started from a configuration file".into());
-        };
+    pub async fn reload_file(&self) -> Result<String, ReloadError> {
+        let Some(path) = &self.config_path else { return Err(ReloadError::NoFile) };
         match config::load(path) {
             Ok(c) => self.reload(c).await,
             Err(e) => {
                 self.metrics().config_reloads.with_label_values(&["rejected"]).inc();
                 error!(error = %e, "configuration rejected; the running one stays in force");
-                Err(e.to_string())
+                Err(e.into())
             }
         }
     }
 
     /// Applies a validated configuration as a diff. In-flight requests and websockets are
     /// untouched.
-    pub async fn reload(&self, config: Config) -> Result<String, String> {
+    pub async fn reload(&self, config: Config) -> Result<String, ReloadError> {
         let _one_at_a_time = self.reloading.lock().await;
         let result = self.swap(config).await;
         match &result {
@@ -50,7 +72,7 @@ impl App {
         result
     }
 
-    async fn swap(&self, config: Config) -> Result<String, String> {
+    async fn swap(&self, config: Config) -> Result<String, ReloadError> {
         let old = self.core.load_full();
         let oc = &old.shared.config;
         let notes = restart_notes(oc, &config);
@@ -61,27 +83,23 @@ impl App {
                     && address(&b.scheme, &b.authority) == address(&a.backend.scheme, &a.backend.authority)
             });
             if !kept {
-                return Err(format!(
-                    "backend {} is active: it cannot be removed or moved by a reload; move the active role first (POST /switchover)",
-                    a.backend.id
-                ));
+                return Err(ReloadError::ActiveRemoved(a.backend.id.clone()));
             }
         }
         let ids: Vec<String> = config.backends.iter().map(|b| b.id.to_string()).collect();
         let mut table =
-            SyncTable::open(ids.clone(), oc.state.dir.as_deref(), config.state.key.as_ref().map(|k| k.expose()))
-                .map_err(|e| format!("state.dir: {e}"))?;
+            SyncTable::open(ids.clone(), oc.state.dir.as_deref(), config.state.key.as_ref().map(|k| k.expose()))?;
         table.carry_from(&old.shared.sync.lock().unwrap_or_else(|e| e.into_inner()));
         // Everything that can fail happens before the running driver hands over, so a rejected
         // reload never leaves the instances unsupervised.
         let clients = Clients::new(&config)?;
         let (tx, rx) = oneshot::channel();
-        old.commands.send(Command::Handover { reply: tx }).await.map_err(|_| "shutting down".to_string())?;
+        old.commands.send(Command::Handover { reply: tx }).await.map_err(|_| ReloadError::ShuttingDown)?;
         let wait = oc.failover.stop_timeout + oc.failover.start_timeout + Duration::from_secs(5);
         let seed = tokio::time::timeout(wait, rx)
             .await
-            .map_err(|_| "a promotion is still in progress; try again".to_string())?
-            .map_err(|_| "the cluster driver stopped".to_string())?;
+            .map_err(|_| ReloadError::Busy)?
+            .map_err(|_| ReloadError::DriverStopped)?;
         let removed: Vec<String> =
             oc.backends.iter().map(|b| b.id.to_string()).filter(|id| !ids.contains(id)).collect();
         let added: Vec<String> =
@@ -141,7 +159,7 @@ fn restart_notes(old: &Config, new: &Config) -> Vec<String> {
 
 impl Handle {
     /// Reloads the configuration file.
-    pub async fn reload(&self) -> Result<String, String> {
+    pub async fn reload(&self) -> Result<String, ReloadError> {
         self.app.reload_file().await
     }
 

@@ -149,6 +149,35 @@ pub enum SyncOutcome {
     Failed(String),
 }
 
+/// Why a switchover was refused or did not complete.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum SwitchoverError {
+    #[error("a promotion is already in progress; try again shortly")]
+    Busy,
+    #[error("no backend \"{id}\"; known: {known}")]
+    Unknown { id: InstanceId, known: String },
+    #[error("backend \"{id}\" is not eligible: {why}")]
+    NotEligible { id: InstanceId, why: String },
+    #[error("no eligible standby")]
+    NoStandby,
+    #[error(transparent)]
+    Failed(#[from] PromotionError),
+    #[error("flowgate is shutting down")]
+    ShuttingDown,
+}
+
+/// Why a promotion failed; the target cools down and the election runs again.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum PromotionError {
+    /// Another instance reports flows running and refused to stop them.
+    #[error("cannot stop flows on {id}, which reports them running: {error}")]
+    StopRefused { id: InstanceId, error: CallError },
+    #[error("{0} went down during the promotion")]
+    TargetDown(InstanceId),
+    #[error("start on {id}: {error}")]
+    Start { id: InstanceId, error: CallError },
+}
+
 /// What the core is told.
 #[derive(Debug, Clone)]
 pub enum Event {
@@ -209,7 +238,7 @@ pub enum Effect {
     /// Answer to a [`Event::Switchover`].
     Reply {
         ticket: u64,
-        result: Result<String, String>,
+        result: Result<String, SwitchoverError>,
     },
     /// Something to log and count.
     Notice(Notice),
@@ -261,7 +290,7 @@ pub enum Notice {
         to: InstanceId,
         reason: Reason,
         elapsed: Duration,
-        result: Result<(), String>,
+        result: Result<(), PromotionError>,
     },
     StrayStopped {
         id: InstanceId,

@@ -146,7 +146,7 @@ pub async fn serve(app: Arc<crate::App>, req: Request<Incoming>) -> Result<Respo
             Err(r) => *r,
             Ok(()) => match app.reload_file().await {
                 Ok(msg) => json(StatusCode::OK, serde_json::json!({"result": msg})),
-                Err(e) => json(StatusCode::UNPROCESSABLE_ENTITY, serde_json::json!({"error": e})),
+                Err(e) => json(StatusCode::UNPROCESSABLE_ENTITY, serde_json::json!({"error": e.to_string()})),
             },
         },
         (&Method::GET, "/metrics") => reply(StatusCode::OK, "text/plain; version=0.0.4", shared.metrics.encode()),
@@ -184,7 +184,7 @@ pub async fn serve(app: Arc<crate::App>, req: Request<Incoming>) -> Result<Respo
                 } else {
                     match rx.await {
                         Ok(Ok(msg)) => json(StatusCode::OK, serde_json::json!({"result": msg})),
-                        Ok(Err(msg)) => json(StatusCode::CONFLICT, serde_json::json!({"error": msg})),
+                        Ok(Err(e)) => json(StatusCode::CONFLICT, serde_json::json!({"error": e.to_string()})),
                         Err(_) => json(StatusCode::SERVICE_UNAVAILABLE, serde_json::json!({"error": "shutting down"})),
                     }
                 }

@@ -72,16 +72,37 @@ fn stamp(path: &Path) -> Option<SystemTime> {
     std::fs::metadata(path).and_then(|m| m.modified()).ok()
 }
 
+/// Why certificates or TLS settings could not be loaded.
+#[derive(Debug, thiserror::Error)]
+pub enum TlsError {
+    /// A file that could not be read or parsed.
+    #[error("{}: {detail}", path.display())]
+    File { path: PathBuf, detail: String },
+    #[error("{} does not match {}: {detail}", key.display(), cert.display())]
+    Mismatch { key: PathBuf, cert: PathBuf, detail: String },
+    /// Not one certificate could be loaded from the folder.
+    #[error("{}: {why}", dir.display())]
+    NoCertificate { dir: PathBuf, why: String },
+    #[error(transparent)]
+    Rustls(#[from] rustls::Error),
+    #[error(transparent)]
+    Generate(#[from] rcgen::Error),
+}
+
+fn file(path: &Path, detail: impl std::fmt::Display) -> TlsError {
+    TlsError::File { path: path.to_owned(), detail: detail.to_string() }
+}
+
 /// Loads one pair and checks that the key belongs to the certificate.
-pub fn load_pair(cert: &Path, key: &Path) -> Result<Entry, String> {
+pub fn load_pair(cert: &Path, key: &Path) -> Result<Entry, TlsError> {
     let chain: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(cert)
-        .map_err(|e| format!("{}: {e}", cert.display()))?
+        .map_err(|e| file(cert, e))?
         .collect::<Result<_, _>>()
-        .map_err(|e| format!("{}: {e}", cert.display()))?;
-    let leaf = chain.first().ok_or_else(|| format!("{}: no certificate in the file", cert.display()))?;
-    let der = PrivateKeyDer::from_pem_file(key).map_err(|e| format!("{}: {e}", key.display()))?;
-    let signer = provider::sign::any_supported_type(&der).map_err(|e| format!("{}: {e}", key.display()))?;
-    let (_, x509) = x509_parser::parse_x509_certificate(leaf).map_err(|e| format!("{}: {e}", cert.display()))?;
+        .map_err(|e| file(cert, e))?;
+    let leaf = chain.first().ok_or_else(|| file(cert, "no certificate in the file"))?;
+    let der = PrivateKeyDer::from_pem_file(key).map_err(|e| file(key, e))?;
+    let signer = provider::sign::any_supported_type(&der).map_err(|e| file(key, e))?;
+    let (_, x509) = x509_parser::parse_x509_certificate(leaf).map_err(|e| file(cert, e))?;
     let mut names: Vec<String> = x509
         .subject_alternative_name()
         .ok()
@@ -102,7 +123,11 @@ pub fn load_pair(cert: &Path, key: &Path) -> Result<Entry, String> {
     }
     let not_after = x509.validity().not_after.timestamp();
     let ck = CertifiedKey::new(chain, signer);
-    ck.keys_match().map_err(|e| format!("{} does not match {}: {e}", key.display(), cert.display()))?;
+    ck.keys_match().map_err(|e| TlsError::Mismatch {
+        key: key.to_owned(),
+        cert: cert.to_owned(),
+        detail: e.to_string(),
+    })?;
     Ok(Entry { key: Arc::new(ck), names, not_after, stamp: stamp(cert).zip(stamp(key)) })
 }
 
@@ -123,11 +148,10 @@ pub struct Loaded {
 
 impl Tls {
     /// Loads the folder; fails when no certificate at all can be loaded.
-    pub fn new(dir: &Path, default: Option<String>) -> Result<Self, String> {
+    pub fn new(dir: &Path, default: Option<String>) -> Result<Self, TlsError> {
         let resolver = Arc::new(Resolver(ArcSwap::from_pointee(Store::default())));
         let mut config = rustls::ServerConfig::builder_with_provider(Arc::new(provider::default_provider()))
-            .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])
-            .map_err(|e| e.to_string())?
+            .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])?
             .with_no_client_auth()
             .with_cert_resolver(resolver.clone());
         config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
@@ -139,7 +163,7 @@ impl Tls {
             } else {
                 loaded.errors.join("; ")
             };
-            return Err(format!("{}: {why}", dir.display()));
+            return Err(TlsError::NoCertificate { dir: dir.to_owned(), why });
         }
         for e in &loaded.errors {
             tracing::error!(error = %e, "certificate not loaded");
@@ -193,7 +217,7 @@ impl Tls {
                     out.errors.push(if keeping {
                         format!("{why}; keeping the last good certificate for {name}")
                     } else {
-                        why
+                        why.to_string()
                     });
                     if let Some(old) = old {
                         next.entries.insert(name, old.clone());
@@ -228,24 +252,23 @@ impl Tls {
 }
 
 /// A self-signed certificate and key (PEM) for `names`, e.g. for the demo and tests.
-pub fn self_signed(names: &[&str]) -> Result<(String, String), String> {
+pub fn self_signed(names: &[&str]) -> Result<(String, String), TlsError> {
     let names: Vec<String> = names.iter().map(|s| s.to_string()).collect();
-    let ck = rcgen::generate_simple_self_signed(names).map_err(|e| e.to_string())?;
+    let ck = rcgen::generate_simple_self_signed(names)?;
     Ok((ck.cert.pem(), ck.signing_key.serialize_pem()))
 }
 
 /// A client config trusting the given CA files (for `https://` instances).
-pub fn client_config(cas: &[PathBuf]) -> Result<rustls::ClientConfig, String> {
+pub fn client_config(cas: &[PathBuf]) -> Result<rustls::ClientConfig, TlsError> {
     let mut roots = rustls::RootCertStore::empty();
     for ca in cas {
-        for cert in CertificateDer::pem_file_iter(ca).map_err(|e| format!("{}: {e}", ca.display()))? {
-            let cert = cert.map_err(|e| format!("{}: {e}", ca.display()))?;
-            roots.add(cert).map_err(|e| format!("{}: {e}", ca.display()))?;
+        for cert in CertificateDer::pem_file_iter(ca).map_err(|e| file(ca, e))? {
+            let cert = cert.map_err(|e| file(ca, e))?;
+            roots.add(cert).map_err(|e| file(ca, e))?;
         }
     }
     Ok(rustls::ClientConfig::builder_with_provider(Arc::new(provider::default_provider()))
-        .with_safe_default_protocol_versions()
-        .map_err(|e| e.to_string())?
+        .with_safe_default_protocol_versions()?
         .with_root_certificates(roots)
         .with_no_client_auth())
 }
@@ -312,7 +335,7 @@ mod tests {
     #[test]
     fn an_empty_folder_is_an_error() {
         let d = dir("empty");
-        assert!(Tls::new(&d, None).err().unwrap().contains("no NAME.crt + NAME.key pairs"));
+        assert!(Tls::new(&d, None).err().unwrap().to_string().contains("no NAME.crt + NAME.key pairs"));
         std::fs::remove_dir_all(d).unwrap();
     }
 }

@@ -15,7 +15,7 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tracing::{error, info, warn};
 
-use super::{Effect, Event, InstanceId, Notice, Reason, Settings, Spec, State, Sync};
+use super::{Effect, Event, InstanceId, Notice, PromotionError, Reason, Settings, Spec, State, SwitchoverError, Sync};
 use crate::backend::{AdminClient, Backend, BackendId, FlowState};
 use crate::control::health::{Health, Report};
 use crate::state::{Active, BackendStatus, FailoverRecord, Shared, Status, View};
@@ -25,7 +25,7 @@ const HISTORY: usize = 50;
 /// Operator commands (admin API, reload).
 pub enum Command {
     /// Planned move of the active role; `to: None` picks the best standby.
-    Switchover { to: Option<BackendId>, reply: oneshot::Sender<Result<String, String>> },
+    Switchover { to: Option<BackendId>, reply: oneshot::Sender<Result<String, SwitchoverError>> },
     /// Config reload: hand the HA state over and stop, once no promotion is in flight. If the
     /// receiver is gone by then, keep going.
     Handover { reply: oneshot::Sender<Seed> },
@@ -54,7 +54,7 @@ pub struct Driver {
     history: VecDeque<FailoverRecord>,
     generation: u64,
     lock: Option<OwnedMutexGuard<()>>,
-    replies: HashMap<u64, oneshot::Sender<Result<String, String>>>,
+    replies: HashMap<u64, oneshot::Sender<Result<String, SwitchoverError>>>,
     next_ticket: u64,
     reports: mpsc::Receiver<(usize, Report)>,
     commands: mpsc::Receiver<Command>,
@@ -182,7 +182,7 @@ impl Driver {
         }
         // flowgate's own exit leaves every instance as it is: the active keeps running flows.
         for (_, reply) in self.replies.drain() {
-            let _ = reply.send(Err("flowgate is shutting down".into()));
+            let _ = reply.send(Err(SwitchoverError::ShuttingDown));
         }
     }
 
@@ -366,7 +366,7 @@ impl Driver {
         to: InstanceId,
         reason: Reason,
         elapsed: Duration,
-        result: Result<(), String>,
+        result: Result<(), PromotionError>,
     ) {
         let m = &self.shared.metrics;
         let ms = elapsed.as_secs_f64() * 1e3;
@@ -398,7 +398,7 @@ impl Driver {
                 m.failover_failures.with_label_values(&[reason.as_str()]).inc();
                 error!(backend = %to, reason = reason.as_str(), error = %e, "promotion failed");
                 record.outcome = "failed";
-                record.detail = Some(e);
+                record.detail = Some(e.to_string());
             }
         }
         self.history.push_front(record);

@@ -157,7 +157,7 @@ pub(super) struct Promotion {
     /// Stops not answered yet.
     pub waiting: Vec<usize>,
     pub stopped: Vec<usize>,
-    pub blocker: Option<String>,
+    pub blocker: Option<super::PromotionError>,
 }
 
 /// The whole HA state. One writer: whoever calls [`State::step`].

@@ -9,7 +9,7 @@
 use tokio::time::Instant;
 
 use super::state::{CANARY_COOLDOWN, Lost, PROMOTION_COOLDOWN, Promotion, RETRY_LATER, RETRY_PAUSE, Stage, State};
-use super::{Effect, Event, InstanceId, Notice, Reason, StopFor, Sync, SyncOutcome};
+use super::{Effect, Event, InstanceId, Notice, PromotionError, Reason, StopFor, SwitchoverError, Sync, SyncOutcome};
 use crate::backend::{CallError, FlowState};
 use crate::control::election;
 use crate::control::health::{Health, Report, Transition};
@@ -44,7 +44,8 @@ impl State {
             }
             Event::Started { id, result } => {
                 if self.promotion.as_ref().is_some_and(|p| self.members[p.target].spec.id == id) {
-                    self.finish_promotion(result.map_err(|e| format!("start on {id}: {e}")), now, &mut fx);
+                    let result = result.map_err(|error| PromotionError::Start { id, error });
+                    self.finish_promotion(result, now, &mut fx);
                 }
             }
             Event::Synced { id, outcome } => self.on_synced(id, outcome, now, &mut fx),
@@ -123,18 +124,18 @@ impl State {
     fn on_switchover(&mut self, to: Option<InstanceId>, ticket: u64, now: Instant, fx: &mut Vec<Effect>) {
         let mut reply = |result| fx.push(Effect::Reply { ticket, result });
         if self.promotion.is_some() {
-            return reply(Err("a promotion is already in progress; try again shortly".into()));
+            return reply(Err(SwitchoverError::Busy));
         }
         let target = match to {
             Some(id) => match self.index_of(&id) {
                 None => {
                     let known: Vec<_> = self.members.iter().map(|m| m.spec.id.to_string()).collect();
-                    return reply(Err(format!("no backend \"{id}\"; known: {}", known.join(", "))));
+                    return reply(Err(SwitchoverError::Unknown { id, known: known.join(", ") }));
                 }
                 Some(i) if !self.members[i].eligible() => {
                     let m = &self.members[i];
                     let why = m.last_error.as_ref().map_or_else(|| m.health().as_str().to_string(), |e| e.to_string());
-                    return reply(Err(format!("backend \"{id}\" is not eligible: {why}")));
+                    return reply(Err(SwitchoverError::NotEligible { id, why }));
                 }
                 Some(i) => i,
             },
@@ -148,7 +149,7 @@ impl State {
                 }
                 match election::elect(None, &cands, &self.policy(), now) {
                     Some(i) => i,
-                    None => return reply(Err("no eligible standby".into())),
+                    None => return reply(Err(SwitchoverError::NoStandby)),
                 }
             }
         };
@@ -367,7 +368,7 @@ impl State {
             ) => fx.push(Effect::Notice(Notice::StopUnanswered { id })),
             // It was known to be stopped: whatever it answered, it runs nothing.
             Err(_) if p.known_stopped.contains(&i) => {}
-            Err(e) => p.blocker = Some(format!("cannot stop flows on {id}, which reports them running: {e}")),
+            Err(error) => p.blocker = Some(PromotionError::StopRefused { id, error }),
         }
         if p.waiting.is_empty() {
             self.after_stops(now, fx);
@@ -399,14 +400,14 @@ impl State {
         let Some(p) = self.promotion.as_mut() else { return };
         let m = &self.members[p.target];
         if m.health() != Health::Up {
-            let why = format!("{} went down during the promotion", m.spec.id);
+            let why = PromotionError::TargetDown(m.spec.id.clone());
             return self.finish_promotion(Err(why), now, fx);
         }
         p.stage = Stage::Starting;
         fx.push(Effect::StartFlows { id: m.spec.id.clone(), timeout: self.settings.start_timeout });
     }
 
-    fn finish_promotion(&mut self, result: Result<(), String>, now: Instant, fx: &mut Vec<Effect>) {
+    fn finish_promotion(&mut self, result: Result<(), PromotionError>, now: Instant, fx: &mut Vec<Effect>) {
         let Some(p) = self.promotion.take() else { return };
         fx.push(Effect::ReleaseChangeLock);
         let to = self.members[p.target].spec.id.clone();
@@ -435,7 +436,7 @@ impl State {
                 self.members[p.target].cooldown_until = Some(now + PROMOTION_COOLDOWN);
                 self.retry_at = Some(now + RETRY_PAUSE);
                 if let Some(ticket) = p.ticket {
-                    fx.push(Effect::Reply { ticket, result: Err(e.clone()) });
+                    fx.push(Effect::Reply { ticket, result: Err(e.clone().into()) });
                 }
             }
         }

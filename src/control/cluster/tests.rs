@@ -288,10 +288,13 @@ fn switchover_to_an_unknown_or_ineligible_instance_is_refused_with_the_reason() 
         [Effect::Reply { result: Err(e), .. }] => e.clone(),
         other => panic!("{other:?}"),
     };
-    assert!(reply(s.send(Event::Switchover { to: Some(id("z")), ticket: 1 })).contains("known: a, b"));
+    let e = reply(s.send(Event::Switchover { to: Some(id("z")), ticket: 1 }));
+    assert_eq!(e, SwitchoverError::Unknown { id: id("z"), known: "a, b".into() });
+    assert_eq!(e.to_string(), "no backend \"z\"; known: a, b");
     s.probe("b", Err(CallError::Refused));
-    assert!(reply(s.send(Event::Switchover { to: Some(id("b")), ticket: 2 })).contains("connection refused"));
-    assert_eq!(reply(s.send(Event::Switchover { to: None, ticket: 3 })), "no eligible standby");
+    let e = reply(s.send(Event::Switchover { to: Some(id("b")), ticket: 2 }));
+    assert!(matches!(&e, SwitchoverError::NotEligible { why, .. } if why.contains("connection refused")), "{e}");
+    assert_eq!(reply(s.send(Event::Switchover { to: None, ticket: 3 })), SwitchoverError::NoStandby);
 }
 
 #[test]
@@ -552,5 +555,7 @@ fn a_target_that_goes_down_during_its_promotion_is_never_told_to_start() {
     }
     let fx = s.stopped("a", Ok(()));
     assert_eq!(actions(&fx), ["unlock", "reply error"], "no start for a hung target");
-    assert!(matches!(&notices(&fx)[..], [Notice::Promotion { result: Err(e), .. }] if e.contains("went down")));
+    assert!(
+        matches!(&notices(&fx)[..], [Notice::Promotion { result: Err(PromotionError::TargetDown(t)), .. }] if *t == id("b"))
+    );
 }

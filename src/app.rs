@@ -124,7 +124,9 @@ impl Runtime {
     /// Builds a core for `config` and starts its probers and cluster driver.
     pub fn build(&self, config: Config, clients: Clients, sync: SyncTable, seed: Option<Seed>) -> Core {
         let config = Arc::new(config);
-        let shared = Arc::new(Shared::new(config.clone(), sync, self.cookies(&config), &self.services));
+        let cookies = self.cookies(&config);
+        let shared =
+            Arc::new(Shared::new(config.clone(), sync, cookies, &self.services, &clients.connector, self.workers));
         for b in shared.backends() {
             self.services.metrics.init_backend(b.id.as_str());
         }
@@ -146,14 +148,7 @@ impl Runtime {
         }
         let driver = Driver::new(shared.clone(), clients.admin, reports_rx, commands_rx, seed);
         self.tasks.spawn(driver.run(self.shutdown.child_token()));
-        let proxy = Arc::new(Proxy::new(
-            shared.clone(),
-            clients.editor,
-            clients.connector,
-            self.workers,
-            self.tunnels.clone(),
-            self.shutdown.clone(),
-        ));
+        let proxy = Arc::new(Proxy::new(shared.clone(), clients.editor, self.tunnels.clone(), self.shutdown.clone()));
         Core { shared, proxy, commands, cancel }
     }
 }

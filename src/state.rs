@@ -13,13 +13,15 @@ use serde::Serialize;
 use tokio::sync::{Notify, watch};
 use tokio_util::sync::CancellationToken;
 
-use crate::backend::Backend;
+use crate::backend::{Backend, Connector};
 use crate::config::Config;
 use crate::editor::changes::Changes;
 use crate::editor::cookie::{CookieCodec, Pin};
 use crate::editor::logins::TokenStore;
 use crate::editor::sync::SyncTable;
 use crate::ops::metrics::Metrics;
+use crate::traffic::body::Body;
+use crate::traffic::proxy::upstream::Pool;
 
 /// The elected instance, with the signals that tell traffic bound to it when to give up.
 #[derive(Debug)]
@@ -84,6 +86,8 @@ pub struct Instance {
     pub backend: Arc<Backend>,
     /// Its editor cookie.
     pub pin: Pin,
+    /// Connections for proxied requests.
+    pub pool: Arc<Pool<Body>>,
     /// Wakes its prober at once (passive detection on live traffic).
     pub kick: Arc<Notify>,
     /// It refused an editor's token on a deploy copy (no token-info hook): copies to it wait
@@ -121,14 +125,24 @@ pub struct Shared {
 }
 
 impl Shared {
-    /// The state of a new configuration, with nothing routed yet.
-    pub fn new(config: Arc<Config>, sync: SyncTable, cookies: Arc<CookieCodec>, services: &Services) -> Self {
+    /// The state of a new configuration, with nothing routed yet. `workers`: how many
+    /// runtimes serve client connections (each gets its own idle upstream connections).
+    pub fn new(
+        config: Arc<Config>,
+        sync: SyncTable,
+        cookies: Arc<CookieCodec>,
+        services: &Services,
+        connector: &Connector,
+        workers: usize,
+    ) -> Self {
         let instances = config
             .backends
             .iter()
-            .map(|b| Instance {
-                backend: Arc::new(Backend::new(b, &config.node_red, config.health.canary.as_deref())),
-                pin: Pin::new(&cookies, &config.editor.cookie, b.id.as_str(), &config.node_red.admin_root),
+            .map(|b| Arc::new(Backend::new(b, &config.node_red, config.health.canary.as_deref())))
+            .map(|backend| Instance {
+                pool: Arc::new(Pool::new(backend.clone(), connector.clone(), workers)),
+                pin: Pin::new(&cookies, &config.editor.cookie, backend.id.as_str(), &config.node_red.admin_root),
+                backend,
                 kick: Arc::new(Notify::new()),
                 refuses_editor_tokens: AtomicBool::new(false),
             })

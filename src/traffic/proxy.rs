@@ -46,25 +46,13 @@ const MAX_ATTEMPTS: u32 = 3;
 
 pub struct Proxy {
     pub shared: Arc<Shared>,
-    /// Per backend: connections for proxied requests.
-    pools: Vec<Arc<upstream::Pool<Body>>>,
     /// Websocket tunnels, and the client for editor writes and upgrade requests.
     tunnels: upgrade::Tunnels,
 }
 
 impl Proxy {
-    /// `workers`: how many runtimes serve client connections (see [`upstream::set_worker`]).
-    pub fn new(
-        shared: Arc<Shared>,
-        client: ProxyClient,
-        connector: crate::backend::Connector,
-        workers: usize,
-        tunnels: TaskTracker,
-        shutdown: CancellationToken,
-    ) -> Self {
-        let pools =
-            shared.backends().map(|b| Arc::new(upstream::Pool::new(b.clone(), connector.clone(), workers))).collect();
-        Proxy { shared, pools, tunnels: upgrade::Tunnels { client, tracker: tunnels, shutdown } }
+    pub fn new(shared: Arc<Shared>, client: ProxyClient, tunnels: TaskTracker, shutdown: CancellationToken) -> Self {
+        Proxy { shared, tunnels: upgrade::Tunnels { client, tracker: tunnels, shutdown } }
     }
 
     pub async fn serve(self: Arc<Self>, req: Request<Incoming>, peer: Peer) -> Result<Response<Body>, Infallible> {
@@ -206,7 +194,7 @@ impl Proxy {
             *out.headers_mut() = parts.headers.clone();
             let result = tokio::select! {
                 biased;
-                r = self.pools[active.index].send(out) => r,
+                r = self.shared.instances[active.index].pool.send(out) => r,
                 _ = active.failed.cancelled() => {
                     if !replayable {
                         self.shared.metrics.inflight_aborted.inc();
@@ -273,10 +261,11 @@ mod tests {
         let ids = vec!["a".to_string()];
         let sync = crate::editor::sync::SyncTable::open(ids, None, None).unwrap();
         let cookies = Arc::new(crate::editor::cookie::CookieCodec::new(None));
-        let shared = Arc::new(Shared::new(config, sync, cookies, &crate::state::Services::default()));
+        let connector = crate::backend::connector(&config).unwrap();
+        let services = crate::state::Services::default();
+        let shared = Arc::new(Shared::new(config, sync, cookies, &services, &connector, 1));
         let client = crate::backend::client(&shared.config, None).unwrap();
-        let connector = crate::backend::connector(&shared.config).unwrap();
-        Arc::new(Proxy::new(shared, client, connector, 1, TaskTracker::new(), CancellationToken::new()))
+        Arc::new(Proxy::new(shared, client, TaskTracker::new(), CancellationToken::new()))
     }
 
     fn publish(p: &Proxy, generation: u64) -> Arc<Active> {

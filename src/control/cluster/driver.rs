@@ -177,7 +177,12 @@ impl Driver {
                 _ = tokio::time::sleep_until(wake) => Some(Event::Tick),
             };
             if let Some(event) = event {
-                self.apply(event, Instant::now());
+                // Decide on the in-step table as it is now: a deploy may have marked an
+                // instance out of step while this event was on its way (a promotion taking
+                // the change lock right after such a deploy must see it).
+                let now = Instant::now();
+                self.refresh_steps(now);
+                self.apply(event, now);
             }
         }
         // flowgate's own exit leaves every instance as it is: the active keeps running flows.

@@ -25,6 +25,10 @@ module.exports = {
         },
     },
 
+    // With several flowgate replicas: refuse flow-state commands of a deposed controller
+    // (a copy of contrib/node-red/flowgate-fence.js beside this file; harmless with one).
+    httpAdminMiddleware: require("./flowgate-fence.js"),
+
     // Keep the deploy limit in line with flowgate's deploy.max_body (default 5MiB).
     apiMaxLength: "5mb",
 };

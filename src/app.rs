@@ -20,6 +20,7 @@ use tracing::{info, warn};
 use crate::backend::{self, Backend};
 use crate::config::Config;
 use crate::control::cluster::driver::{Command, Driver, Seed};
+use crate::control::coord::{self, Link};
 use crate::control::health::probe::{CanaryWanted, Prober};
 use crate::editor::cookie::CookieCodec;
 use crate::editor::logins::TokenStore;
@@ -101,6 +102,9 @@ pub(crate) struct Runtime {
     pub workers: usize,
     pub tasks: TaskTracker,
     pub shutdown: CancellationToken,
+    /// Replicas: the link to the etcd session, for the first driver (later ones get it with
+    /// the handover).
+    pub link: std::sync::Mutex<Option<Link>>,
 }
 
 struct SharedView(Arc<Shared>);
@@ -143,10 +147,13 @@ impl Runtime {
                 kick: instance.kick.clone(),
                 wants: wants.clone(),
                 reports: reports_tx.clone(),
+                epoch: self.services.epoch.clone(),
             };
             self.tasks.spawn(prober.run(cancel.clone()));
         }
-        let driver = Driver::new(shared.clone(), clients.admin, reports_rx, commands_rx, seed);
+        let link = self.link.lock().unwrap_or_else(|e| e.into_inner()).take();
+        let epoch = self.services.epoch.clone();
+        let driver = Driver::new(shared.clone(), clients.admin, reports_rx, commands_rx, seed, link, epoch);
         self.tasks.spawn(driver.run(self.shutdown.child_token()));
         let proxy = Arc::new(Proxy::new(shared.clone(), clients.editor, self.tunnels.clone(), self.shutdown.clone()));
         Core { shared, proxy, commands, cancel }
@@ -251,13 +258,20 @@ pub fn start_on(
             metrics: Default::default(),
             tokens: Arc::new(TokenStore::open(state_dir.as_deref())),
             changes: Default::default(),
+            epoch: Default::default(),
         },
         cookies: std::sync::Mutex::new((None, Arc::new(CookieCodec::new(None)))),
         tunnels: TaskTracker::new(),
         workers: workers.len().max(1),
         tasks: TaskTracker::new(),
         shutdown: shutdown.clone(),
+        link: std::sync::Mutex::new(None),
     };
+    if let Some(cluster) = &config.cluster {
+        let (link, ends) = coord::link();
+        *rt.link.lock().unwrap_or_else(|e| e.into_inner()) = Some(link);
+        rt.tasks.spawn(coord::etcd::run(cluster.clone(), ends, shutdown.child_token()));
+    }
     let limits = config.limits.clone();
     let grace = config.shutdown_grace;
     let tls_every = config.tls.as_ref().map_or(Duration::from_secs(10), |t| t.reload_interval);

@@ -78,6 +78,9 @@ pub enum CallError {
     BadBody(String),
     #[error("{0}")]
     Transport(String),
+    /// The instance refused a command for a stale controller epoch (replicas).
+    #[error("refused: the instance has seen a newer controller epoch (this replica is no longer the controller)")]
+    Fenced,
 }
 
 impl CallError {
@@ -93,6 +96,7 @@ impl CallError {
             CallError::Status(..) => "status",
             CallError::BadBody(_) => "bad_body",
             CallError::Transport(_) => "transport",
+            CallError::Fenced => "fenced",
         }
     }
 
@@ -226,6 +230,10 @@ impl fmt::Debug for Backend {
 
 const MAX_ADMIN_BODY: usize = 1 << 20;
 
+/// The header that carries the controller's epoch on flow-state calls (replicas); see
+/// `contrib/node-red/flowgate-fence.js`.
+pub const EPOCH_HEADER: &str = "x-flowgate-epoch";
+
 impl Backend {
     pub fn new(cfg: &BackendConfig, paths: &NodeRedPaths, canary: Option<&str>) -> Self {
         let uri = |path: &str| -> Uri {
@@ -326,6 +334,7 @@ impl Backend {
         method: Method,
         uri: &Uri,
         body: Option<&'static str>,
+        epoch: Option<u64>,
         timeout: Duration,
     ) -> Result<(StatusCode, Bytes), CallError> {
         let mut req = Request::new(Full::new(body.map_or_else(Bytes::new, |b| Bytes::from_static(b.as_bytes()))));
@@ -337,13 +346,22 @@ impl Backend {
         if body.is_some() {
             req.headers_mut().insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
         }
+        if let Some(e) = epoch {
+            req.headers_mut().insert(EPOCH_HEADER, HeaderValue::from(e));
+        }
         let (status, _, bytes) = buffered(client, req, MAX_ADMIN_BODY, timeout).await?;
         Ok((status, bytes))
     }
 
     /// `GET <admin>/flows/state`. Not proof that flows run (see the canary).
-    pub async fn flow_state(&self, client: &AdminClient, timeout: Duration) -> Result<FlowState, CallError> {
-        let (status, body) = self.call(client, Method::GET, &self.flows_state, None, timeout).await?;
+    /// `epoch`: the controller's, so that every instance learns it (replicas).
+    pub async fn flow_state(
+        &self,
+        client: &AdminClient,
+        epoch: Option<u64>,
+        timeout: Duration,
+    ) -> Result<FlowState, CallError> {
+        let (status, body) = self.call(client, Method::GET, &self.flows_state, None, epoch, timeout).await?;
         match status {
             StatusCode::OK => FlowState::parse(&body),
             StatusCode::UNAUTHORIZED | StatusCode::FORBIDDEN => Err(CallError::Unauthorized),
@@ -357,6 +375,7 @@ impl Backend {
         &self,
         client: &AdminClient,
         want: FlowState,
+        epoch: Option<u64>,
         timeout: Duration,
     ) -> Result<(), CallError> {
         let body = match want {
@@ -364,7 +383,7 @@ impl Backend {
             _ => r#"{"state":"stop"}"#,
         };
         let _serial = self.control.lock().await;
-        let (status, bytes) = self.call(client, Method::POST, &self.flows_state, Some(body), timeout).await?;
+        let (status, bytes) = self.call(client, Method::POST, &self.flows_state, Some(body), epoch, timeout).await?;
         match status {
             StatusCode::OK => {
                 let got = FlowState::parse(&bytes)?;
@@ -379,6 +398,7 @@ impl Backend {
                 }
             }
             StatusCode::NOT_FOUND | StatusCode::METHOD_NOT_ALLOWED => Err(CallError::RuntimeStateDisabled),
+            StatusCode::CONFLICT if bytes.windows(11).any(|w| w == b"stale_epoch") => Err(CallError::Fenced),
             StatusCode::UNAUTHORIZED | StatusCode::FORBIDDEN => Err(CallError::Unauthorized),
             s => Err(CallError::Status(s.as_u16(), snippet(&bytes))),
         }
@@ -386,7 +406,7 @@ impl Backend {
 
     /// Whether `GET <admin>/settings` reports `runtimeState.enabled: true`.
     pub async fn runtime_state_enabled(&self, client: &AdminClient, timeout: Duration) -> Result<bool, CallError> {
-        let (status, body) = self.call(client, Method::GET, &self.settings, None, timeout).await?;
+        let (status, body) = self.call(client, Method::GET, &self.settings, None, None, timeout).await?;
         match status {
             StatusCode::OK => {
                 let v: serde_json::Value =
@@ -403,7 +423,7 @@ impl Backend {
         let Some(uri) = &self.canary else {
             return Ok(());
         };
-        let (status, body) = self.call(client, Method::GET, uri, None, timeout).await?;
+        let (status, body) = self.call(client, Method::GET, uri, None, None, timeout).await?;
         if status == StatusCode::OK { Ok(()) } else { Err(CallError::Status(status.as_u16(), snippet(&body))) }
     }
 }

@@ -188,4 +188,24 @@ failover:
         let all: Cidr = "0.0.0.0/0".parse().unwrap();
         assert!(all.contains("8.8.8.8".parse().unwrap()));
     }
+
+    #[test]
+    fn the_cluster_section_is_checked_field_by_field() {
+        let base = "backends: [{id: a, url: \"http://127.0.0.1:1\"}]\n";
+        let c = parse_with(&format!("{base}cluster: {{ id: fg-1, etcd: [\"http://127.0.0.1:2379\"] }}\n"), &[])
+            .unwrap()
+            .cluster
+            .expect("cluster");
+        assert_eq!((c.prefix.as_str(), c.lease_ttl), ("/flowgate/", Duration::from_secs(2)));
+        let bad = format!(
+            "{base}cluster: {{ id: \"fg 1\", etcd: [\"127.0.0.1:2379\"], prefix: x, lease_ttl: 1500ms, user: u }}\n"
+        );
+        let fields: Vec<String> = problems(&bad).into_iter().map(|p| p.field).collect();
+        for f in ["cluster.id", "cluster.etcd[0]", "cluster.prefix", "cluster.lease_ttl", "cluster.user"] {
+            assert!(fields.iter().any(|x| x == f), "{f} not reported in {fields:?}");
+        }
+        let fields: Vec<String> =
+            problems(&format!("{base}cluster: {{ id: a, etcd: [] }}\n")).into_iter().map(|p| p.field).collect();
+        assert_eq!(fields, ["cluster.etcd"]);
+    }
 }

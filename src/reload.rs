@@ -151,6 +151,11 @@ fn restart_notes(old: &Config, new: &Config) -> Vec<String> {
             "tls settings changed: restart flowgate to apply them (certificates in the folder are reloaded)".into(),
         );
     }
+    if new.cluster.as_ref().map(|c| (&c.id, &c.etcd, &c.prefix, c.lease_ttl))
+        != old.cluster.as_ref().map(|c| (&c.id, &c.etcd, &c.prefix, c.lease_ttl))
+    {
+        notes.push("cluster settings changed: restart flowgate to apply them".into());
+    }
     if new.state.dir != old.state.dir {
         notes.push("state.dir changed: restart flowgate to apply it".into());
     }

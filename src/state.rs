@@ -47,8 +47,21 @@ pub struct Status {
     pub active: Option<String>,
     pub target_revision: Option<String>,
     pub phase: &'static str,
+    /// Replicas: this replica, the controller, the record, the store.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cluster: Option<ClusterStatus>,
     pub backends: Vec<BackendStatus>,
     pub failovers: Vec<FailoverRecord>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct ClusterStatus {
+    pub replica: String,
+    /// "controller" or "follower".
+    pub role: &'static str,
+    /// The active record every replica routes by.
+    pub record: Option<crate::control::cluster::Record>,
+    pub store: crate::control::coord::StoreView,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -101,6 +114,8 @@ pub struct Services {
     pub metrics: Arc<Metrics>,
     pub tokens: Arc<TokenStore>,
     pub changes: Arc<Changes>,
+    /// The controller epoch this replica holds, 0 when none (replicas).
+    pub epoch: Arc<std::sync::atomic::AtomicU64>,
 }
 
 /// One configuration's state, shared by the request path, the editor plane, the admin API and

@@ -7,6 +7,9 @@ module.exports = {
     // flowgate starts and stops flows through the runtime flow-state API; the editor must
     // not offer Start/Stop itself.
     runtimeState: { enabled: true, ui: false },
+    // With several flowgate replicas: refuse flow-state commands of a deposed controller
+    // (contrib/node-red/flowgate-fence.js; harmless with one flowgate).
+    httpAdminMiddleware: require("./flowgate-fence.js"),
     // With adminAuth, give flowgate a static token (the same value as the backend's token in
     // flowgate.yaml), e.g.:
     // adminAuth: { type: "credentials", users: [...],

@@ -11,6 +11,18 @@ use std::time::Duration;
 #[derive(Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct BackendId(Arc<str>);
 
+impl serde::Serialize for BackendId {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&self.0)
+    }
+}
+
+impl<'de> serde::Deserialize<'de> for BackendId {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        String::deserialize(d).map(|s| BackendId(Arc::from(s)))
+    }
+}
+
 impl From<&str> for BackendId {
     fn from(s: &str) -> Self {
         BackendId(Arc::from(s))
@@ -49,6 +61,7 @@ pub struct Config {
     pub deploy: DeployConfig,
     pub state: StateConfig,
     pub tls: Option<TlsConfig>,
+    pub cluster: Option<ClusterConfig>,
     pub limits: Limits,
     pub shutdown_grace: Duration,
     pub log: LogConfig,
@@ -65,6 +78,18 @@ pub struct DeployConfig {
     pub max_body: usize,
     pub timeout: Duration,
     pub palette_timeout: Duration,
+}
+
+/// Replicas agreeing through etcd.
+#[derive(Debug, Clone)]
+pub struct ClusterConfig {
+    /// This replica's name.
+    pub id: String,
+    pub etcd: Vec<String>,
+    /// Ends with `/`.
+    pub prefix: String,
+    pub lease_ttl: Duration,
+    pub auth: Option<(String, Secret)>,
 }
 
 #[derive(Debug, Clone)]

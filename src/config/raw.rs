@@ -40,6 +40,8 @@ pub struct RawConfig {
     pub state: RawState,
     /// TLS termination.
     pub tls: Option<RawTls>,
+    /// Several flowgate replicas in front of the same instances, agreeing through etcd.
+    pub cluster: Option<RawCluster>,
     /// Protection against slow, large and numerous client requests.
     #[serde(default)]
     pub limits: RawLimits,
@@ -101,6 +103,23 @@ pub struct RawDeploy {
     pub timeout: Option<String>,
     /// Limit for palette changes, which run npm (default 300s).
     pub palette_timeout: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawCluster {
+    /// This replica's name, unique in the cluster (letters, digits, `.`, `-`, `_`).
+    pub id: String,
+    /// etcd endpoints, e.g. ["http://10.0.0.5:2379", "http://10.0.0.6:2379"].
+    pub etcd: Vec<String>,
+    /// Key prefix in etcd: one cluster per prefix (default "/flowgate/").
+    pub prefix: Option<String>,
+    /// How long a controller that stopped renewing keeps the leadership (default 2s, whole
+    /// seconds, at least 2s). It steps down itself after half of it.
+    pub lease_ttl: Option<String>,
+    /// etcd user (with `password`), when etcd has authentication on.
+    pub user: Option<String>,
+    pub password: Option<RawSecret>,
 }
 
 #[derive(Debug, Deserialize, Default)]

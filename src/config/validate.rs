@@ -6,8 +6,8 @@ use std::time::Duration;
 
 use super::model::BackendId;
 use super::model::{
-    BackendConfig, Cidr, Config, DeployConfig, EditorConfig, FailoverConfig, HealthConfig, Listen, LogConfig,
-    NodeRedPaths, Problem, Secret, StateConfig,
+    BackendConfig, Cidr, ClusterConfig, Config, DeployConfig, EditorConfig, FailoverConfig, HealthConfig, Listen,
+    LogConfig, NodeRedPaths, Problem, Secret, StateConfig,
 };
 use super::raw::{RawConfig, RawSecret};
 use super::units::{parse_duration, parse_size};
@@ -309,6 +309,8 @@ pub fn validate(raw: RawConfig, secrets: &dyn SecretSource, base: &std::path::Pa
     let state =
         StateConfig { dir: raw.state.dir.as_deref().map(at), key: p.secret("state.key", &raw.state.key, secrets) };
 
+    let cluster = raw.cluster.as_ref().map(|c| cluster(&mut p, c, secrets));
+
     let l = &raw.limits;
     let max_header_bytes = match l.max_header_bytes.as_deref().map(parse_size) {
         None => DEFAULT_MAX_HEADER_BYTES,
@@ -356,6 +358,7 @@ pub fn validate(raw: RawConfig, secrets: &dyn SecretSource, base: &std::path::Pa
             deploy,
             state,
             tls,
+            cluster,
             limits,
             shutdown_grace,
             log: LogConfig { level: raw.log.level, json, access: raw.log.access.unwrap_or(false) },
@@ -381,4 +384,41 @@ impl std::str::FromStr for Cidr {
         };
         Ok(Cidr { addr, prefix })
     }
+}
+
+fn cluster(p: &mut Problems, c: &super::raw::RawCluster, secrets: &dyn SecretSource) -> ClusterConfig {
+    if c.id.is_empty() || !c.id.bytes().all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b)) {
+        p.add("cluster.id", format!("\"{}\" must be letters, digits, ., - and _", c.id));
+    }
+    if c.etcd.is_empty() {
+        p.add("cluster.etcd", "list at least one endpoint, e.g. [\"http://127.0.0.1:2379\"]");
+    }
+    for (i, e) in c.etcd.iter().enumerate() {
+        let ok = e.parse::<http::Uri>().is_ok_and(|u| {
+            matches!(u.scheme_str(), Some("http" | "https")) && u.authority().is_some_and(|a| a.port().is_some())
+        });
+        if !ok {
+            p.add(format!("cluster.etcd[{i}]"), format!("\"{e}\" is not an endpoint; write http://HOST:PORT"));
+        }
+    }
+    let mut prefix = c.prefix.clone().unwrap_or_else(|| "/flowgate/".into());
+    if !prefix.starts_with('/') {
+        p.add("cluster.prefix", format!("\"{prefix}\" must start with /"));
+    }
+    if !prefix.ends_with('/') {
+        prefix.push('/');
+    }
+    let lease_ttl = p.duration("cluster.lease_ttl", &c.lease_ttl, Duration::from_secs(2));
+    if lease_ttl < Duration::from_secs(2) || lease_ttl.subsec_nanos() != 0 {
+        p.add("cluster.lease_ttl", "must be whole seconds, at least 2s (etcd leases count in seconds)");
+    }
+    let auth = match (&c.user, p.secret("cluster.password", &c.password, secrets)) {
+        (Some(u), Some(pw)) => Some((u.clone(), pw)),
+        (None, None) => None,
+        _ => {
+            p.add("cluster.user", "give both `user` and `password`, or neither");
+            None
+        }
+    };
+    ClusterConfig { id: c.id.clone(), etcd: c.etcd.clone(), prefix, lease_ttl, auth }
 }

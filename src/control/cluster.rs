@@ -23,6 +23,9 @@
 //! - Out-of-step instances are resynced, and promoted only when nothing in step is eligible.
 
 pub mod driver;
+mod replica;
+#[cfg(test)]
+mod replica_tests;
 mod state;
 mod step;
 #[cfg(test)]
@@ -149,6 +152,36 @@ pub enum SyncOutcome {
     Failed(String),
 }
 
+/// The active record replicas agree on. Only the controller writes it, in a transaction
+/// guarded by its leadership; every replica routes by it.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Record {
+    pub active: Option<InstanceId>,
+    /// The controller's epoch when it wrote this (its leader key's revision in etcd).
+    pub epoch: u64,
+    pub phase: RecordPhase,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RecordPhase {
+    /// The active was lost or is being moved: hold requests.
+    Promoting,
+    /// `active` runs flows (confirmed): route to it.
+    Serving,
+}
+
+/// How this flowgate takes part in decisions.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Mode {
+    /// No `cluster:` configured: it decides alone.
+    Alone,
+    /// Another replica controls (or none does yet): route by the record, change nothing.
+    Follower,
+    /// This replica holds the leadership with `epoch`: it alone changes flow state.
+    Controller { epoch: u64 },
+}
+
 /// Why a switchover was refused or did not complete.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum SwitchoverError {
@@ -164,6 +197,8 @@ pub enum SwitchoverError {
     Failed(#[from] PromotionError),
     #[error("flowgate is shutting down")]
     ShuttingDown,
+    #[error("this replica is not the controller: send it to the controller (see /status)")]
+    NotController,
 }
 
 /// Why a promotion failed; the target cools down and the election runs again.
@@ -198,6 +233,10 @@ pub enum Event {
     Started { id: InstanceId, result: Result<(), CallError> },
     /// Result of [`Effect::Resync`].
     Synced { id: InstanceId, outcome: SyncOutcome },
+    /// Replicas: this replica became controller with `Some(epoch)`, or is not (any more).
+    Leadership(Option<u64>),
+    /// Replicas: the active record as stored (watched).
+    Record(Record),
 }
 
 /// What the core asks the driver to do, in order.
@@ -220,11 +259,14 @@ pub enum Effect {
         id: InstanceId,
         timeout: Duration,
         purpose: StopFor,
+        /// The controller epoch the command carries (replicas); fenced at Node-RED.
+        epoch: Option<u64>,
     },
     /// `POST flows/state start`, confirmed. Answered with [`Event::Started`].
     StartFlows {
         id: InstanceId,
         timeout: Duration,
+        epoch: Option<u64>,
     },
     /// Bring `id` in step with the target, from `source`'s flows (else the remembered ones);
     /// `locked`: the promotion holds the change lock already. Answered with [`Event::Synced`].
@@ -240,6 +282,11 @@ pub enum Effect {
         ticket: u64,
         result: Result<String, SwitchoverError>,
     },
+    /// Replicas: store the active record, guarded by this replica's leadership; a write that
+    /// fails because the leadership is gone comes back as `Leadership(None)`.
+    Publish(Record),
+    /// Replicas: tell the controller that `id` looks failed from here (it probes at once).
+    Suspect(InstanceId),
     /// Something to log and count.
     Notice(Notice),
 }
@@ -303,5 +350,13 @@ pub enum Notice {
     Resynced {
         id: InstanceId,
         result: Result<(), String>,
+    },
+    /// Replicas: this replica became controller (`Some(epoch)`) or stepped down (`None`).
+    Leadership {
+        epoch: Option<u64>,
+    },
+    /// Replicas: the leadership was lost during a promotion; nothing more is sent for it.
+    PromotionAbandoned {
+        to: InstanceId,
     },
 }

@@ -43,6 +43,11 @@ pub struct Metrics {
     pub backend_in_step: IntGaugeVec,
     pub backend_revision: IntGaugeVec,
     pub promotions_out_of_step: IntCounter,
+    pub cluster_controller: IntGauge,
+    pub cluster_epoch: IntGauge,
+    pub cluster_leadership_changes: IntCounter,
+    pub cluster_store_errors: IntCounter,
+    pub cluster_fenced: IntCounter,
     pub config_reloads: IntCounterVec,
     pub tls_reload_errors: IntCounter,
     pub tls_not_after: IntGaugeVec,
@@ -260,6 +265,37 @@ impl Metrics {
                 IntCounter::new(
                     "flowgate_promotions_out_of_step_total",
                     "Promotions of an instance that could not be brought in step first (no in-step one existed).",
+                )
+                .unwrap(),
+            ),
+            cluster_controller: reg(
+                &registry,
+                IntGauge::new("flowgate_cluster_controller", "1 while this replica is the controller (replicas).")
+                    .unwrap(),
+            ),
+            cluster_epoch: reg(
+                &registry,
+                IntGauge::new("flowgate_cluster_epoch", "The epoch of the controller this replica follows or is.")
+                    .unwrap(),
+            ),
+            cluster_leadership_changes: reg(
+                &registry,
+                IntCounter::new(
+                    "flowgate_cluster_leadership_changes_total",
+                    "Times this replica became controller or stepped down.",
+                )
+                .unwrap(),
+            ),
+            cluster_store_errors: reg(
+                &registry,
+                IntCounter::new("flowgate_cluster_store_errors_total", "etcd sessions that ended with an error.")
+                    .unwrap(),
+            ),
+            cluster_fenced: reg(
+                &registry,
+                IntCounter::new(
+                    "flowgate_cluster_fenced_total",
+                    "Flow-state commands of this replica refused by an instance for a stale epoch.",
                 )
                 .unwrap(),
             ),

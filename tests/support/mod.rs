@@ -1,8 +1,11 @@
 //! Test harness: flowgate in-process on port 0 in front of fake instances, plus helpers.
 #![allow(dead_code)]
 
+pub mod etcd;
 pub mod fake_node_red;
 pub mod node_red;
+pub mod replica;
+pub mod stream;
 
 use std::path::Path;
 use std::time::Duration;
@@ -92,7 +95,21 @@ pub struct Reply {
 }
 
 pub async fn send(c: &HttpClient, method: &str, url: &str, body: &str) -> Result<Reply, String> {
-    let req = http::Request::builder().method(method).uri(url).body(Full::new(Bytes::from(body.to_string()))).unwrap();
+    send_with(c, method, url, body, &[]).await
+}
+
+pub async fn send_with(
+    c: &HttpClient,
+    method: &str,
+    url: &str,
+    body: &str,
+    headers: &[(&str, &str)],
+) -> Result<Reply, String> {
+    let mut req = http::Request::builder().method(method).uri(url);
+    for (k, v) in headers {
+        req = req.header(*k, *v);
+    }
+    let req = req.body(Full::new(Bytes::from(body.to_string()))).unwrap();
     let resp = c.request(req).await.map_err(|e| format!("{e:?}"))?;
     let status = resp.status().as_u16();
     let headers = resp.headers().clone();

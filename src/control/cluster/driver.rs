@@ -8,19 +8,18 @@
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use tokio::sync::{OwnedMutexGuard, mpsc, oneshot};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
-use tracing::{error, info, warn};
+use tracing::info;
 
-use super::{Effect, Event, InstanceId, Notice, PromotionError, Reason, Settings, Spec, State, SwitchoverError, Sync};
+use super::{Effect, Event, InstanceId, Settings, Spec, State, SwitchoverError, Sync};
 use crate::backend::{AdminClient, Backend, BackendId, FlowState};
-use crate::control::health::{Health, Report};
-use crate::state::{Active, BackendStatus, FailoverRecord, Shared, Status, View};
-
-const HISTORY: usize = 50;
+use crate::control::coord::{FromStore, Link, StoreView, ToStore};
+use crate::control::health::Report;
+use crate::state::{Active, FailoverRecord, Shared, View};
 
 /// Operator commands (admin API, reload).
 pub enum Command {
@@ -38,6 +37,8 @@ pub struct Seed {
     /// demotion.
     current: Option<Arc<Active>>,
     history: VecDeque<FailoverRecord>,
+    link: Option<Link>,
+    store: Option<StoreView>,
 }
 
 /// Results of the effects the driver started.
@@ -45,6 +46,8 @@ enum Done {
     Event(Event),
     Locked(Option<OwnedMutexGuard<()>>),
 }
+
+mod report;
 
 pub struct Driver {
     shared: Arc<Shared>,
@@ -61,10 +64,19 @@ pub struct Driver {
     done_tx: mpsc::UnboundedSender<Done>,
     done_rx: mpsc::UnboundedReceiver<Done>,
     handover: Option<oneshot::Sender<Seed>>,
+    /// Replicas: the link to the store's session, and how the store looks.
+    link: Option<Link>,
+    store: Option<StoreView>,
+    /// Shared with the probers: the epoch they carry.
+    epoch: Arc<std::sync::atomic::AtomicU64>,
 }
 
-fn unix_ms(t: SystemTime) -> u64 {
-    t.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64)
+/// The next message from the store, or never without one.
+async fn from_store(link: &mut Option<Link>) -> Option<FromStore> {
+    match link {
+        Some(l) => l.from_store.recv().await,
+        None => std::future::pending().await,
+    }
 }
 
 /// The core's view of an instance from its configured backend.
@@ -78,11 +90,16 @@ impl Driver {
         client: AdminClient,
         reports: mpsc::Receiver<(usize, Report)>,
         commands: mpsc::Receiver<Command>,
-        seed: Option<Seed>,
+        mut seed: Option<Seed>,
+        link: Option<Link>,
+        epoch: Arc<std::sync::atomic::AtomicU64>,
     ) -> Self {
         let now = Instant::now();
         let specs: Vec<Spec> = shared.backends().map(|b| spec(b)).collect();
-        let settings = Settings::from_config(&shared.config);
+        // Replicated only with a live link to the store, whatever the reloaded file says: the
+        // session is started once, with flowgate.
+        let link = seed.as_mut().and_then(|s| s.link.take()).or(link);
+        let settings = Settings { replicated: link.is_some(), ..Settings::from_config(&shared.config) };
         let (done_tx, done_rx) = mpsc::unbounded_channel();
         let mut d = Driver {
             core: State::new(specs.clone(), settings.clone(), now),
@@ -99,10 +116,14 @@ impl Driver {
             done_tx,
             done_rx,
             handover: None,
+            link,
+            store: None,
+            epoch,
         };
         if let Some(seed) = seed {
             d.core = State::reconfigured(seed.core, specs, settings, now);
             d.history = seed.history;
+            d.store = seed.store;
             if let (Some(id), Some(old)) = (d.core.active().cloned(), seed.current) {
                 let i = d.index(&id);
                 // Same instance: keep its fencing signals.
@@ -129,9 +150,20 @@ impl Driver {
         }
         match self.handover.take() {
             Some(reply) => {
-                let seed =
-                    Seed { core: self.core.clone(), current: self.current.clone(), history: self.history.clone() };
-                reply.send(seed).is_ok()
+                let seed = Seed {
+                    core: self.core.clone(),
+                    current: self.current.clone(),
+                    history: self.history.clone(),
+                    link: self.link.take(),
+                    store: self.store.clone(),
+                };
+                match reply.send(seed) {
+                    Ok(()) => true,
+                    Err(seed) => {
+                        self.link = seed.link;
+                        false
+                    }
+                }
             }
             None => false,
         }
@@ -174,6 +206,24 @@ impl Driver {
                 },
                 // The in-step table changed: refreshed at the top of the loop.
                 _ = self.shared.sync_changed.notified() => None,
+                Some(m) = from_store(&mut self.link) => match m {
+                    FromStore::Leadership(lead) => Some(Event::Leadership(lead)),
+                    FromStore::Record(r) => Some(Event::Record(r)),
+                    FromStore::Suspect(id) => {
+                        // Not trusted, only looked at: probe it now.
+                        if let Some(i) = self.shared.backends().position(|b| b.id == id) {
+                            self.shared.suspect(i);
+                        }
+                        None
+                    }
+                    FromStore::View(v) => {
+                        if !v.connected {
+                            self.shared.metrics.cluster_store_errors.inc();
+                        }
+                        self.store = Some(v);
+                        None
+                    }
+                },
                 _ = tokio::time::sleep_until(wake) => Some(Event::Tick),
             };
             if let Some(event) = event {
@@ -267,17 +317,23 @@ impl Driver {
                 });
             }
             Effect::ReleaseChangeLock => self.lock = None,
-            Effect::StopFlows { id, timeout, purpose } => {
+            Effect::StopFlows { id, timeout, purpose, epoch } => {
                 let b = shared.backend(self.index(&id)).clone();
                 self.spawn(async move {
-                    let result = b.set_flow_state(&client, FlowState::Stop, timeout).await;
+                    let result = b.set_flow_state(&client, FlowState::Stop, epoch, timeout).await;
+                    if result == Err(crate::backend::CallError::Fenced) {
+                        shared.metrics.cluster_fenced.inc();
+                    }
                     Event::Stopped { id, purpose, result }
                 });
             }
-            Effect::StartFlows { id, timeout } => {
+            Effect::StartFlows { id, timeout, epoch } => {
                 let b = shared.backend(self.index(&id)).clone();
                 self.spawn(async move {
-                    let result = b.set_flow_state(&client, FlowState::Start, timeout).await;
+                    let result = b.set_flow_state(&client, FlowState::Start, epoch, timeout).await;
+                    if result == Err(crate::backend::CallError::Fenced) {
+                        shared.metrics.cluster_fenced.inc();
+                    }
                     Event::Started { id, result }
                 });
             }
@@ -306,6 +362,16 @@ impl Driver {
                     let _ = reply.send(result);
                 }
             }
+            Effect::Publish(record) => {
+                if let Some(l) = &self.link {
+                    let _ = l.to_store.send(ToStore::Publish(record));
+                }
+            }
+            Effect::Suspect(id) => {
+                if let Some(l) = &self.link {
+                    let _ = l.to_store.send(ToStore::Suspect(id));
+                }
+            }
             Effect::Notice(n) => self.notice(n),
         }
     }
@@ -315,153 +381,5 @@ impl Driver {
         self.current = active.clone();
         self.shared.view.store(Arc::new(View { generation: self.generation, active }));
         self.shared.generation.send_replace(self.generation);
-    }
-
-    /// Logs and counts one transition.
-    fn notice(&mut self, n: Notice) {
-        let m = &self.shared.metrics;
-        match n {
-            Notice::Up { id, flow_state } => info!(backend = %id, flow_state = ?flow_state, "instance is up"),
-            Notice::Down { id, error } => {
-                let err = error.map(|e| e.to_string()).unwrap_or_default();
-                warn!(backend = %id, error = %err, "instance is down");
-            }
-            Notice::Unmanageable { id } => {
-                error!(backend = %id, "runtimeState is disabled, so flowgate cannot start or stop flows here and will never promote it; set `runtimeState: {{ enabled: true, ui: false }}` in its settings.js");
-            }
-            Notice::CanaryFailing { id, error } => {
-                warn!(backend = %id, error = %error, "canary failed on the active instance");
-            }
-            Notice::ActiveLost { id, reason } => {
-                warn!(backend = %id, reason = reason.as_str(), "active instance lost; traffic held until a standby is promoted");
-            }
-            Notice::NoCandidate => error!("no eligible instance: requests are held, then answered 503"),
-            Notice::Promoting { id, reason, stopping } => {
-                info!(backend = %id, reason = reason.as_str(), stopping, "promoting");
-            }
-            Notice::LockBusy => warn!("the change lock stayed busy; promoting without it"),
-            Notice::StopUnanswered { id } => warn!(backend = %id, "did not answer the stop; fenced until it does"),
-            Notice::ResyncedBeforePromotion { id, error: None } => info!(backend = %id, "resynced before promotion"),
-            Notice::ResyncedBeforePromotion { id, error: Some(why) } => {
-                m.promotions_out_of_step.inc();
-                error!(backend = %id, error = %why, "promoting an instance that could not be brought in step");
-            }
-            Notice::Promotion { from, to, reason, elapsed, result } => self.record(from, to, reason, elapsed, result),
-            Notice::StrayStopped { id, was } => {
-                m.stray_starts_stopped.with_label_values(&[id.as_str()]).inc();
-                warn!(backend = %id, was = was.as_str(), "stopped flows on a non-active instance (stray start)");
-            }
-            Notice::StrayStopFailed { id, error } => {
-                error!(backend = %id, error = %error, "could not stop flows on a non-active instance; retrying in 5 s");
-            }
-            Notice::Resynced { id, result: Ok(()) } => {
-                m.resyncs.with_label_values(&[id.as_str(), "ok"]).inc();
-                info!(backend = %id, "instance brought back in step (flows and credentials)");
-            }
-            Notice::Resynced { id, result: Err(why) } => {
-                m.resyncs.with_label_values(&[id.as_str(), "failed"]).inc();
-                warn!(backend = %id, error = %why, "could not bring the instance in step; retrying");
-            }
-        }
-    }
-
-    fn record(
-        &mut self,
-        from: Option<InstanceId>,
-        to: InstanceId,
-        reason: Reason,
-        elapsed: Duration,
-        result: Result<(), PromotionError>,
-    ) {
-        let m = &self.shared.metrics;
-        let ms = elapsed.as_secs_f64() * 1e3;
-        let from_id = from.map(|f| f.to_string());
-        let mut record = FailoverRecord {
-            at_unix_ms: unix_ms(SystemTime::now()),
-            from: from_id.clone(),
-            to: Some(to.to_string()),
-            reason: reason.as_str(),
-            duration_ms: ms,
-            outcome: "ok",
-            detail: None,
-        };
-        match result {
-            Ok(()) => {
-                if reason != Reason::Initial {
-                    m.failovers.with_label_values(&[reason.as_str()]).inc();
-                    m.failover_duration.observe(elapsed.as_secs_f64());
-                }
-                info!(
-                    backend = %to,
-                    from = from_id.as_deref().unwrap_or("-"),
-                    reason = reason.as_str(),
-                    duration_ms = format!("{ms:.1}"),
-                    "active instance changed; traffic switched"
-                );
-            }
-            Err(e) => {
-                m.failover_failures.with_label_values(&[reason.as_str()]).inc();
-                error!(backend = %to, reason = reason.as_str(), error = %e, "promotion failed");
-                record.outcome = "failed";
-                record.detail = Some(e.to_string());
-            }
-        }
-        self.history.push_front(record);
-        self.history.truncate(HISTORY);
-    }
-
-    fn publish_status(&self) {
-        let metrics = &self.shared.metrics;
-        let mut running = 0;
-        let sync = self.shared.sync.lock().unwrap_or_else(|e| e.into_inner());
-        let active = self.core.active();
-        let backends = self
-            .shared
-            .backends()
-            .zip(self.core.members())
-            .enumerate()
-            .map(|(i, (b, m))| {
-                let role = self.core.role(&b.id).as_str();
-                let up = m.health() == Health::Up;
-                let state = if up { m.flow_state.map(FlowState::as_str) } else { None };
-                running += i64::from(state == Some("start"));
-                metrics.set_backend(b.id.as_str(), up, role, state.unwrap_or("unknown"));
-                let revision = sync.applied[i].rev.clone();
-                metrics.set_sync(b.id.as_str(), sync.in_step(i), revision.as_deref());
-                let step = match &sync.steps[i] {
-                    crate::editor::sync::Step::InStep => "in_step".to_string(),
-                    crate::editor::sync::Step::Unknown => "unknown".to_string(),
-                    crate::editor::sync::Step::OutOfStep(why) => format!("out_of_step: {why}"),
-                };
-                let is_active = active == Some(&b.id);
-                BackendStatus {
-                    id: b.id.to_string(),
-                    url: format!("http://{}", b.authority),
-                    priority: b.priority,
-                    health: m.health().as_str(),
-                    role,
-                    flow_state: state,
-                    runtime_state_enabled: m.runtime_state,
-                    canary: (b.has_canary() && is_active)
-                        .then(|| m.canary_ok())
-                        .flatten()
-                        .map(|ok| if ok { "ok" } else { "failing" }),
-                    last_probe_unix_ms: m.last_probe.map(|(t, _)| unix_ms(t)),
-                    last_probe_latency_ms: m.last_probe.map(|(_, l)| l.as_secs_f64() * 1e3),
-                    last_error: m.last_error.as_ref().map(|e| e.to_string()),
-                    revision,
-                    step,
-                }
-            })
-            .collect();
-        metrics.instances_running_flows.set(running);
-        metrics.active_present.set(i64::from(active.is_some()));
-        self.shared.status.store(Arc::new(Status {
-            active: active.map(|id| id.to_string()),
-            target_revision: sync.rev.clone(),
-            phase: self.core.phase().as_str(),
-            backends,
-            failovers: self.history.iter().cloned().collect(),
-        }));
     }
 }

@@ -7,7 +7,7 @@ use std::time::{Duration, SystemTime};
 
 use tokio::time::Instant;
 
-use super::{InstanceId, Phase, Reason, Role, Sync};
+use super::{InstanceId, Mode, Phase, Reason, Record, Role, Sync};
 use crate::backend::{CallError, FlowState};
 use crate::config::Config;
 use crate::control::election::{self, Candidate, Policy};
@@ -27,6 +27,8 @@ pub struct Settings {
     pub failback_delay: Duration,
     pub stop_timeout: Duration,
     pub start_timeout: Duration,
+    /// Several replicas share the decisions (`cluster:` configured): start as a follower.
+    pub replicated: bool,
 }
 
 impl Settings {
@@ -41,6 +43,7 @@ impl Settings {
             failback_delay: c.failover.failback_delay,
             stop_timeout: c.failover.stop_timeout,
             start_timeout: c.failover.start_timeout,
+            replicated: c.cluster.is_some(),
         }
     }
 }
@@ -173,6 +176,9 @@ pub struct State {
     pub(super) elected_once: bool,
     pub(super) retry_at: Option<Instant>,
     pub(super) warned_no_candidate: bool,
+    pub(super) mode: Mode,
+    /// Replicas: the active record as last seen in the store.
+    pub(super) record: Option<Record>,
 }
 
 impl State {
@@ -180,7 +186,10 @@ impl State {
     /// after two probe intervals and a timeout.
     pub fn new(specs: Vec<Spec>, settings: Settings, now: Instant) -> Self {
         let startup_until = now + settings.interval * 2 + settings.timeout;
+        let mode = if settings.replicated { Mode::Follower } else { Mode::Alone };
         State {
+            mode,
+            record: None,
             members: specs.into_iter().map(|s| Member::new(s, &settings)).collect(),
             settings,
             active: None,
@@ -216,6 +225,10 @@ impl State {
         }
         new.active = old.active.and_then(|a| map[a]);
         new.promoted_at = old.promoted_at;
+        new.record = old.record;
+        if new.settings.replicated && old.mode != Mode::Alone {
+            new.mode = old.mode;
+        }
         new.elected_once = old.elected_once;
         new.lost = old.lost.map(|l| Lost { from: l.from.filter(|f| new.index_of(f).is_some()), ..l });
         new
@@ -232,6 +245,15 @@ impl State {
     /// A promotion is in progress (a reload waits for it to end).
     pub fn busy(&self) -> bool {
         self.promotion.is_some()
+    }
+
+    pub fn mode(&self) -> &Mode {
+        &self.mode
+    }
+
+    /// Replicas: the active record as last seen.
+    pub fn record(&self) -> Option<&Record> {
+        self.record.as_ref()
     }
 
     pub(super) fn index_of(&self, id: &InstanceId) -> Option<usize> {

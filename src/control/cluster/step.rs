@@ -9,7 +9,9 @@
 use tokio::time::Instant;
 
 use super::state::{CANARY_COOLDOWN, Lost, PROMOTION_COOLDOWN, Promotion, RETRY_LATER, RETRY_PAUSE, Stage, State};
-use super::{Effect, Event, InstanceId, Notice, PromotionError, Reason, StopFor, SwitchoverError, Sync, SyncOutcome};
+use super::{
+    Effect, Event, InstanceId, Notice, PromotionError, Reason, RecordPhase, StopFor, SwitchoverError, Sync, SyncOutcome,
+};
 use crate::backend::{CallError, FlowState};
 use crate::control::election;
 use crate::control::health::{Health, Report, Transition};
@@ -49,6 +51,8 @@ impl State {
                 }
             }
             Event::Synced { id, outcome } => self.on_synced(id, outcome, now, &mut fx),
+            Event::Leadership(lead) => self.on_leadership(lead, &mut fx),
+            Event::Record(record) => self.on_record(record, &mut fx),
         }
         self.reconcile(now, &mut fx);
         fx
@@ -115,7 +119,8 @@ impl State {
                 m.runtime_state = None;
                 m.warned_unmanageable = false;
                 m.canary_fails = 0;
-                fx.push(Effect::Notice(Notice::Down { id, error: m.last_error.clone() }));
+                fx.push(Effect::Notice(Notice::Down { id: id.clone(), error: m.last_error.clone() }));
+                self.suspect(&id, fx);
             }
             None => {}
         }
@@ -123,6 +128,9 @@ impl State {
 
     fn on_switchover(&mut self, to: Option<InstanceId>, ticket: u64, now: Instant, fx: &mut Vec<Effect>) {
         let mut reply = |result| fx.push(Effect::Reply { ticket, result });
+        if self.following() {
+            return reply(Err(SwitchoverError::NotController));
+        }
         if self.promotion.is_some() {
             return reply(Err(SwitchoverError::Busy));
         }
@@ -203,6 +211,9 @@ impl State {
     }
 
     fn reconcile(&mut self, now: Instant, fx: &mut Vec<Effect>) {
+        if self.following() {
+            return self.follow_record(fx);
+        }
         if self.promotion.is_some() {
             return;
         }
@@ -255,7 +266,7 @@ impl State {
 
     /// A healthy non-active instance that reports flows started is stopped at once.
     fn stop_strays(&mut self, now: Instant, fx: &mut Vec<Effect>) {
-        let timeout = self.settings.stop_timeout;
+        let (timeout, epoch) = (self.settings.stop_timeout, self.epoch());
         for (i, m) in self.members.iter_mut().enumerate() {
             let running = matches!(m.flow_state, Some(FlowState::Start | FlowState::Safe));
             if Some(i) == self.active || m.health() != Health::Up || !running || m.stop_in_flight {
@@ -265,7 +276,7 @@ impl State {
                 continue; // an instance without runtimeState cannot be stopped; reported when seen
             }
             m.stop_in_flight = true;
-            fx.push(Effect::StopFlows { id: m.spec.id.clone(), timeout, purpose: StopFor::Stray });
+            fx.push(Effect::StopFlows { id: m.spec.id.clone(), timeout, purpose: StopFor::Stray, epoch });
         }
     }
 
@@ -291,6 +302,7 @@ impl State {
         self.promoted_at = None;
         self.lost = Some(Lost { at: now, from: Some(id.clone()), reason });
         fx.push(Effect::Release { id: id.clone(), failed });
+        self.publish(None, RecordPhase::Promoting, fx);
         fx.push(Effect::Route(None));
         fx.push(Effect::Notice(Notice::ActiveLost { id, reason }));
     }
@@ -344,8 +356,13 @@ impl State {
         }
         p.stage = Stage::Stopping;
         p.waiting = p.others.iter().map(|(i, _)| *i).collect();
+        let epoch = match self.mode {
+            super::Mode::Controller { epoch } => Some(epoch),
+            _ => None,
+        };
         for &(i, timeout) in &p.others {
-            fx.push(Effect::StopFlows { id: self.members[i].spec.id.clone(), timeout, purpose: StopFor::Promotion });
+            let id = self.members[i].spec.id.clone();
+            fx.push(Effect::StopFlows { id, timeout, purpose: StopFor::Promotion, epoch });
         }
         if p.waiting.is_empty() {
             self.after_stops(now, fx);
@@ -404,7 +421,8 @@ impl State {
             return self.finish_promotion(Err(why), now, fx);
         }
         p.stage = Stage::Starting;
-        fx.push(Effect::StartFlows { id: m.spec.id.clone(), timeout: self.settings.start_timeout });
+        let epoch = self.epoch();
+        fx.push(Effect::StartFlows { id: m.spec.id.clone(), timeout: self.settings.start_timeout, epoch });
     }
 
     fn finish_promotion(&mut self, result: Result<(), PromotionError>, now: Instant, fx: &mut Vec<Effect>) {
@@ -426,6 +444,8 @@ impl State {
                 let m = &mut self.members[p.target];
                 m.flow_state = Some(FlowState::Start);
                 m.canary_fails = 0;
+                // Every replica may route there now: its flows are confirmed started.
+                self.publish(Some(p.target), RecordPhase::Serving, fx);
                 fx.push(Effect::Route(Some(to.clone())));
                 if let Some(ticket) = p.ticket {
                     fx.push(Effect::Reply { ticket, result: Ok(format!("{to} is active")) });

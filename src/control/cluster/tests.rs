@@ -8,9 +8,9 @@ use tokio::time::Instant;
 
 use super::*;
 
-const MS: Duration = Duration::from_millis(1);
+pub(super) const MS: Duration = Duration::from_millis(1);
 
-fn settings() -> Settings {
+pub(super) fn settings() -> Settings {
     Settings {
         rise: 2,
         fall: 2,
@@ -21,23 +21,24 @@ fn settings() -> Settings {
         failback_delay: Duration::from_secs(60),
         stop_timeout: Duration::from_secs(15),
         start_timeout: Duration::from_secs(15),
+        replicated: false,
     }
 }
 
-fn id(s: &str) -> InstanceId {
+pub(super) fn id(s: &str) -> InstanceId {
     InstanceId::from(s)
 }
 
-fn specs(list: &[(&str, i64)]) -> Vec<Spec> {
+pub(super) fn specs(list: &[(&str, i64)]) -> Vec<Spec> {
     list.iter().map(|&(n, p)| Spec { id: id(n), address: format!("http://{n}:1880"), priority: p }).collect()
 }
 
-fn report(state: Result<FlowState, CallError>) -> Report {
+pub(super) fn report(state: Result<FlowState, CallError>) -> Report {
     Report { at: SystemTime::UNIX_EPOCH, latency: MS, state, runtime_state: Some(Ok(true)), canary: None }
 }
 
 /// Effects as words; notices and rechecks left out.
-fn actions(fx: &[Effect]) -> Vec<String> {
+pub(super) fn actions(fx: &[Effect]) -> Vec<String> {
     fx.iter()
         .filter_map(|e| {
             Some(match e {
@@ -53,75 +54,85 @@ fn actions(fx: &[Effect]) -> Vec<String> {
                 Effect::Resync { id, .. } => format!("resync {id}"),
                 Effect::Reply { result: Ok(_), .. } => "reply ok".into(),
                 Effect::Reply { result: Err(_), .. } => "reply error".into(),
+                Effect::Publish(r) => format!(
+                    "publish {} {}@{}",
+                    r.active.as_ref().map_or("-".to_string(), |a| a.to_string()),
+                    match r.phase {
+                        RecordPhase::Serving => "serving",
+                        RecordPhase::Promoting => "promoting",
+                    },
+                    r.epoch
+                ),
+                Effect::Suspect(id) => format!("suspect {id}"),
                 Effect::Notice(_) | Effect::Recheck(_) => return None,
             })
         })
         .collect()
 }
 
-fn notices(fx: &[Effect]) -> Vec<Notice> {
+pub(super) fn notices(fx: &[Effect]) -> Vec<Notice> {
     fx.iter().filter_map(|e| if let Effect::Notice(n) = e { Some(n.clone()) } else { None }).collect()
 }
 
 /// Only flow-state and routing actions: what break-before-make is about.
-fn moves(fx: &[Effect]) -> Vec<String> {
+pub(super) fn moves(fx: &[Effect]) -> Vec<String> {
     actions(fx)
         .into_iter()
         .filter(|a| a.starts_with("stop") || a.starts_with("start") || a.starts_with("route"))
         .collect()
 }
 
-struct Script {
-    core: State,
-    now: Instant,
+pub(super) struct Script {
+    pub(super) core: State,
+    pub(super) now: Instant,
 }
 
 impl Script {
-    fn new(list: &[(&str, i64)]) -> Self {
+    pub(super) fn new(list: &[(&str, i64)]) -> Self {
         Self::with(list, settings())
     }
 
-    fn with(list: &[(&str, i64)], s: Settings) -> Self {
+    pub(super) fn with(list: &[(&str, i64)], s: Settings) -> Self {
         let now = Instant::now();
         Script { core: State::new(specs(list), s, now), now }
     }
 
-    fn send(&mut self, e: Event) -> Vec<Effect> {
+    pub(super) fn send(&mut self, e: Event) -> Vec<Effect> {
         self.core.step(e, self.now)
     }
 
-    fn probe(&mut self, n: &str, state: Result<FlowState, CallError>) -> Vec<Effect> {
+    pub(super) fn probe(&mut self, n: &str, state: Result<FlowState, CallError>) -> Vec<Effect> {
         self.send(Event::Probe { id: id(n), report: report(state) })
     }
 
-    fn up(&mut self, n: &str, s: FlowState) -> Vec<Effect> {
+    pub(super) fn up(&mut self, n: &str, s: FlowState) -> Vec<Effect> {
         self.probe(n, Ok(s))
     }
 
-    fn advance(&mut self, d: Duration) -> Vec<Effect> {
+    pub(super) fn advance(&mut self, d: Duration) -> Vec<Effect> {
         self.now += d;
         self.send(Event::Tick)
     }
 
-    fn locked(&mut self) -> Vec<Effect> {
+    pub(super) fn locked(&mut self) -> Vec<Effect> {
         self.send(Event::ChangeLockTaken { got: true })
     }
 
-    fn stopped(&mut self, n: &str, result: Result<(), CallError>) -> Vec<Effect> {
+    pub(super) fn stopped(&mut self, n: &str, result: Result<(), CallError>) -> Vec<Effect> {
         self.send(Event::Stopped { id: id(n), purpose: StopFor::Promotion, result })
     }
 
-    fn started(&mut self, n: &str) -> Vec<Effect> {
+    pub(super) fn started(&mut self, n: &str) -> Vec<Effect> {
         self.send(Event::Started { id: id(n), result: Ok(()) })
     }
 
-    fn all_in_step(&mut self) {
+    pub(super) fn all_in_step(&mut self) {
         let steps = self.core.members().iter().map(|m| (m.spec.id.clone(), Sync::InStep)).collect();
         self.send(Event::Steps(steps));
     }
 
     /// a (priority 200) active, b standby, both in step.
-    fn serving_a() -> Self {
+    pub(super) fn serving_a() -> Self {
         let mut s = Script::new(&[("a", 200), ("b", 100)]);
         s.up("a", FlowState::Stop);
         assert_eq!(actions(&s.up("b", FlowState::Stop)), ["lock"]);

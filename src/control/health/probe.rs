@@ -5,6 +5,7 @@
 //! about `fall × timeout` rather than `fall × interval`.
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::SystemTime;
 
 use tokio::sync::{Notify, mpsc};
@@ -28,9 +29,16 @@ pub struct Prober {
     pub kick: Arc<Notify>,
     pub wants: Arc<dyn CanaryWanted>,
     pub reports: mpsc::Sender<(usize, Report)>,
+    /// The controller epoch this replica holds (0: none); probes carry it so that every
+    /// instance learns a new controller's epoch within one interval (replicas).
+    pub epoch: Arc<AtomicU64>,
 }
 
 impl Prober {
+    fn epoch(&self) -> Option<u64> {
+        Some(self.epoch.load(Ordering::Relaxed)).filter(|&e| e > 0)
+    }
+
     pub async fn run(self, cancel: CancellationToken) {
         let mut ticker = tokio::time::interval(self.health.interval);
         ticker.set_missed_tick_behavior(MissedTickBehavior::Skip);
@@ -49,7 +57,7 @@ impl Prober {
             let timeout = self.health.timeout;
             let state = tokio::select! {
                 _ = cancel.cancelled() => return,
-                s = self.backend.flow_state(&self.client, timeout) => s,
+                s = self.backend.flow_state(&self.client, self.epoch(), timeout) => s,
             };
             let latency = started.elapsed();
             let mut report = Report { at: SystemTime::now(), latency, state, runtime_state: None, canary: None };

@@ -1,0 +1,234 @@
+//! The etcd session of one replica.
+//!
+//! Keys under the configured prefix:
+//! - `leader/…`: etcd's election; the controller's leader key lives under its lease, and the
+//!   key's create revision is the controller's epoch (it only grows).
+//! - `record`: the active record (JSON), written only in a transaction that compares the
+//!   leader key's create revision, so a deposed controller's write fails.
+//! - `replicas/<id>`: one key per replica under its lease (`/status` lists them).
+//! - `suspect/<instance>`: a replica saw `instance` fail; under the writer's lease.
+//!
+//! Timing: the lease is renewed every third of its TTL. A controller that has not had a renewal
+//! confirmed for half the TTL steps down (tells the driver `Leadership(None)`) before the lease
+//! can expire and another replica take over; every call to etcd is bounded by a quarter of
+//! the TTL so that nothing here delays that. After a failed session the replica reconnects
+//! every 500 ms; meanwhile it keeps routing by the last record it saw (fail static).
+
+use std::time::Duration;
+
+use etcd_client::{
+    Client, Compare, CompareOp, ConnectOptions, EventType, GetOptions, LeaderKey, PutOptions, Txn, TxnOp, WatchOptions,
+};
+use tokio::time::{Instant, timeout};
+use tokio_util::sync::CancellationToken;
+use tracing::{info, warn};
+
+use super::{FromStore, StoreEnds, StoreView, ToStore};
+use crate::config::ClusterConfig;
+use crate::control::cluster::{InstanceId, Record};
+
+/// Runs sessions until `cancel`; a clean stop revokes the lease, so another replica takes over
+/// at once instead of after the TTL.
+pub async fn run(cfg: ClusterConfig, ends: StoreEnds, cancel: CancellationToken) {
+    let StoreEnds { to_driver, mut from_driver } = ends;
+    let mut view = StoreView::default();
+    loop {
+        let mut leading = false;
+        let err = session(&cfg, &to_driver, &mut from_driver, &mut view, &mut leading, &cancel).await;
+        if leading {
+            let _ = to_driver.send(FromStore::Leadership(None));
+        }
+        if cancel.is_cancelled() {
+            return;
+        }
+        warn!(error = %err, "etcd session ended; routing by the last known record until it is back");
+        view = StoreView { connected: false, error: Some(err), ..view };
+        let _ = to_driver.send(FromStore::View(view.clone()));
+        tokio::select! {
+            _ = cancel.cancelled() => return,
+            _ = tokio::time::sleep(Duration::from_millis(500)) => {}
+        }
+    }
+}
+
+struct Keys {
+    election: String,
+    record: String,
+    replicas: String,
+    suspect: String,
+    me: String,
+}
+
+impl Keys {
+    fn new(cfg: &ClusterConfig) -> Self {
+        let p = &cfg.prefix;
+        Keys {
+            election: format!("{p}leader"),
+            record: format!("{p}record"),
+            replicas: format!("{p}replicas/"),
+            suspect: format!("{p}suspect/"),
+            me: format!("{p}replicas/{}", cfg.id),
+        }
+    }
+}
+
+/// One session: connect, lease, register, watch, campaign, and serve the driver until
+/// something fails. Returns why it ended.
+async fn session(
+    cfg: &ClusterConfig,
+    to_driver: &tokio::sync::mpsc::UnboundedSender<FromStore>,
+    from_driver: &mut tokio::sync::mpsc::UnboundedReceiver<ToStore>,
+    view: &mut StoreView,
+    leading: &mut bool,
+    cancel: &CancellationToken,
+) -> String {
+    let ttl = cfg.lease_ttl;
+    let op = ttl / 4;
+    let keys = Keys::new(cfg);
+    let mut opts = ConnectOptions::new().with_connect_timeout(op).with_timeout(op);
+    if let Some((user, password)) = &cfg.auth {
+        opts = opts.with_user(user.clone(), password.expose().to_string());
+    }
+    let r: Result<_, String> = async {
+        let mut client =
+            timeout(ttl, Client::connect(&cfg.etcd, Some(opts))).await.map_err(|_| "connect timed out")??;
+        let lease = client.lease_grant(ttl.as_secs() as i64, None).await?.id();
+        let (keeper, acks) = client.lease_keep_alive(lease).await?;
+        client.put(keys.me.as_str(), cfg.id.as_str(), Some(PutOptions::new().with_lease(lease))).await?;
+        if let Some(kv) = client.get(keys.record.as_str(), None).await?.kvs().first()
+            && let Ok(r) = serde_json::from_slice::<Record>(kv.value())
+        {
+            let _ = to_driver.send(FromStore::Record(r));
+        }
+        let watch = client.watch(cfg.prefix.as_str(), Some(WatchOptions::new().with_prefix())).await?;
+        Ok((client, lease, keeper, acks, watch))
+    }
+    .await
+    .map_err(|e: Box<dyn std::error::Error + Send + Sync>| e.to_string());
+    let (client, lease, mut keeper, mut acks, mut watch) = match r {
+        Ok(x) => x,
+        Err(e) => return e,
+    };
+    info!(replica = %cfg.id, "etcd session started");
+    *view = StoreView { connected: true, error: None, ..Default::default() };
+    refresh(&client, &keys, view, to_driver).await;
+
+    let mut campaign = Box::pin({
+        let (mut c, name, id) = (client.clone(), keys.election.clone(), cfg.id.clone());
+        async move { c.campaign(name, id, lease).await }
+    });
+    let mut leader: Option<LeaderKey> = None;
+    let mut last_ok = Instant::now();
+    let mut tick = tokio::time::interval(ttl / 3);
+    loop {
+        tokio::select! {
+            _ = cancel.cancelled() => {
+                let mut c = client.clone();
+                let _ = timeout(op, c.lease_revoke(lease)).await;
+                return "shutting down".into();
+            }
+            _ = tick.tick() => {
+                if last_ok.elapsed() > ttl / 2 {
+                    return format!("no lease renewal confirmed for {:?}", last_ok.elapsed());
+                }
+                if timeout(op, keeper.keep_alive()).await.map_or(true, |r| r.is_err()) {
+                    return "cannot send a lease renewal".into();
+                }
+            }
+            ack = acks.message() => match ack {
+                Ok(Some(a)) if a.ttl() > 0 => last_ok = Instant::now(),
+                Ok(Some(_)) => return "the lease expired".into(),
+                Ok(None) => return "the lease renewal stream ended".into(),
+                Err(e) => return format!("lease renewal: {e}"),
+            },
+            won = &mut campaign, if leader.is_none() => match won {
+                Ok(mut r) => {
+                    let Some(key) = r.take_leader() else { return "campaign ended without a leader key".into() };
+                    let epoch = key.rev() as u64;
+                    info!(replica = %cfg.id, epoch, "this replica is the controller");
+                    leader = Some(key);
+                    *leading = true;
+                    let _ = to_driver.send(FromStore::Leadership(Some(epoch)));
+                    refresh(&client, &keys, view, to_driver).await;
+                }
+                Err(e) => return format!("campaign: {e}"),
+            },
+            msg = watch.message() => {
+                let resp = match msg {
+                    Ok(Some(resp)) => resp,
+                    Ok(None) => return "the watch ended".into(),
+                    Err(e) => return format!("watch: {e}"),
+                };
+                let mut membership = false;
+                for ev in resp.events() {
+                    let Some(kv) = ev.kv() else { continue };
+                    let key = String::from_utf8_lossy(kv.key());
+                    if key == keys.record && ev.event_type() == EventType::Put {
+                        match serde_json::from_slice::<Record>(kv.value()) {
+                            Ok(r) => drop(to_driver.send(FromStore::Record(r))),
+                            Err(e) => warn!(error = %e, "ignoring an unreadable active record"),
+                        }
+                    } else if let Some(id) = key.strip_prefix(&keys.suspect) {
+                        if ev.event_type() == EventType::Put {
+                            let _ = to_driver.send(FromStore::Suspect(InstanceId::from(id)));
+                        }
+                    } else {
+                        membership = true;
+                    }
+                }
+                if membership {
+                    refresh(&client, &keys, view, to_driver).await;
+                }
+            }
+            cmd = from_driver.recv() => {
+                let Some(cmd) = cmd else { return "flowgate is shutting down".into() };
+                let mut c = client.clone();
+                match cmd {
+                    ToStore::Publish(record) => {
+                        let Some(key) = &leader else { continue };
+                        let value = serde_json::to_vec(&record).expect("a record serialises");
+                        let guard = Compare::create_revision(key.key(), CompareOp::Equal, key.rev());
+                        let txn = Txn::new().when([guard]).and_then([TxnOp::put(keys.record.as_str(), value, None)]);
+                        match timeout(op, c.txn(txn)).await {
+                            Ok(Ok(r)) if r.succeeded() => {}
+                            Ok(Ok(_)) => return "the leadership is gone: the record write was fenced".into(),
+                            Ok(Err(e)) => return format!("record write: {e}"),
+                            Err(_) => return "record write timed out".into(),
+                        }
+                    }
+                    ToStore::Suspect(id) => {
+                        let key = format!("{}{id}", keys.suspect);
+                        let put = c.put(key, cfg.id.as_str(), Some(PutOptions::new().with_lease(lease)));
+                        match timeout(op, put).await {
+                            Ok(Ok(_)) => {}
+                            Ok(Err(e)) => return format!("suspect write: {e}"),
+                            Err(_) => return "suspect write timed out".into(),
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Reads the controller and the registered replicas for `/status`.
+async fn refresh(
+    client: &Client,
+    keys: &Keys,
+    view: &mut StoreView,
+    to_driver: &tokio::sync::mpsc::UnboundedSender<FromStore>,
+) {
+    let mut c = client.clone();
+    if let Ok(r) = c.get(keys.replicas.as_str(), Some(GetOptions::new().with_prefix())).await {
+        view.replicas = r.kvs().iter().map(|kv| String::from_utf8_lossy(kv.value()).into_owned()).collect();
+        view.replicas.sort();
+    }
+    match c.leader(keys.election.as_str()).await.ok().and_then(|r| r.kv().cloned()) {
+        Some(kv) => {
+            view.controller = Some(String::from_utf8_lossy(kv.value()).into_owned());
+            view.epoch = Some(kv.create_revision() as u64);
+        }
+        None => (view.controller, view.epoch) = (None, None),
+    }
+    let _ = to_driver.send(FromStore::View(view.clone()));
+}

@@ -1,0 +1,221 @@
+//! Several flowgate replicas in front of the same Node-RED instances, agreeing through a real
+//! etcd: real Node-RED 4 processes (with the epoch fence from `contrib/node-red`), replicas as
+//! processes (so that one can be killed or frozen), etcd on free loopback ports.
+
+mod support;
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
+
+use support::etcd::Etcd;
+use support::node_red::{NodeRed, serial};
+use support::replica::Replica;
+use support::stream::{RequestStream, failures, gap};
+use support::*;
+use tokio::time::Instant;
+
+const BOOT: Duration = Duration::from_secs(30);
+
+fn fenced_node_red(name: &str) -> NodeRed {
+    let fence = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("contrib/node-red/flowgate-fence.js");
+    NodeRed::create(name, &format!("    httpAdminMiddleware: require({:?}),", fence.to_str().unwrap()))
+}
+
+fn yaml(a: &NodeRed, b: &NodeRed) -> String {
+    format!(
+        "backends:\n  - {{ id: {}, url: \"{}\", priority: 200 }}\n  - {{ id: {}, url: \"{}\", priority: 100 }}\n",
+        a.name,
+        a.url(),
+        b.name,
+        b.url()
+    )
+}
+
+/// etcd, two stopped instances behind the fence, two replicas; waits until one replica is
+/// controller and both route to `nr-a`.
+async fn cluster() -> (Etcd, NodeRed, NodeRed, Replica, Replica) {
+    let etcd = Etcd::start().await;
+    let mut a = fenced_node_red("nr-a");
+    let mut b = fenced_node_red("nr-b");
+    tokio::join!(a.boot(true), b.boot(true));
+    let y = yaml(&a, &b);
+    let (r1, r2) = tokio::join!(Replica::start("fg-1", &etcd.url, &y), Replica::start("fg-2", &etcd.url, &y));
+    eventually(BOOT, "a controller, and both replicas routing to nr-a", || async {
+        let roles = [r1.role().await, r2.role().await];
+        roles.iter().filter(|r| *r == "controller").count() == 1
+            && r1.active().await.as_deref() == Some("nr-a")
+            && r2.active().await.as_deref() == Some("nr-a")
+    })
+    .await;
+    (etcd, a, b, r1, r2)
+}
+
+async fn controller_first(r1: Replica, r2: Replica) -> (Replica, Replica) {
+    if r1.role().await == "controller" { (r1, r2) } else { (r2, r1) }
+}
+
+/// Samples both instances' canaries directly every 20 ms; counts the samples where both ran
+/// flows.
+fn watch_canaries(a: &NodeRed, b: &NodeRed) -> (Arc<AtomicUsize>, Arc<AtomicUsize>, tokio::task::JoinHandle<()>) {
+    let (both, samples) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
+    let urls = [format!("{}/flowgate/canary", a.url()), format!("{}/flowgate/canary", b.url())];
+    let (bo, sa) = (both.clone(), samples.clone());
+    let task = tokio::spawn(async move {
+        let c = client();
+        for _ in 0..1000 {
+            let (x, y) = tokio::join!(get(&c, &urls[0]), get(&c, &urls[1]));
+            let runs = |r: Result<Reply, String>| r.is_ok_and(|r| r.status == 200);
+            if runs(x) && runs(y) {
+                bo.fetch_add(1, Ordering::SeqCst);
+            }
+            sa.fetch_add(1, Ordering::SeqCst);
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    });
+    (both, samples, task)
+}
+
+fn failovers(status: &serde_json::Value) -> usize {
+    status["failovers"].as_array().map_or(0, |f| f.iter().filter(|r| r["reason"] != "initial").count())
+}
+
+/// (a) kill -9 of the controller replica: the other takes over within the lease TTL, the
+/// active keeps running (no failover), and no request through the survivor fails.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn killing_the_controller_replica_hands_control_over_without_a_failover() {
+    let _serial = serial().await;
+    let (_etcd, a, b, r1, r2) = cluster().await;
+    let (mut ctl, other) = controller_first(r1, r2).await;
+    let stream = RequestStream::start(format!("{}/hello", other.proxy), Duration::from_millis(5));
+    stream.wait_for("hello from nr-a", Instant::now(), 20).await;
+    let killed = Instant::now();
+    ctl.kill9();
+    eventually(Duration::from_secs(10), "the other replica becomes controller", || async {
+        other.role().await == "controller"
+    })
+    .await;
+    let takeover = killed.elapsed();
+    println!("controller kill -9 -> {} is controller after {:.0} ms", other.id, takeover.as_secs_f64() * 1e3);
+    assert!(takeover < Duration::from_secs(4), "lease TTL 2s: took {takeover:?}");
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let samples = stream.finish().await;
+    assert!(failures(&samples).is_empty(), "{:?}", failures(&samples));
+    let s = other.status().await;
+    assert_eq!(s["active"], "nr-a", "the active is kept");
+    assert_eq!(failovers(&s), 0, "no failover: {s}");
+    assert!(a.runs_flows().await && !b.runs_flows().await);
+    assert!(s["cluster"]["record"]["epoch"].as_u64() > Some(0));
+}
+
+/// (b) kill -9 of the active Node-RED under load through both replicas: exactly one
+/// promotion, never two instances running flows, both replicas serve from the new active.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn killing_the_active_under_two_replicas_promotes_once() {
+    let _serial = serial().await;
+    let (_etcd, mut a, b, r1, r2) = cluster().await;
+    let (both, samples, canaries) = watch_canaries(&a, &b);
+    let s1 = RequestStream::start(format!("{}/hello", r1.proxy), Duration::from_millis(5));
+    let s2 = RequestStream::start(format!("{}/hello", r2.proxy), Duration::from_millis(5));
+    let t = Instant::now();
+    tokio::join!(s1.wait_for("hello from nr-a", t, 20), s2.wait_for("hello from nr-a", t, 20));
+    let killed = Instant::now();
+    a.kill9();
+    tokio::join!(s1.wait_for("hello from nr-b", killed, 20), s2.wait_for("hello from nr-b", killed, 20));
+    let (x1, x2) = (s1.finish().await, s2.finish().await);
+    for (r, x) in [(&r1, &x1), (&r2, &x2)] {
+        println!(
+            "kill -9 nr-a -> first success from nr-b through {} after {:.1} ms ({} requests, {} failed)",
+            r.id,
+            gap(x, killed, "nr-b").as_secs_f64() * 1e3,
+            x.len(),
+            failures(x).len()
+        );
+    }
+    canaries.abort();
+    assert_eq!(
+        both.load(Ordering::SeqCst),
+        0,
+        "two instances ran flows at once ({} samples)",
+        samples.load(Ordering::SeqCst)
+    );
+    let promotions = failovers(&r1.status().await) + failovers(&r2.status().await);
+    assert_eq!(promotions, 1, "exactly one promotion");
+    assert!(failures(&x1).is_empty() && failures(&x2).is_empty(), "{:?} {:?}", failures(&x1), failures(&x2));
+    assert!(b.runs_flows().await);
+}
+
+/// (c) etcd frozen for 10 s: no flow-state change, traffic keeps flowing; the controller
+/// steps down before its lease could expire; etcd back: a controller again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_frozen_etcd_changes_nothing_and_traffic_keeps_flowing() {
+    let _serial = serial().await;
+    let (etcd, a, b, r1, r2) = cluster().await;
+    let (ctl, other) = controller_first(r1, r2).await;
+    let s1 = RequestStream::start(format!("{}/hello", ctl.proxy), Duration::from_millis(20));
+    let s2 = RequestStream::start(format!("{}/hello", other.proxy), Duration::from_millis(20));
+    etcd.freeze();
+    let frozen = Instant::now();
+    eventually(Duration::from_secs(3), "the controller steps down", || async { ctl.role().await == "follower" }).await;
+    println!("etcd frozen -> the controller stepped down after {:.0} ms", frozen.elapsed().as_secs_f64() * 1e3);
+    tokio::time::sleep(Duration::from_secs(10).saturating_sub(frozen.elapsed())).await;
+    assert!(a.runs_flows().await && !b.runs_flows().await, "no flow-state change");
+    etcd.thaw();
+    eventually(Duration::from_secs(10), "a controller again", || async {
+        ctl.role().await == "controller" || other.role().await == "controller"
+    })
+    .await;
+    let (x1, x2) = (s1.finish().await, s2.finish().await);
+    assert!(failures(&x1).is_empty() && failures(&x2).is_empty(), "{:?} {:?}", failures(&x1), failures(&x2));
+    println!("etcd frozen 10 s: {} + {} requests, none failed", x1.len(), x2.len());
+    for r in [&ctl, &other] {
+        let s = r.status().await;
+        assert_eq!((s["active"].as_str(), failovers(&s)), (Some("nr-a"), 0), "{s}");
+    }
+}
+
+/// (d) The controller frozen past its lease while the active dies: the other replica takes
+/// over and promotes. The old controller resumes: what it would still send with its old
+/// epoch is refused by the instances.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_frozen_controller_is_fenced_by_the_instances_when_it_resumes() {
+    let _serial = serial().await;
+    let (_etcd, mut a, b, r1, r2) = cluster().await;
+    let (ctl, other) = controller_first(r1, r2).await;
+    let old_epoch = ctl.status().await["cluster"]["store"]["epoch"].as_u64().expect("epoch");
+    let (both, _, canaries) = watch_canaries(&a, &b);
+    ctl.freeze();
+    a.kill9();
+    eventually(Duration::from_secs(10), "the other replica promotes nr-b", || async {
+        other.role().await == "controller" && other.active().await.as_deref() == Some("nr-b")
+    })
+    .await;
+    assert!(b.runs_flows().await);
+    ctl.thaw();
+    eventually(Duration::from_secs(10), "the old controller follows, routing to nr-b", || async {
+        ctl.role().await == "follower" && ctl.active().await.as_deref() == Some("nr-b")
+    })
+    .await;
+    canaries.abort();
+    assert_eq!(both.load(Ordering::SeqCst), 0, "two instances ran flows at once");
+    assert!(b.runs_flows().await, "nr-b still runs its flows");
+    let fenced = sample(&ctl.metrics().await, "flowgate_cluster_fenced_total").unwrap_or(0.0);
+    println!("old controller resumed: {fenced} of its flow-state commands refused for a stale epoch");
+    // What a deposed controller would send is refused, whatever it believes.
+    let c = client();
+    let stale = tokio::time::timeout(
+        Duration::from_secs(2),
+        send_with(
+            &c,
+            "POST",
+            &format!("{}/flows/state", b.url()),
+            r#"{"state":"stop"}"#,
+            &[("content-type", "application/json"), ("x-flowgate-epoch", &old_epoch.to_string())],
+        ),
+    )
+    .await
+    .expect("answers")
+    .expect("reply");
+    assert_eq!(stale.status, 409, "{}", stale.body);
+    assert!(b.runs_flows().await, "the stale stop changed nothing");
+}

@@ -85,7 +85,7 @@ if [ $REPLICAS = 1 ]; then
   PIDS+=($!)
   for _ in $(seq 1 100); do curl -fs -o /dev/null "$ETCD_URL/health" && break; sleep 0.1; done
   echo "cluster: { id: fg-1, etcd: [\"$ETCD_URL\"], prefix: /flowgate-demo/ }" >> "$DIR/flowgate.yaml"
-  sed -e "s/127.0.0.1:$PROXY_PORT/127.0.0.1:$PROXY2_PORT/; s/127.0.0.1:$ADMIN_PORT/127.0.0.1:$ADMIN2_PORT/" \
+  sed -e "s/proxy: \"127.0.0.1:$PROXY_PORT\"/proxy: \"127.0.0.1:$PROXY2_PORT\"/; s/admin: \"127.0.0.1:$ADMIN_PORT\"/admin: \"127.0.0.1:$ADMIN2_PORT\"/" \
       -e "s/, https: \"127.0.0.1:$HTTPS_PORT\"//; /^tls:/d; s/^state: { dir: state }/state: { dir: state-2 }/; s/id: fg-1,/id: fg-2,/" \
       "$DIR/flowgate.yaml" > "$DIR/flowgate-2.yaml"
   "$FLOWGATE" check --config "$DIR/flowgate-2.yaml"

@@ -268,7 +268,7 @@ pub fn start_on(
         link: std::sync::Mutex::new(None),
     };
     if let Some(cluster) = &config.cluster {
-        let (link, ends) = coord::link();
+        let (link, ends) = coord::link(cluster.lease_ttl / 2);
         *rt.link.lock().unwrap_or_else(|e| e.into_inner()) = Some(link);
         rt.tasks.spawn(coord::etcd::run(cluster.clone(), ends, shutdown.child_token()));
     }

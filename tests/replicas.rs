@@ -143,6 +143,10 @@ async fn killing_the_active_under_two_replicas_promotes_once() {
     assert_eq!(promotions, 1, "exactly one promotion");
     assert!(failures(&x1).is_empty() && failures(&x2).is_empty(), "{:?} {:?}", failures(&x1), failures(&x2));
     assert!(b.runs_flows().await);
+    for r in [&r1, &r2] {
+        let errors = sample(&r.metrics().await, "flowgate_cluster_store_errors_total");
+        assert_eq!(errors, Some(0.0), "{}: etcd sessions ended while etcd was fine", r.id);
+    }
 }
 
 /// (c) etcd frozen for 10 s: no flow-state change, traffic keeps flowing; the controller
@@ -218,4 +222,24 @@ async fn a_frozen_controller_is_fenced_by_the_instances_when_it_resumes() {
     .expect("reply");
     assert_eq!(stale.status, 409, "{}", stale.body);
     assert!(b.runs_flows().await, "the stale stop changed nothing");
+}
+
+/// A follower waits in etcd's election for as long as the controller lives: its session must
+/// not end and restart meanwhile (a request timeout once cut the waiting campaign every
+/// 500 ms, so the follower reconnected twice a second).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_follower_keeps_one_etcd_session_while_it_waits_to_lead() {
+    let _serial = serial().await;
+    let etcd = Etcd::start().await;
+    let y = "backends: [{ id: a, url: \"http://127.0.0.1:9\" }]\n";
+    let (r1, r2) = tokio::join!(Replica::start("fg-1", &etcd.url, y), Replica::start("fg-2", &etcd.url, y));
+    eventually(Duration::from_secs(10), "one controller", || async {
+        [r1.role().await, r2.role().await].iter().filter(|r| *r == "controller").count() == 1
+    })
+    .await;
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    for r in [&r1, &r2] {
+        let errors = sample(&r.metrics().await, "flowgate_cluster_store_errors_total");
+        assert_eq!(errors, Some(0.0), "{}: its etcd session ended while etcd was fine", r.id);
+    }
 }

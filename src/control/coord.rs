@@ -10,8 +10,13 @@
 
 pub mod etcd;
 
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
 use serde::{Deserialize, Serialize};
 use tokio::sync::mpsc;
+use tokio::time::Instant;
 
 use crate::control::cluster::{InstanceId, Record};
 
@@ -34,6 +39,9 @@ pub enum ToStore {
     /// Write the record, only while this replica holds the leadership.
     Publish(Record),
     Suspect(InstanceId),
+    /// The driver stepped down on its own (its lease renewal was not fresh when it was about
+    /// to act): end the session, so that the election runs again.
+    Resign,
 }
 
 /// The store as this replica sees it.
@@ -50,21 +58,68 @@ pub struct StoreView {
     pub error: Option<String>,
 }
 
+/// When the lease was last confirmed renewed, shared by the session (which writes it) and
+/// the driver (which reads it before every flow-state command): a controller whose renewal
+/// is not fresh must not act, whichever of its tasks wakes first after a freeze.
+pub struct LeaseClock {
+    base: Instant,
+    renewed_ms: AtomicU64,
+    /// How long a renewal counts as fresh (half the lease TTL).
+    fresh_for: Duration,
+}
+
+impl LeaseClock {
+    pub fn new(fresh_for: Duration) -> Self {
+        LeaseClock { base: Instant::now(), renewed_ms: AtomicU64::new(0), fresh_for }
+    }
+
+    pub fn renewed(&self, at: Instant) {
+        let ms = at.saturating_duration_since(self.base).as_millis() as u64;
+        self.renewed_ms.fetch_max(ms.max(1), Ordering::Relaxed);
+    }
+
+    /// Whether a renewal was confirmed within `fresh_for` of `now`.
+    pub fn fresh(&self, now: Instant) -> bool {
+        let ms = self.renewed_ms.load(Ordering::Relaxed);
+        ms > 0 && now.saturating_duration_since(self.base + Duration::from_millis(ms)) <= self.fresh_for
+    }
+}
+
 /// The driver's ends of the channels to the store's session task.
 pub struct Link {
     pub to_store: mpsc::UnboundedSender<ToStore>,
     pub from_store: mpsc::UnboundedReceiver<FromStore>,
+    pub lease: Arc<LeaseClock>,
 }
 
 /// The session task's ends.
 pub struct StoreEnds {
     pub to_driver: mpsc::UnboundedSender<FromStore>,
     pub from_driver: mpsc::UnboundedReceiver<ToStore>,
+    pub lease: Arc<LeaseClock>,
 }
 
-/// A connected pair of ends.
-pub fn link() -> (Link, StoreEnds) {
+/// A connected pair of ends; a renewal counts as fresh for `fresh_for`.
+pub fn link(fresh_for: Duration) -> (Link, StoreEnds) {
     let (to_store, from_driver) = mpsc::unbounded_channel();
     let (to_driver, from_store) = mpsc::unbounded_channel();
-    (Link { to_store, from_store }, StoreEnds { to_driver, from_driver })
+    let lease = Arc::new(LeaseClock::new(fresh_for));
+    (Link { to_store, from_store, lease: lease.clone() }, StoreEnds { to_driver, from_driver, lease })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_renewal_is_fresh_for_its_window_only() {
+        let c = LeaseClock::new(Duration::from_secs(1));
+        let t0 = Instant::now();
+        assert!(!c.fresh(t0), "never renewed");
+        c.renewed(t0);
+        assert!(c.fresh(t0 + Duration::from_millis(900)));
+        assert!(!c.fresh(t0 + Duration::from_millis(1100)));
+        c.renewed(t0 - Duration::from_secs(5));
+        assert!(c.fresh(t0 + Duration::from_millis(900)), "an older renewal never moves it back");
+    }
 }

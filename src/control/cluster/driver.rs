@@ -16,7 +16,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::info;
 
 use super::{Effect, Event, InstanceId, Settings, Spec, State, SwitchoverError, Sync};
-use crate::backend::{AdminClient, Backend, BackendId, FlowState};
+use crate::backend::{AdminClient, Backend, BackendId, CallError, FlowState};
 use crate::control::coord::{FromStore, Link, StoreView, ToStore};
 use crate::control::health::Report;
 use crate::state::{Active, FailoverRecord, Shared, View};
@@ -278,6 +278,21 @@ impl Driver {
         }
     }
 
+    /// A controller's command whose lease renewal is not fresh: it is not sent, and the core
+    /// is told that this replica no longer leads (before the command's result), whichever of
+    /// this process's tasks woke first after a freeze.
+    fn deposed(&self, epoch: Option<u64>) -> bool {
+        let stale = epoch.is_some() && self.link.as_ref().is_some_and(|l| !l.lease.fresh(Instant::now()));
+        if stale {
+            self.shared.metrics.cluster_fenced.inc();
+            let _ = self.done_tx.send(Done::Event(Event::Leadership(None)));
+            if let Some(l) = &self.link {
+                let _ = l.to_store.send(ToStore::Resign);
+            }
+        }
+        stale
+    }
+
     fn spawn(&self, call: impl std::future::Future<Output = Event> + Send + 'static) {
         let tx = self.done_tx.clone();
         tokio::spawn(async move {
@@ -318,6 +333,9 @@ impl Driver {
             }
             Effect::ReleaseChangeLock => self.lock = None,
             Effect::StopFlows { id, timeout, purpose, epoch } => {
+                if self.deposed(epoch) {
+                    return self.spawn(async move { Event::Stopped { id, purpose, result: Err(CallError::Fenced) } });
+                }
                 let b = shared.backend(self.index(&id)).clone();
                 self.spawn(async move {
                     let result = b.set_flow_state(&client, FlowState::Stop, epoch, timeout).await;
@@ -328,6 +346,9 @@ impl Driver {
                 });
             }
             Effect::StartFlows { id, timeout, epoch } => {
+                if self.deposed(epoch) {
+                    return self.spawn(async move { Event::Started { id, result: Err(CallError::Fenced) } });
+                }
                 let b = shared.backend(self.index(&id)).clone();
                 self.spawn(async move {
                     let result = b.set_flow_state(&client, FlowState::Start, epoch, timeout).await;

@@ -30,11 +30,11 @@ use crate::control::cluster::{InstanceId, Record};
 /// Runs sessions until `cancel`; a clean stop revokes the lease, so another replica takes over
 /// at once instead of after the TTL.
 pub async fn run(cfg: ClusterConfig, ends: StoreEnds, cancel: CancellationToken) {
-    let StoreEnds { to_driver, mut from_driver } = ends;
+    let StoreEnds { to_driver, mut from_driver, lease } = ends;
     let mut view = StoreView::default();
     loop {
         let mut leading = false;
-        let err = session(&cfg, &to_driver, &mut from_driver, &mut view, &mut leading, &cancel).await;
+        let err = session(&cfg, &to_driver, &mut from_driver, &lease, &mut view, &mut leading, &cancel).await;
         if leading {
             let _ = to_driver.send(FromStore::Leadership(None));
         }
@@ -78,6 +78,7 @@ async fn session(
     cfg: &ClusterConfig,
     to_driver: &tokio::sync::mpsc::UnboundedSender<FromStore>,
     from_driver: &mut tokio::sync::mpsc::UnboundedReceiver<ToStore>,
+    clock: &super::LeaseClock,
     view: &mut StoreView,
     leading: &mut bool,
     cancel: &CancellationToken,
@@ -85,13 +86,14 @@ async fn session(
     let ttl = cfg.lease_ttl;
     let op = ttl / 4;
     let keys = Keys::new(cfg);
-    let mut opts = ConnectOptions::new().with_connect_timeout(op).with_timeout(op);
+    // No client-wide request timeout: the campaign blocks until this replica wins. Every other
+    // call is bounded here, one by one.
+    let mut opts = ConnectOptions::new().with_connect_timeout(op);
     if let Some((user, password)) = &cfg.auth {
         opts = opts.with_user(user.clone(), password.expose().to_string());
     }
-    let r: Result<_, String> = async {
-        let mut client =
-            timeout(ttl, Client::connect(&cfg.etcd, Some(opts))).await.map_err(|_| "connect timed out")??;
+    let setup = async {
+        let mut client = Client::connect(&cfg.etcd, Some(opts)).await?;
         let lease = client.lease_grant(ttl.as_secs() as i64, None).await?.id();
         let (keeper, acks) = client.lease_keep_alive(lease).await?;
         client.put(keys.me.as_str(), cfg.id.as_str(), Some(PutOptions::new().with_lease(lease))).await?;
@@ -101,10 +103,12 @@ async fn session(
             let _ = to_driver.send(FromStore::Record(r));
         }
         let watch = client.watch(cfg.prefix.as_str(), Some(WatchOptions::new().with_prefix())).await?;
-        Ok((client, lease, keeper, acks, watch))
-    }
-    .await
-    .map_err(|e: Box<dyn std::error::Error + Send + Sync>| e.to_string());
+        Ok::<_, etcd_client::Error>((client, lease, keeper, acks, watch))
+    };
+    let r = match timeout(ttl, setup).await {
+        Ok(r) => r.map_err(|e| e.to_string()),
+        Err(_) => Err(format!("no answer from etcd within {ttl:?}")),
+    };
     let (client, lease, mut keeper, mut acks, mut watch) = match r {
         Ok(x) => x,
         Err(e) => return e,
@@ -119,6 +123,7 @@ async fn session(
     });
     let mut leader: Option<LeaderKey> = None;
     let mut last_ok = Instant::now();
+    clock.renewed(last_ok);
     let mut tick = tokio::time::interval(ttl / 3);
     loop {
         tokio::select! {
@@ -136,7 +141,10 @@ async fn session(
                 }
             }
             ack = acks.message() => match ack {
-                Ok(Some(a)) if a.ttl() > 0 => last_ok = Instant::now(),
+                Ok(Some(a)) if a.ttl() > 0 => {
+                    last_ok = Instant::now();
+                    clock.renewed(last_ok);
+                }
                 Ok(Some(_)) => return "the lease expired".into(),
                 Ok(None) => return "the lease renewal stream ended".into(),
                 Err(e) => return format!("lease renewal: {e}"),
@@ -195,6 +203,10 @@ async fn session(
                             Ok(Err(e)) => return format!("record write: {e}"),
                             Err(_) => return "record write timed out".into(),
                         }
+                    }
+                    ToStore::Resign => {
+                        let _ = timeout(op, c.lease_revoke(lease)).await;
+                        return "stepped down: the lease renewal was not fresh when a command was due".into();
                     }
                     ToStore::Suspect(id) => {
                         let key = format!("{}{id}", keys.suspect);

@@ -24,6 +24,10 @@ enum Cmd {
     Check {
         #[arg(long, short)]
         config: PathBuf,
+        /// Also connect to etcd (with `cluster:`) and show the controller and the replicas;
+        /// exit 69 when it cannot be reached.
+        #[arg(long)]
+        connect: bool,
     },
     /// Make a Node-RED user directory boot with its flows stopped (use as ExecStartPre).
     PrepareStandby {
@@ -45,13 +49,44 @@ enum Cmd {
 
 /// Exit code for a bad config (EX_USAGE).
 const EXIT_CONFIG: u8 = 64;
+/// Exit code for an unreachable etcd (EX_UNAVAILABLE).
+const EXIT_UNAVAILABLE: u8 = 69;
+
+fn check_etcd(cluster: &flowgate::config::ClusterConfig) -> ExitCode {
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("a runtime");
+    match rt.block_on(flowgate::control::coord::etcd::probe(cluster)) {
+        Ok(v) => {
+            let controller = match (&v.controller, v.epoch) {
+                (Some(c), Some(e)) => format!("{c} (epoch {e})"),
+                _ => "none".into(),
+            };
+            println!(
+                "etcd {}: ok; controller: {controller}; replicas: [{}]",
+                cluster.etcd.join(", "),
+                v.replicas.join(", ")
+            );
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("etcd {}: {e}", cluster.etcd.join(", "));
+            ExitCode::from(EXIT_UNAVAILABLE)
+        }
+    }
+}
 
 fn main() -> ExitCode {
     match Cli::parse().command {
-        Cmd::Check { config } => match flowgate::config::load(&config) {
+        Cmd::Check { config, connect } => match flowgate::config::load(&config) {
             Ok(c) => {
                 println!("{}: ok ({} backends)", config.display(), c.backends.len());
-                ExitCode::SUCCESS
+                match (&c.cluster, connect) {
+                    (Some(cluster), true) => check_etcd(cluster),
+                    (None, true) => {
+                        println!("no cluster: section: nothing to connect to");
+                        ExitCode::SUCCESS
+                    }
+                    _ => ExitCode::SUCCESS,
+                }
             }
             Err(e) => {
                 eprintln!("{e}");

@@ -80,3 +80,17 @@ fn a_bad_worker_count_is_refused_with_exit_64() {
         assert!(err.contains("FLOWGATE_WORKERS") && err.contains(bad), "{err}");
     }
 }
+
+#[test]
+fn check_connect_says_when_etcd_cannot_be_reached() {
+    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let p = temp(
+        "cluster.yaml",
+        &format!(
+            "backends: [{{id: a, url: \"http://127.0.0.1:1\"}}]\ncluster: {{ id: fg-1, etcd: [\"http://127.0.0.1:{port}\"] }}\n"
+        ),
+    );
+    let out = flowgate().args(["check", "--connect", "--config", p.to_str().unwrap()]).output().unwrap();
+    assert_eq!(out.status.code(), Some(69), "{}", String::from_utf8_lossy(&out.stdout));
+    assert!(String::from_utf8_lossy(&out.stderr).contains(&format!("127.0.0.1:{port}")));
+}

@@ -244,3 +244,25 @@ async fn refresh(
     }
     let _ = to_driver.send(FromStore::View(view.clone()));
 }
+
+/// For `flowgate check --connect`: connects, reads the controller and the registered replicas.
+pub async fn probe(cfg: &ClusterConfig) -> Result<StoreView, String> {
+    let mut opts = ConnectOptions::new().with_connect_timeout(Duration::from_secs(3));
+    if let Some((user, password)) = &cfg.auth {
+        opts = opts.with_user(user.clone(), password.expose().to_string());
+    }
+    let work = async {
+        let mut client = Client::connect(&cfg.etcd, Some(opts)).await.map_err(|e| e.to_string())?;
+        // A real call: the connection is made lazily.
+        client
+            .get(cfg.prefix.as_str(), Some(GetOptions::new().with_prefix().with_limit(1)))
+            .await
+            .map_err(|e| e.to_string())?;
+        let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+        let mut view = StoreView { connected: true, ..Default::default() };
+        refresh(&client, &Keys::new(cfg), &mut view, &tx).await;
+        rx.close();
+        Ok(view)
+    };
+    timeout(Duration::from_secs(5), work).await.unwrap_or_else(|_| Err("no answer from etcd within 5s".into()))
+}

@@ -345,7 +345,13 @@ async fn a_deploy_racing_a_failover_leaves_the_instances_equal() {
         wait_in_step(&h, Duration::from_secs(15)).await;
         let (ra, rb) = (rev_of(&nodes[0], None).await, rev_of(&nodes[1], None).await);
         println!("race round {round} (+{offset_ms} ms): deploy answered {}; revs equal: {}", r.status, ra == rb);
-        assert_eq!(ra, rb, "round {round}: instances differ after the race (deploy answered {})", r.status);
+        assert_eq!(
+            ra,
+            rb,
+            "round {round}: instances differ after the race (deploy answered {}): {}",
+            r.status,
+            status(&h).await
+        );
         active_ix = spare;
     }
 }

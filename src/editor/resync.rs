@@ -60,7 +60,11 @@ pub async fn resync_locked(
             t.mark_applied(i, Some(rev), cgen);
             return SyncOutcome::InStep;
         }
-        if t.rev.as_deref() == Some(rev.as_str()) && t.applied[i].cred_gen >= cgen {
+        // An instance marked out of step gets the full deploy even if its revision looks right
+        // now: a copy whose outcome was unknown may still be being applied (Node-RED answers
+        // GET flows without waiting for a deploy in progress), and would land after this check.
+        let suspect = matches!(t.steps[i], crate::editor::sync::Step::OutOfStep(_));
+        if !suspect && t.rev.as_deref() == Some(rev.as_str()) && t.applied[i].cred_gen >= cgen {
             t.mark_applied(i, Some(rev), cgen);
             return SyncOutcome::InStep;
         }

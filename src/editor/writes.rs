@@ -100,6 +100,15 @@ fn check_deploy(headers: &HeaderMap, body: &[u8]) -> Result<Checked, ProxyError>
     Ok(Checked { api, reload, flows: Some(flows) })
 }
 
+/// Whether a copy may have been applied: it succeeded, or no answer says it was not (the call
+/// broke or was abandoned, and the instance may still apply it).
+fn may_have_applied(answer: &Answer) -> bool {
+    match answer {
+        Ok((s, ..)) => s.is_success(),
+        Err(_) => true,
+    }
+}
+
 /// Classifies one instance's answer to a copy of a deploy, counts and logs it.
 fn copy_outcome(w: &Write<'_>, i: usize, answer: Answer, v2: bool) -> CopyOutcome {
     let id = &w.shared.backend(i).id;
@@ -173,8 +182,8 @@ pub async fn deploy(
             let mut t = shared.sync.lock().unwrap_or_else(|e| e.into_inner());
             t.steps[ai] = Step::Unknown;
             for (i, r) in &spec_results {
-                if matches!(r, Ok((s, ..)) if s.is_success()) {
-                    t.mark_out_of_step(*i, "took a deploy whose outcome on the active is unknown");
+                if may_have_applied(r) {
+                    t.mark_out_of_step(*i, "may have taken a deploy whose outcome on the active is unknown");
                 }
             }
             drop(t);
@@ -188,10 +197,10 @@ pub async fn deploy(
         shared.metrics.deploys.with_label_values(&["rejected"]).inc();
         let mut t = shared.sync.lock().unwrap_or_else(|e| e.into_inner());
         for (i, r) in &spec_results {
-            if matches!(r, Ok((s, ..)) if s.is_success()) {
+            if may_have_applied(r) {
                 w.record(*i, "diverged");
-                warn!(backend = %shared.backend(*i).id, "standby took a deploy its active refused; it will be resynced");
-                t.mark_out_of_step(*i, "took a deploy the active refused");
+                warn!(backend = %shared.backend(*i).id, "standby may have taken a deploy its active refused; it will be resynced");
+                t.mark_out_of_step(*i, "may have taken a deploy the active refused");
             }
         }
         drop(t);

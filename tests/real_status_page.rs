@@ -6,24 +6,17 @@
 mod support;
 
 use std::io::{BufRead, BufReader, Write};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use support::node_red::{NodeRed, serial};
 use support::*;
 
-fn playwright() -> PathBuf {
-    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/install-browser.sh");
-    let out = Command::new("bash").arg(script).stderr(Stdio::inherit()).output().expect("run install-browser.sh");
-    assert!(out.status.success(), "installing chromium / playwright-core failed");
-    PathBuf::from(String::from_utf8(out.stdout).unwrap().trim())
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_status_page_follows_a_failover_live() {
     let _serial = serial().await;
-    let pw = tokio::task::spawn_blocking(playwright).await.unwrap();
+    let pw = tokio::task::spawn_blocking(support::browser::playwright).await.unwrap();
     let mut a = NodeRed::create("nr-a", "");
     let mut b = NodeRed::create("nr-b", "");
     tokio::join!(a.boot(true), b.boot(true));

@@ -243,3 +243,31 @@ async fn a_follower_keeps_one_etcd_session_while_it_waits_to_lead() {
         assert_eq!(errors, Some(0.0), "{}: its etcd session ended while etcd was fine", r.id);
     }
 }
+
+/// The status page of a follower lists both replicas and marks the controller (headless
+/// Chromium, as for the single-flowgate page).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_status_page_lists_the_replicas_and_the_controller() {
+    let _serial = serial().await;
+    let pw = tokio::task::spawn_blocking(support::browser::playwright).await.unwrap();
+    let etcd = Etcd::start().await;
+    let y = "backends: [{ id: a, url: \"http://127.0.0.1:9\" }]\n";
+    let (r1, r2) = tokio::join!(Replica::start("fg-1", &etcd.url, y), Replica::start("fg-2", &etcd.url, y));
+    eventually(Duration::from_secs(10), "one controller, both registered", || async {
+        let s = r1.status().await;
+        s["cluster"]["store"]["replicas"].as_array().is_some_and(|r| r.len() == 2)
+            && s["cluster"]["store"]["controller"].is_string()
+    })
+    .await;
+    let (ctl, follower) = controller_first(r1, r2).await;
+    let shot = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("target/artifacts/replicas-page.png");
+    std::fs::create_dir_all(shot.parent().unwrap()).unwrap();
+    let out = tokio::process::Command::new("node")
+        .arg(std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/browser/replicas_page.cjs"))
+        .args([pw.to_str().unwrap(), &follower.admin, &ctl.id, shot.to_str().unwrap()])
+        .output()
+        .await
+        .expect("node runs the browser driver");
+    let said = String::from_utf8_lossy(&out.stdout);
+    assert!(said.starts_with("OK"), "{said}{}", String::from_utf8_lossy(&out.stderr));
+}

@@ -1,6 +1,7 @@
 //! Test harness: flowgate in-process on port 0 in front of fake instances, plus helpers.
 #![allow(dead_code)]
 
+pub mod browser;
 pub mod etcd;
 pub mod fake_node_red;
 pub mod node_red;

@@ -264,12 +264,16 @@ impl State {
         }
     }
 
-    /// A healthy non-active instance that reports flows started is stopped at once.
+    /// A non-active instance whose last probe answered with flows started is stopped at once,
+    /// at its first answer: a crashed active that rebooted with its saved "start" state must
+    /// not wait for `rise` good probes before it is stopped. Stopping a non-active instance is
+    /// always safe; `rise` still governs promotion and routing.
     fn stop_strays(&mut self, now: Instant, fx: &mut Vec<Effect>) {
         let (timeout, epoch) = (self.settings.stop_timeout, self.epoch());
         for (i, m) in self.members.iter_mut().enumerate() {
             let running = matches!(m.flow_state, Some(FlowState::Start | FlowState::Safe));
-            if Some(i) == self.active || m.health() != Health::Up || !running || m.stop_in_flight {
+            let answered = m.last_error.is_none() && m.last_probe.is_some();
+            if Some(i) == self.active || !answered || !running || m.stop_in_flight {
                 continue;
             }
             if m.stop_retry_at.is_some_and(|t| now < t) || m.runtime_state == Some(false) {

@@ -218,12 +218,14 @@ fn timeouts_of_a_just_promoted_active_are_forgiven_during_the_grace() {
 }
 
 #[test]
-fn a_rebooted_instance_running_its_flows_is_stopped_as_a_stray() {
+fn a_rebooted_instance_running_its_flows_is_stopped_at_its_first_answer() {
     let mut s = Script::serving_a();
     s.probe("b", Err(CallError::Refused));
-    s.up("b", FlowState::Start);
+    let fx = s.up("b", FlowState::Start);
+    assert_eq!(actions(&fx), ["stop stray b"], "before rise: stopping a non-active instance is always safe");
+    assert_eq!(s.core.role(&id("b")), Role::Down, "rise still governs the rest");
     let fx = s.up("b", FlowState::Start); // rise = 2
-    assert_eq!(actions(&fx), ["stop stray b", "resync b"]);
+    assert_eq!(actions(&fx), ["resync b"], "the stop is in flight: not sent twice");
     assert_eq!(s.core.active(), Some(&id("a")), "the active is kept");
     let fx = s.send(Event::Stopped { id: id("b"), purpose: StopFor::Stray, result: Ok(()) });
     assert!(notices(&fx).contains(&Notice::StrayStopped { id: id("b"), was: FlowState::Start }));

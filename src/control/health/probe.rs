@@ -6,6 +6,7 @@
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
 use std::time::SystemTime;
 
 use tokio::sync::{Notify, mpsc};
@@ -13,7 +14,7 @@ use tokio::time::{Instant, MissedTickBehavior};
 use tokio_util::sync::CancellationToken;
 
 use super::Report;
-use crate::backend::{AdminClient, Backend};
+use crate::backend::{AdminClient, Backend, CallError};
 use crate::config::HealthConfig;
 
 /// Whether the supervisor wants the canary probed on this instance (the active only).
@@ -44,9 +45,18 @@ impl Prober {
         ticker.set_missed_tick_behavior(MissedTickBehavior::Skip);
         let mut settings_checked = false;
         let mut failures_in_row = 0u32;
+        let mut refused_in_row = 0u32;
         loop {
             let fast_retry = failures_in_row > 0 && failures_in_row < self.health.fall;
-            if !fast_retry {
+            if refused_in_row > 0 {
+                // Nothing listens: asking again costs nothing, and a rebooted instance that
+                // comes back running its flows is caught within one short interval.
+                tokio::select! {
+                    _ = cancel.cancelled() => return,
+                    _ = tokio::time::sleep(down_interval(refused_in_row, self.health.interval)) => {}
+                    _ = self.kick.notified() => {}
+                }
+            } else if !fast_retry {
                 tokio::select! {
                     _ = cancel.cancelled() => return,
                     _ = ticker.tick() => {}
@@ -61,6 +71,10 @@ impl Prober {
             };
             let latency = started.elapsed();
             let mut report = Report { at: SystemTime::now(), latency, state, runtime_state: None, canary: None };
+            refused_in_row = match &report.state {
+                Err(CallError::Refused) => refused_in_row.saturating_add(1),
+                _ => 0,
+            };
             if report.state.is_ok() {
                 failures_in_row = 0;
                 if !settings_checked {
@@ -79,5 +93,26 @@ impl Prober {
                 return;
             }
         }
+    }
+}
+
+/// How soon to probe again an instance whose port refused `n` times in a row: every 50 ms for
+/// the first second, then backing off by doubling every 20 probes, up to the normal interval
+/// for long outages.
+pub fn down_interval(n: u32, interval: Duration) -> Duration {
+    let doublings = (n.saturating_sub(1) / 20).min(8);
+    (Duration::from_millis(50) * 2u32.pow(doublings)).min(interval)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_refusing_instance_is_probed_often_then_less_often() {
+        let i = Duration::from_millis(500);
+        let ms = |n| down_interval(n, i).as_millis();
+        assert_eq!([ms(1), ms(20), ms(21), ms(41), ms(61), ms(1000)], [50, 50, 100, 200, 400, 500]);
+        assert_eq!(down_interval(1, Duration::from_millis(30)), Duration::from_millis(30), "never above the interval");
     }
 }

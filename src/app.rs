@@ -150,6 +150,13 @@ impl Runtime {
                 epoch: self.services.epoch.clone(),
             };
             self.tasks.spawn(prober.run(cancel.clone()));
+            let addr = instance.backend.authority.as_str().to_string();
+            let addr = match instance.backend.authority.port_u16() {
+                Some(_) => addr,
+                None if instance.backend.scheme == http::uri::Scheme::HTTPS => format!("{addr}:443"),
+                None => format!("{addr}:80"),
+            };
+            self.tasks.spawn(crate::control::health::watch::watch(addr, instance.kick.clone(), cancel.clone()));
         }
         let link = self.link.lock().unwrap_or_else(|e| e.into_inner()).take();
         let epoch = self.services.epoch.clone();

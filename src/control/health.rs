@@ -2,6 +2,7 @@
 //! report one probe round produces. The probe loop itself is in `health/probe.rs`.
 
 pub mod probe;
+pub mod watch;
 
 use std::time::{Duration, SystemTime};
 

@@ -32,9 +32,11 @@ pub enum Transition {
     BecameDown,
 }
 
-/// Consecutive-result thresholds. The first result after start decides at once (so a
-/// restarted flowgate elects quickly); after that `rise` good results bring a down instance
-/// up and `fall` bad ones take an up instance down.
+/// Consecutive-result thresholds. A first good result decides at once (so a restarted
+/// flowgate elects quickly); a first bad one counts toward `fall` like any other, since a
+/// freshly booted Node-RED can answer its first request slowly (a refused connection still
+/// decides at once, through `force_down`). After that `rise` good results bring a down
+/// instance up and `fall` bad ones take an up instance down.
 #[derive(Debug, Clone)]
 pub struct Tracker {
     rise: u32,
@@ -55,7 +57,7 @@ impl Tracker {
     pub fn observe(&mut self, ok: bool) -> Option<Transition> {
         match (self.health, ok) {
             (Health::Unknown, true) => self.set(Health::Up),
-            (Health::Unknown, false) => self.set(Health::Down),
+            (Health::Unknown, false) => self.count(self.fall, Health::Down),
             (Health::Up, true) | (Health::Down, false) => {
                 self.run = 0;
                 None
@@ -115,8 +117,14 @@ mod tests {
         assert_eq!(t.observe(true), Some(Transition::BecameUp));
 
         let mut t = Tracker::new(2, 2);
+        assert_eq!(t.observe(false), None, "one slow first answer is not enough");
         assert_eq!(t.observe(false), Some(Transition::BecameDown));
         assert_eq!(t.health(), Health::Down);
+        let mut t = Tracker::new(2, 2);
+        assert_eq!(t.observe(false), None);
+        assert_eq!(t.observe(true), Some(Transition::BecameUp), "then a good answer decides");
+        let mut t = Tracker::new(2, 2);
+        assert_eq!(t.force_down(), Some(Transition::BecameDown), "nothing listening decides at once");
     }
 
     #[test]

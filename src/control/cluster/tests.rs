@@ -572,3 +572,12 @@ fn a_target_that_goes_down_during_its_promotion_is_never_told_to_start() {
         matches!(&notices(&fx)[..], [Notice::Promotion { result: Err(PromotionError::TargetDown(t)), .. }] if *t == id("b"))
     );
 }
+
+#[test]
+fn a_slow_first_answer_does_not_cost_the_preferred_instance_the_first_election() {
+    let mut s = Script::new(&[("a", 200), ("b", 100)]);
+    assert!(actions(&s.probe("a", Err(CallError::Timeout(400 * MS)))).is_empty());
+    assert!(actions(&s.up("b", FlowState::Stop)).is_empty(), "a is undecided yet: wait for it");
+    assert_eq!(actions(&s.up("a", FlowState::Stop)), ["lock"]);
+    assert_eq!(actions(&s.locked()), ["stop b"], "a is the one promoted");
+}

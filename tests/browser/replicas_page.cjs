@@ -2,14 +2,10 @@
 // Usage: node replicas_page.cjs PLAYWRIGHT_CORE_DIR ADMIN_URL CONTROLLER_ID SCREENSHOT.png
 // Prints OK (or FAIL reason).
 const [pwDir, adminUrl, controller, shot] = process.argv.slice(2);
-const { chromium } = require(pwDir);
+const { launch } = require("./chromium.cjs");
 
 (async () => {
-  const browser = await chromium.launch({
-    executablePath: "/usr/bin/chromium",
-    args: ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-           "--disable-background-networking", "--disable-component-update", "--disable-sync"],
-  });
+  const browser = await launch(pwDir);
   try {
     const page = await browser.newPage({ viewport: { width: 1100, height: 700 } });
     await page.goto(adminUrl + "/");

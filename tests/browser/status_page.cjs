@@ -4,18 +4,14 @@
 // waits for a KILLED line on stdin, then checks the page shows the new active and a failover
 // entry without having been reloaded, saves a screenshot and prints OK (or FAIL reason).
 const [pwDir, adminUrl, shot] = process.argv.slice(2);
-const { chromium } = require(pwDir);
+const { launch } = require("./chromium.cjs");
 const readline = require("readline");
 
 const lines = readline.createInterface({ input: process.stdin });
 const nextLine = () => new Promise((resolve) => lines.once("line", resolve));
 
 (async () => {
-  const browser = await chromium.launch({
-    executablePath: "/usr/bin/chromium",
-    args: ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-           "--disable-background-networking", "--disable-component-update", "--disable-sync"],
-  });
+  const browser = await launch(pwDir);
   try {
     const page = await browser.newPage({ viewport: { width: 1100, height: 700 } });
     await page.goto(adminUrl + "/");

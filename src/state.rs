@@ -81,6 +81,8 @@ pub struct BackendStatus {
     pub revision: Option<String>,
     /// "in_step", "unknown", or why it is out of step.
     pub step: String,
+    /// Down 3 times within 60 s: passed over while another instance is eligible.
+    pub flapping: bool,
 }
 
 #[derive(Debug, Clone, Serialize)]

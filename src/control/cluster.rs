@@ -351,6 +351,10 @@ pub enum Notice {
         id: InstanceId,
         result: Result<(), String>,
     },
+    /// It went down again and again: passed over while anything else is eligible.
+    Flapping {
+        id: InstanceId,
+    },
     /// Replicas: this replica became controller (`Some(epoch)`) or stepped down (`None`).
     Leadership {
         epoch: Option<u64>,

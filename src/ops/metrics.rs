@@ -41,6 +41,7 @@ pub struct Metrics {
     pub deploy_fanout: IntCounterVec,
     pub resyncs: IntCounterVec,
     pub backend_in_step: IntGaugeVec,
+    pub backend_flapping: IntGaugeVec,
     pub backend_revision: IntGaugeVec,
     pub promotions_out_of_step: IntCounter,
     pub cluster_controller: IntGauge,
@@ -244,6 +245,17 @@ impl Metrics {
                 )
                 .unwrap(),
             ),
+            backend_flapping: reg(
+                &registry,
+                IntGaugeVec::new(
+                    Opts::new(
+                        "flowgate_backend_flapping",
+                        "1 while the instance is flapping (down 3 times within 60 s): passed over while another is eligible.",
+                    ),
+                    &["backend"],
+                )
+                .unwrap(),
+            ),
             backend_in_step: reg(
                 &registry,
                 IntGaugeVec::new(
@@ -398,6 +410,7 @@ impl Metrics {
     pub fn forget_backend(&self, backend: &str) {
         let _ = self.backend_up.remove_label_values(&[backend]);
         let _ = self.backend_in_step.remove_label_values(&[backend]);
+        let _ = self.backend_flapping.remove_label_values(&[backend]);
         for r in ROLES {
             let _ = self.backend_role.remove_label_values(&[backend, r]);
         }

@@ -65,6 +65,10 @@ pub(super) const CANARY_COOLDOWN: Duration = Duration::from_secs(60);
 pub(super) const RETRY_PAUSE: Duration = Duration::from_millis(200);
 /// Pause before retrying a failed resync or stray stop.
 pub(super) const RETRY_LATER: Duration = Duration::from_secs(5);
+/// An instance that went down this many times within `FLAP_WINDOW` is flapping (crash-looping):
+/// passed over like a cooling one while anything else is eligible, and never failed back to.
+pub(super) const FLAP_DOWNS: usize = 3;
+pub(super) const FLAP_WINDOW: Duration = Duration::from_secs(60);
 
 /// What the core knows about one instance.
 #[derive(Debug, Clone)]
@@ -78,6 +82,8 @@ pub struct Member {
     pub(super) canary_checked: bool,
     pub(super) up_since: Option<Instant>,
     pub(super) cooldown_until: Option<Instant>,
+    /// When it went down lately (within `FLAP_WINDOW`), oldest first.
+    pub(super) downs: Vec<Instant>,
     pub(super) stop_in_flight: bool,
     pub last_probe: Option<(SystemTime, Duration)>,
     pub last_error: Option<CallError>,
@@ -99,6 +105,7 @@ impl Member {
             canary_checked: false,
             up_since: None,
             cooldown_until: None,
+            downs: Vec::new(),
             stop_in_flight: false,
             last_probe: None,
             last_error: None,
@@ -120,7 +127,18 @@ impl Member {
     }
 
     pub(super) fn cooling(&self, now: Instant) -> bool {
-        self.cooldown_until.is_some_and(|t| now < t)
+        self.cooldown_until.is_some_and(|t| now < t) || self.flapping(now)
+    }
+
+    /// Went down `FLAP_DOWNS` times within the last `FLAP_WINDOW`.
+    pub fn flapping(&self, now: Instant) -> bool {
+        self.downs.iter().filter(|&&t| now.saturating_duration_since(t) < FLAP_WINDOW).count() >= FLAP_DOWNS
+    }
+
+    /// When it stops counting as flapping, if it does now.
+    pub(super) fn flapping_until(&self, now: Instant) -> Option<Instant> {
+        let recent: Vec<_> = self.downs.iter().filter(|&&t| now.saturating_duration_since(t) < FLAP_WINDOW).collect();
+        (recent.len() >= FLAP_DOWNS).then(|| *recent[recent.len() - FLAP_DOWNS] + FLAP_WINDOW)
     }
 
     /// Whether its canary was checked while active, and passes.
@@ -327,6 +345,7 @@ impl State {
         consider(election::failback_due(self.active, &self.candidates(now), &self.policy()));
         for m in &self.members {
             consider(m.cooldown_until);
+            consider(m.flapping_until(now));
             consider(m.sync_retry_at);
             consider(m.stop_retry_at);
         }

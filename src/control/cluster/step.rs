@@ -114,6 +114,11 @@ impl State {
                 fx.push(Effect::Notice(Notice::Up { id, flow_state: m.flow_state }));
             }
             Some(Transition::BecameDown) => {
+                m.downs.retain(|&t| now.saturating_duration_since(t) < super::state::FLAP_WINDOW);
+                m.downs.push(now);
+                if m.flapping(now) && m.downs.len() == super::state::FLAP_DOWNS {
+                    fx.push(Effect::Notice(Notice::Flapping { id: id.clone() }));
+                }
                 m.up_since = None;
                 m.flow_state = None;
                 m.runtime_state = None;

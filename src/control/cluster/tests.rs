@@ -581,3 +581,65 @@ fn a_slow_first_answer_does_not_cost_the_preferred_instance_the_first_election()
     assert_eq!(actions(&s.up("a", FlowState::Stop)), ["lock"]);
     assert_eq!(actions(&s.locked()), ["stop b"], "a is the one promoted");
 }
+
+/// b crash-loops: down three times within a minute.
+fn crash_loop(s: &mut Script, n: &str) {
+    for _ in 0..3 {
+        s.probe(n, Err(CallError::Refused));
+        s.up(n, FlowState::Stop);
+        s.up(n, FlowState::Stop);
+        s.advance(Duration::from_secs(2));
+    }
+}
+
+#[test]
+fn a_crash_looping_standby_is_passed_over_while_a_stable_one_exists() {
+    let mut s = Script::new(&[("a", 300), ("b", 200), ("c", 100)]);
+    for n in ["a", "b", "c"] {
+        s.up(n, FlowState::Stop);
+    }
+    s.locked();
+    s.stopped("b", Ok(()));
+    s.stopped("c", Ok(()));
+    s.started("a");
+    s.all_in_step();
+    crash_loop(&mut s, "b");
+    assert!(s.core.member(&id("b")).unwrap().flapping(s.now));
+    s.advance(Duration::from_secs(3));
+    s.probe("a", Err(CallError::Refused));
+    assert_eq!(actions(&s.locked()), ["stop b"], "c is promoted, though b has the higher priority");
+    assert_eq!(actions(&s.stopped("b", Ok(()))), ["start c"]);
+}
+
+#[test]
+fn a_flapping_instance_is_never_failed_back_to_until_it_is_stable() {
+    let mut st = settings();
+    st.failback = true;
+    st.failback_delay = Duration::from_secs(10);
+    let mut s = Script::with(&[("a", 200), ("b", 100)], st);
+    s.up("a", FlowState::Stop);
+    s.up("b", FlowState::Stop);
+    assert_eq!(actions(&s.locked()), ["stop b"]);
+    s.stopped("b", Ok(()));
+    s.started("a");
+    s.all_in_step();
+    // a crashes: b takes over.
+    s.advance(Duration::from_secs(3));
+    s.probe("a", Err(CallError::Refused));
+    assert_eq!(actions(&s.locked()), ["start b"]);
+    assert_eq!(moves(&s.started("b")), ["route b"]);
+    // a comes back and crashes twice more within a minute: it is flapping.
+    for _ in 0..2 {
+        s.up("a", FlowState::Stop);
+        s.up("a", FlowState::Stop);
+        s.advance(Duration::from_secs(2));
+        s.probe("a", Err(CallError::Refused));
+    }
+    s.up("a", FlowState::Stop);
+    s.up("a", FlowState::Stop);
+    assert!(s.core.member(&id("a")).unwrap().flapping(s.now));
+    assert!(moves(&s.advance(Duration::from_secs(15))).is_empty(), "no failback to a flapping instance");
+    // A minute after its third down it counts as stable, and the failback goes ahead.
+    let fx = s.advance(Duration::from_secs(46));
+    assert_eq!(actions(&fx), ["release b", "route -", "lock"]);
+}

@@ -72,6 +72,9 @@ impl Driver {
                     None => warn!("this replica is no longer the controller: it routes by the active record"),
                 }
             }
+            Notice::Flapping { id } => {
+                warn!(backend = %id, "instance is flapping (down 3 times within 60 s): passed over while another is eligible");
+            }
             Notice::PromotionAbandoned { to } => {
                 warn!(backend = %to, "promotion abandoned: the leadership was lost before it completed");
             }
@@ -151,6 +154,8 @@ impl Driver {
                     crate::editor::sync::Step::OutOfStep(why) => format!("out_of_step: {why}"),
                 };
                 let is_active = active == Some(&b.id);
+                let flapping = m.flapping(tokio::time::Instant::now());
+                metrics.backend_flapping.with_label_values(&[b.id.as_str()]).set(i64::from(flapping));
                 BackendStatus {
                     id: b.id.to_string(),
                     url: format!("http://{}", b.authority),
@@ -168,6 +173,7 @@ impl Driver {
                     last_error: m.last_error.as_ref().map(|e| e.to_string()),
                     revision,
                     step,
+                    flapping,
                 }
             })
             .collect();

@@ -76,6 +76,9 @@ pub struct Member {
     pub spec: Spec,
     pub(super) tracker: Tracker,
     pub flow_state: Option<FlowState>,
+    /// Consecutive probes that read flows started. A stopped instance reads "start" for a few
+    /// milliseconds while it boots, so one reading does not make it an instance to adopt.
+    pub(super) start_readings: u32,
     /// `runtimeState.enabled`, read after each (re)connection.
     pub runtime_state: Option<bool>,
     pub(super) canary_fails: u32,
@@ -100,6 +103,7 @@ impl Member {
             spec,
             tracker: Tracker::new(s.rise, s.fall),
             flow_state: None,
+            start_readings: 0,
             runtime_state: None,
             canary_fails: 0,
             canary_checked: false,
@@ -139,6 +143,16 @@ impl Member {
     pub(super) fn flapping_until(&self, now: Instant) -> Option<Instant> {
         let recent: Vec<_> = self.downs.iter().filter(|&&t| now.saturating_duration_since(t) < FLAP_WINDOW).collect();
         (recent.len() >= FLAP_DOWNS).then(|| *recent[recent.len() - FLAP_DOWNS] + FLAP_WINDOW)
+    }
+
+    /// Runs flows by two readings in a row: worth adopting rather than stopping.
+    pub(super) fn surely_running(&self) -> bool {
+        self.flow_state == Some(FlowState::Start) && self.start_readings >= 2
+    }
+
+    /// Reads "start" once only, so far: wait for the next reading before electing.
+    pub(super) fn maybe_running(&self) -> bool {
+        self.health() == Health::Up && self.flow_state == Some(FlowState::Start) && self.start_readings < 2
     }
 
     /// Whether its canary was checked while active, and passes.
@@ -317,7 +331,7 @@ impl State {
             .map(|m| Candidate {
                 priority: m.spec.priority,
                 eligible: m.eligible(),
-                running: m.flow_state == Some(FlowState::Start),
+                running: m.surely_running(),
                 in_step: m.sync != Sync::OutOfStep,
                 cooling: m.cooling(now),
                 up_since: m.up_since,

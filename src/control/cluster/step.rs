@@ -66,10 +66,12 @@ impl State {
         let transition = match r.state {
             Ok(state) => {
                 m.flow_state = Some(state);
+                m.start_readings = if state == FlowState::Stop { 0 } else { m.start_readings.saturating_add(1) };
                 m.last_error = None;
                 m.tracker.observe(true)
             }
             Err(e) => {
+                m.start_readings = 0;
                 let t = match e {
                     CallError::Refused => m.tracker.force_down(),
                     CallError::Timeout(_) if grace => None,
@@ -242,7 +244,9 @@ impl State {
                 self.lose_active(reason, failed, now, fx);
             }
         }
-        let undecided = self.members.iter().any(|m| m.health() == Health::Unknown);
+        // Before the first election: every instance answered, and none that reads "start" has
+        // read it only once (it may be booting stopped).
+        let undecided = self.members.iter().any(|m| m.health() == Health::Unknown || m.maybe_running());
         let starting = !self.elected_once && self.active.is_none() && undecided && now < self.startup_until;
         let retrying = self.retry_at.is_some_and(|t| now < t);
         if !starting && !retrying {

@@ -175,7 +175,8 @@ fn without_answers_the_first_election_happens_when_the_start_up_window_ends() {
 fn an_instance_already_running_flows_is_adopted() {
     let mut s = Script::new(&[("a", 200), ("b", 100)]);
     s.up("a", FlowState::Stop);
-    s.up("b", FlowState::Start);
+    assert!(actions(&s.up("b", FlowState::Start)).is_empty(), "one reading: it may be booting stopped");
+    assert_eq!(actions(&s.up("b", FlowState::Start)), ["lock"]);
     assert_eq!(actions(&s.locked()), ["stop a"]);
     assert_eq!(actions(&s.stopped("a", Ok(()))), ["start b"]);
 }
@@ -259,6 +260,7 @@ fn failback_waits_for_a_stable_preferred_instance() {
     st.failback = true;
     let mut s = Script::with(&[("a", 200), ("b", 100)], st);
     s.probe("a", Err(CallError::Refused));
+    s.up("b", FlowState::Start);
     s.up("b", FlowState::Start);
     s.locked();
     assert_eq!(moves(&s.started("b")), ["route b"]);
@@ -642,4 +644,13 @@ fn a_flapping_instance_is_never_failed_back_to_until_it_is_stable() {
     // A minute after its third down it counts as stable, and the failback goes ahead.
     let fx = s.advance(Duration::from_secs(46));
     assert_eq!(actions(&fx), ["release b", "route -", "lock"]);
+}
+
+#[test]
+fn a_start_reading_while_an_instance_boots_stopped_does_not_win_the_first_election() {
+    let mut s = Script::new(&[("a", 200), ("b", 100)]);
+    s.up("a", FlowState::Stop);
+    assert!(actions(&s.up("b", FlowState::Start)).is_empty(), "wait for b's next reading");
+    assert_eq!(actions(&s.up("b", FlowState::Stop)), ["lock"]);
+    assert_eq!(actions(&s.locked()), ["stop b"], "a is promoted, by priority");
 }

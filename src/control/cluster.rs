@@ -23,6 +23,8 @@
 //! - Out-of-step instances are resynced, and promoted only when nothing in step is eligible.
 
 pub mod driver;
+#[cfg(test)]
+mod model_tests;
 mod replica;
 #[cfg(test)]
 mod replica_tests;

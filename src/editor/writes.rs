@@ -46,7 +46,6 @@ use crate::state::{Active, Shared};
 use crate::traffic::body::Body;
 use crate::traffic::error::ProxyError;
 
-pub use super::fanout::DEPLOYED_HEADER;
 static API_VERSION: HeaderName = HeaderName::from_static("node-red-api-version");
 static DEPLOYMENT_TYPE: HeaderName = HeaderName::from_static("node-red-deployment-type");
 

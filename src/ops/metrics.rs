@@ -307,7 +307,7 @@ impl Metrics {
                 &registry,
                 IntCounter::new(
                     "flowgate_cluster_fenced_total",
-                    "Flow-state commands of this replica refused by an instance for a stale epoch.",
+                    "Flow-state commands of this replica refused for a stale epoch: by an instance, or not sent because its lease renewal was not fresh.",
                 )
                 .unwrap(),
             ),

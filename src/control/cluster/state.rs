@@ -27,7 +27,8 @@ pub struct Settings {
     pub failback_delay: Duration,
     pub stop_timeout: Duration,
     pub start_timeout: Duration,
-    /// Several replicas share the decisions (`cluster:` configured): start as a follower.
+    /// Several replicas share the decisions: start as a follower. The driver sets it from its
+    /// link to the store, not from the file (the session is started once, with flowgate).
     pub replicated: bool,
 }
 
@@ -43,7 +44,7 @@ impl Settings {
             failback_delay: c.failover.failback_delay,
             stop_timeout: c.failover.stop_timeout,
             start_timeout: c.failover.start_timeout,
-            replicated: c.cluster.is_some(),
+            replicated: false,
         }
     }
 }

@@ -363,16 +363,13 @@ impl State {
     }
 
     fn on_locked(&mut self, got: bool, now: Instant, fx: &mut Vec<Effect>) {
+        let epoch = self.epoch();
         let Some(p) = self.promotion.as_mut().filter(|p| p.stage == Stage::Locking) else { return };
         if !got {
             fx.push(Effect::Notice(Notice::LockBusy));
         }
         p.stage = Stage::Stopping;
         p.waiting = p.others.iter().map(|(i, _)| *i).collect();
-        let epoch = match self.mode {
-            super::Mode::Controller { epoch } => Some(epoch),
-            _ => None,
-        };
         for &(i, timeout) in &p.others {
             let id = self.members[i].spec.id.clone();
             fx.push(Effect::StopFlows { id, timeout, purpose: StopFor::Promotion, epoch });

@@ -3,6 +3,8 @@
 //! one instance are serialised by a per-instance lock (Node-RED's own API mutex does not
 //! cover `setState`).
 
+pub mod activity;
+
 use std::fmt;
 use std::time::Duration;
 
@@ -65,6 +67,10 @@ pub enum CallError {
     /// No complete answer in time: a hung event loop looks like this.
     #[error("no answer within {0:?}")]
     Timeout(Duration),
+    /// Proxied requests waited this long with nothing answered since, probes included
+    /// (`backend/activity.rs`): the same evidence as a time-out.
+    #[error("requests waited {0:?} with nothing answered")]
+    Unanswered(Duration),
     #[error("401 unauthorized: set this backend's token to one of the instance's adminAuth.tokens")]
     Unauthorized,
     /// `POST /flows/state` is not registered.
@@ -91,6 +97,7 @@ impl CallError {
             CallError::Connect(_) => "connect",
             CallError::Reset(_) => "reset",
             CallError::Timeout(_) => "timeout",
+            CallError::Unanswered(_) => "unanswered",
             CallError::Unauthorized => "unauthorized",
             CallError::RuntimeStateDisabled => "runtime_state_disabled",
             CallError::Status(..) => "status",
@@ -220,6 +227,8 @@ pub struct Backend {
     canary: Option<Uri>,
     /// Serialises flow-state changes to this instance.
     control: tokio::sync::Mutex<()>,
+    /// Whether proxied requests wait on it while it answers nothing.
+    pub activity: activity::Activity,
 }
 
 impl fmt::Debug for Backend {
@@ -260,6 +269,7 @@ impl Backend {
             settings: uri(&format!("{}settings", paths.admin_root)),
             canary: canary.map(uri),
             control: tokio::sync::Mutex::new(()),
+            activity: activity::Activity::default(),
         }
     }
 

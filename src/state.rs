@@ -157,7 +157,13 @@ impl Shared {
             .iter()
             .map(|b| Arc::new(Backend::new(b, &config.node_red, config.health.canary.as_deref())))
             .map(|backend| Instance {
-                pool: Arc::new(Pool::new(backend.clone(), connector.clone(), workers)),
+                pool: Arc::new(Pool::new(
+                    backend.clone(),
+                    connector.clone(),
+                    workers,
+                    config.limits.upstream_connections,
+                    config.limits.upstream_queue_timeout,
+                )),
                 pin: Pin::new(&cookies, &config.editor.cookie, backend.id.as_str(), &config.node_red.admin_root),
                 backend,
                 kick: Arc::new(Notify::new()),

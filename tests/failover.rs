@@ -403,3 +403,75 @@ async fn an_instance_that_will_not_stop_is_retried_calmly_and_reported() {
     let m = metrics(&h).await;
     assert_eq!(sample(&m, "flowgate_instances_running_flows"), Some(2.0), "the alert metric shows it: {m}");
 }
+
+/// Requests left unanswered are evidence of a hang: with probes only every 3 s, a hung active
+/// under traffic is still failed over within a fraction of a second (a probe starts once
+/// requests have waited a quarter of the time-out, and the whole time-out counts as a failure).
+#[tokio::test]
+async fn requests_left_unanswered_are_evidence_of_a_hang() {
+    let health = "health: { interval: 3s, timeout: 150ms, rise: 1, fall: 2, promotion_grace: 0ms }\n";
+    let (fa, fb, _log, h) = two(Options::default(), Options::default(), health).await;
+    wait_active(&h, "a", SECS).await;
+    fa.hang();
+    let hung = tokio::time::Instant::now();
+    let got = get(&client(), &format!("http://{}/hello", h.proxy_addr)).await.unwrap();
+    let took = hung.elapsed();
+    assert_eq!((got.status, got.body.as_str()), (200, "hello from b"));
+    println!("hang under traffic, probes every 3 s: answered by the spare after {took:?}");
+    assert!(took < Duration::from_millis(1000), "took {took:?}: the hang waited for the next probe");
+    assert!(fb.started());
+    let m = metrics(&h).await;
+    assert_eq!(sample(&m, "flowgate_failovers_total{reason=\"hang\"}"), Some(1.0), "{m}");
+    fa.unhang();
+}
+
+/// A request that is slow on a healthy instance is not evidence: the probe it starts is
+/// answered. With `fall: 1` one wrongly counted failure would fail the active over.
+#[tokio::test]
+async fn a_slow_request_on_a_healthy_instance_is_not_evidence() {
+    let health = "health: { interval: 3s, timeout: 150ms, rise: 1, fall: 1, promotion_grace: 0ms }\n";
+    let (_fa, fb, _log, h) = two(Options::default(), Options::default(), health).await;
+    wait_active(&h, "a", SECS).await;
+    let got = get(&client(), &format!("http://{}/slow?ms=700", h.proxy_addr)).await.unwrap();
+    assert_eq!((got.status, got.body.as_str()), (200, "slow done"));
+    assert_eq!(active(&h).await.as_deref(), Some("a"));
+    assert!(!fb.started());
+    let m = metrics(&h).await;
+    assert_eq!(sample(&m, "flowgate_failovers_total{reason=\"hang\"}"), Some(0.0), "{m}");
+}
+
+/// At most `limits.upstream_connections` requests are in flight to an instance; the next waits
+/// for a slot up to the queue time-out, then gets 503 with nothing sent.
+#[tokio::test]
+async fn requests_beyond_the_upstream_cap_wait_in_order_then_get_503() {
+    let extra = "limits: { upstream_connections: 2, upstream_queue_timeout: 300ms }\n";
+    let (fa, _fb, _log, h) = two(Options::default(), Options::default(), extra).await;
+    wait_active(&h, "a", SECS).await;
+    let url = format!("http://{}/slow?ms=1000", h.proxy_addr);
+    let slow: Vec<_> = (0..2)
+        .map(|_| {
+            let url = url.clone();
+            tokio::spawn(async move { get(&client(), &url).await.unwrap().status })
+        })
+        .collect();
+    eventually(SECS, "both slots taken", || async { fa.inner.slow_waiting.load(Ordering::SeqCst) == 2 }).await;
+    let t = tokio::time::Instant::now();
+    let third = get(&client(), &url).await.unwrap();
+    assert_eq!(third.status, 503);
+    assert_eq!(third.headers["x-flowgate-error"], "upstream-busy");
+    assert_eq!(third.headers["retry-after"], "1");
+    assert!(t.elapsed() >= Duration::from_millis(300), "waited for the queue time-out");
+    assert_eq!(fa.inner.slow_waiting.load(Ordering::SeqCst), 2, "the third never reached the instance");
+    for s in slow {
+        assert_eq!(s.await.unwrap(), 200);
+    }
+    // A slot that frees up within the queue time-out is taken by the request in line.
+    let short = format!("http://{}/slow?ms=200", h.proxy_addr);
+    let c = client();
+    let (a, b, c) = tokio::join!(get(&c, &short), get(&c, &short), async {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        get(&c, &format!("http://{}/hello", h.proxy_addr)).await
+    });
+    assert_eq!([a.unwrap().status, b.unwrap().status], [200, 200]);
+    assert_eq!(c.unwrap().body, "hello from a");
+}

@@ -119,6 +119,8 @@ pub struct Limits {
     pub max_header_bytes: usize,
     pub max_headers: usize,
     pub max_connections: usize,
+    pub upstream_connections: usize,
+    pub upstream_queue_timeout: Duration,
 }
 
 #[derive(Debug, Clone)]

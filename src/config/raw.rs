@@ -75,6 +75,11 @@ pub struct RawLimits {
     pub max_headers: Option<u32>,
     /// Most open client connections (default 10000); more get 503 and are closed.
     pub max_connections: Option<u32>,
+    /// Most requests in flight to one instance at a time (default 128); more wait for one to
+    /// end, in arrival order.
+    pub upstream_connections: Option<u32>,
+    /// Longest such a request waits (default 5s); then it gets 503.
+    pub upstream_queue_timeout: Option<String>,
 }
 
 #[derive(Debug, Deserialize, Default)]

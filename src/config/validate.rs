@@ -33,6 +33,11 @@ pub const DEFAULT_HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
 pub const DEFAULT_MAX_HEADER_BYTES: usize = 64 << 10;
 pub const DEFAULT_MAX_HEADERS: u32 = 100;
 pub const DEFAULT_MAX_CONNECTIONS: u32 = 10_000;
+/// Well under Node.js's listen backlog (511): a burst of connects to one instance (every
+/// request held by a failover, retried at once) is never dropped by the kernel and left to
+/// SYN retransmits (1 s, 3 s, ...).
+pub const DEFAULT_UPSTREAM_CONNECTIONS: u32 = 128;
+pub const DEFAULT_UPSTREAM_QUEUE_TIMEOUT: Duration = Duration::from_secs(5);
 pub const DEFAULT_GRACE: Duration = Duration::from_secs(10);
 
 /// Reads secrets from the process environment and the file system; a seam for tests.
@@ -333,6 +338,12 @@ pub fn validate(raw: RawConfig, secrets: &dyn SecretSource, base: &std::path::Pa
         max_header_bytes,
         max_headers: l.max_headers.unwrap_or(DEFAULT_MAX_HEADERS).max(1) as usize,
         max_connections: l.max_connections.unwrap_or(DEFAULT_MAX_CONNECTIONS).max(1) as usize,
+        upstream_connections: l.upstream_connections.unwrap_or(DEFAULT_UPSTREAM_CONNECTIONS).max(1) as usize,
+        upstream_queue_timeout: p.duration(
+            "limits.upstream_queue_timeout",
+            &l.upstream_queue_timeout,
+            DEFAULT_UPSTREAM_QUEUE_TIMEOUT,
+        ),
     };
     let shutdown_grace = p.duration("shutdown.grace", &raw.shutdown.grace, DEFAULT_GRACE);
 

@@ -78,7 +78,7 @@ impl Reason {
     pub fn of_failure(err: Option<&CallError>) -> Self {
         match err {
             Some(CallError::Refused | CallError::Connect(_) | CallError::Reset(_)) => Reason::Crash,
-            Some(CallError::Timeout(_)) => Reason::Hang,
+            Some(CallError::Timeout(_) | CallError::Unanswered(_)) => Reason::Hang,
             _ => Reason::Unhealthy,
         }
     }

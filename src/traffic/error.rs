@@ -19,6 +19,8 @@ pub enum ProxyError {
     UpstreamFailed,
     #[error("the Node-RED instance handling this request was declared failed; the request was not replayed")]
     InstanceFailed,
+    #[error("every connection to the active Node-RED instance stayed busy; nothing was sent, retry shortly")]
+    UpstreamBusy,
     #[error("malformed request")]
     BadRequest,
     #[error("request body too large")]
@@ -40,6 +42,7 @@ impl ProxyError {
             ProxyError::UpstreamConnect => StatusCode::BAD_GATEWAY,
             ProxyError::UpstreamFailed => StatusCode::BAD_GATEWAY,
             ProxyError::InstanceFailed => StatusCode::BAD_GATEWAY,
+            ProxyError::UpstreamBusy => StatusCode::SERVICE_UNAVAILABLE,
             ProxyError::BadRequest => StatusCode::BAD_REQUEST,
             ProxyError::PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
             ProxyError::BadDeploy(_) => StatusCode::BAD_REQUEST,
@@ -54,6 +57,7 @@ impl ProxyError {
             ProxyError::UpstreamConnect => "upstream-connect",
             ProxyError::UpstreamFailed => "upstream-failed",
             ProxyError::InstanceFailed => "instance-failed",
+            ProxyError::UpstreamBusy => "upstream-busy",
             ProxyError::BadRequest => "bad-request",
             ProxyError::PayloadTooLarge => "payload-too-large",
             ProxyError::BadDeploy(_) => "bad-deploy",
@@ -68,7 +72,7 @@ impl ProxyError {
         let h = resp.headers_mut();
         h.insert(CONTENT_TYPE, HeaderValue::from_static("text/plain; charset=utf-8"));
         h.insert(ERROR_HEADER, HeaderValue::from_static(self.code()));
-        if matches!(self, ProxyError::NoActiveInstance | ProxyError::ChangeInProgress) {
+        if matches!(self, ProxyError::NoActiveInstance | ProxyError::ChangeInProgress | ProxyError::UpstreamBusy) {
             h.insert(RETRY_AFTER, HeaderValue::from_static("1"));
         }
         resp

@@ -11,6 +11,8 @@
 //! 5. failures:
 //!    - connecting failed (nothing was sent): the prober is kicked (passive detection) and
 //!      the request is retried on the new active, body included;
+//!    - every slot to the instance stayed taken for `limits.upstream_queue_timeout`
+//!      (`upstream.rs`): 503 with `Retry-After`, nothing sent;
 //!    - the instance is declared failed while the request is in flight (a hung event loop
 //!      never answers), or the connection broke mid-request: idempotent requests without a
 //!      body are retried on the new active; the rest answer 502 at once and are never replayed.
@@ -34,6 +36,7 @@ use tokio_util::task::TaskTracker;
 use crate::state::{Active, Shared};
 use crate::traffic::body::Body;
 use crate::traffic::error::ProxyError;
+use upstream::UpstreamError;
 
 pub use crate::traffic::server::Peer;
 pub use forward::{is_upgrade, strip_hop_by_hop};
@@ -215,7 +218,9 @@ impl Proxy {
                 Err(e) => {
                     self.shared.suspect(active.index);
                     tracing::debug!(backend = %active.backend.id, error = %e, "upstream request failed");
-                    if e.is_connect() {
+                    if let UpstreamError::Busy(_) = e {
+                        return Err(ProxyError::UpstreamBusy);
+                    } else if e.is_connect() {
                         // Nothing was sent: the body is still ours unless it was already polled.
                         body = match slot.as_ref().map(|s| s.reclaim()) {
                             None => Body::empty(),
@@ -256,8 +261,11 @@ mod tests {
     use std::path::Path;
 
     fn proxy(hold: &str) -> Arc<Proxy> {
-        let yaml = format!("backends: [{{id: a, url: \"http://127.0.0.1:9\"}}]\nfailover: {{ hold: {hold} }}\n");
-        let config = Arc::new(crate::config::parse(&yaml, Path::new("t.yaml"), &crate::config::System).unwrap());
+        proxy_for(&format!("backends: [{{id: a, url: \"http://127.0.0.1:9\"}}]\nfailover: {{ hold: {hold} }}\n"))
+    }
+
+    fn proxy_for(yaml: &str) -> Arc<Proxy> {
+        let config = Arc::new(crate::config::parse(yaml, Path::new("t.yaml"), &crate::config::System).unwrap());
         let ids = vec!["a".to_string()];
         let sync = crate::editor::sync::SyncTable::open(ids, None, None).unwrap();
         let cookies = Arc::new(crate::editor::cookie::CookieCodec::new(None));
@@ -278,6 +286,43 @@ mod tests {
         p.shared.view.store(Arc::new(View { generation, active: Some(a.clone()) }));
         p.shared.generation.send_replace(generation);
         a
+    }
+
+    /// A newly promoted instance gets 4 slots, then 2 more per completed request.
+    #[tokio::test]
+    async fn a_newly_routed_instance_gets_its_slots_in_widening_waves() {
+        use http_body_util::BodyExt;
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        tokio::spawn(async move {
+            loop {
+                let (tcp, _) = listener.accept().await.unwrap();
+                tokio::spawn(hyper::server::conn::http1::Builder::new().serve_connection(
+                    hyper_util::rt::TokioIo::new(tcp),
+                    hyper::service::service_fn(|_req| async {
+                        Ok::<_, Infallible>(Response::new(http_body_util::Full::new(bytes::Bytes::from("ok"))))
+                    }),
+                ));
+            }
+        });
+        let yaml = format!(
+            "backends: [{{id: a, url: \"http://127.0.0.1:{port}\"}}]\nlimits: {{ upstream_connections: 16 }}\n"
+        );
+        let p = proxy_for(&yaml);
+        let pool = &p.shared.instances[0].pool;
+        assert_eq!(pool.free_slots(), 16);
+        pool.slow_start();
+        assert_eq!(pool.free_slots(), upstream::SLOW_START_SLOTS);
+        let mut free = Vec::new();
+        for _ in 0..7 {
+            let mut req = Request::get("/").body(Body::empty()).unwrap();
+            req.headers_mut().insert(http::header::HOST, http::HeaderValue::from_static("a"));
+            let resp = pool.send(req).await.unwrap();
+            let body = resp.into_body().collect().await.unwrap().to_bytes();
+            assert_eq!(body, "ok");
+            free.push(pool.free_slots());
+        }
+        assert_eq!(free, [6, 8, 10, 12, 14, 16, 16], "two more per completed request, then all");
     }
 
     #[tokio::test(start_paused = true)]

@@ -52,6 +52,8 @@ pub struct Inner {
     unhang: Notify,
     token: Option<String>,
     pub hello_count: AtomicUsize,
+    /// `GET /slow` requests being answered now.
+    pub slow_waiting: AtomicUsize,
     /// TCP connections accepted.
     pub connections: AtomicUsize,
     pub log: EventLog,
@@ -136,6 +138,7 @@ impl FakeNodeRed {
             unhang: Notify::new(),
             token: opts.token,
             hello_count: AtomicUsize::new(0),
+            slow_waiting: AtomicUsize::new(0),
             connections: AtomicUsize::new(0),
             log,
             flows: Mutex::new((serde_json::json!([]), rev_of(&serde_json::json!([])), serde_json::Map::new())),
@@ -363,7 +366,9 @@ async fn handle(inner: Arc<Inner>, req: Request<Incoming>) -> Result<Response<Fu
         (Method::GET, "/slow") => {
             let ms: u64 =
                 req.uri().query().and_then(|q| q.strip_prefix("ms=")).and_then(|v| v.parse().ok()).unwrap_or(500);
+            inner.slow_waiting.fetch_add(1, Ordering::SeqCst);
             tokio::time::sleep(std::time::Duration::from_millis(ms)).await;
+            inner.slow_waiting.fetch_sub(1, Ordering::SeqCst);
             reply(StatusCode::OK, "slow done")
         }
         _ => reply(StatusCode::NOT_FOUND, format!("Cannot {} {path}", req.method())),

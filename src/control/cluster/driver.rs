@@ -398,6 +398,12 @@ impl Driver {
     }
 
     fn publish(&mut self, active: Option<Arc<Active>>) {
+        if let Some(a) = &active
+            && self.current.as_ref().is_none_or(|c| c.index != a.index)
+        {
+            // Newly routed to: its first requests go in small waves (`upstream.rs`).
+            self.shared.instances[a.index].pool.slow_start();
+        }
         self.generation += 1;
         self.current = active.clone();
         self.shared.view.store(Arc::new(View { generation: self.generation, active }));

@@ -74,7 +74,7 @@ impl State {
                 m.start_readings = 0;
                 let t = match e {
                     CallError::Refused => m.tracker.force_down(),
-                    CallError::Timeout(_) if grace => None,
+                    CallError::Timeout(_) | CallError::Unanswered(_) if grace => None,
                     _ => m.tracker.observe(false),
                 };
                 m.last_error = Some(e);
@@ -391,6 +391,7 @@ impl State {
                 | CallError::Connect(_)
                 | CallError::Reset(_)
                 | CallError::Timeout(_)
+                | CallError::Unanswered(_)
                 | CallError::Transport(_),
             ) => fx.push(Effect::Notice(Notice::StopUnanswered { id })),
             // It was known to be stopped: whatever it answered, it runs nothing.

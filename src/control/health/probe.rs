@@ -3,6 +3,13 @@
 //! accepts TCP but never answers, so only an HTTP-level timeout detects it. After a failed
 //! probe of a healthy instance the next probe starts immediately, so a hang is confirmed in
 //! about `fall × timeout` rather than `fall × interval`.
+//!
+//! Live traffic is watched too (`backend/activity.rs`): when proxied requests have waited a
+//! quarter of the time-out with nothing answered, a probe starts at once instead of at the
+//! next tick; when they have waited the whole time-out, that is reported as a failure of its
+//! own, as a probe time-out is. A hung active under traffic is thus confirmed about
+//! `1.25 × timeout` after it stopped answering (with `fall: 2`), whatever the probe phase; a
+//! slow request on a healthy instance is not evidence, since the probe it starts is answered.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -46,6 +53,8 @@ impl Prober {
         let mut settings_checked = false;
         let mut failures_in_row = 0u32;
         let mut refused_in_row = 0u32;
+        // The waits of proxied requests already acted on: one early probe, one failure each.
+        let (mut kicked, mut counted) = (None, None);
         loop {
             let fast_retry = failures_in_row > 0 && failures_in_row < self.health.fall;
             if refused_in_row > 0 {
@@ -57,18 +66,37 @@ impl Prober {
                     _ = self.kick.notified() => {}
                 }
             } else if !fast_retry {
+                let watch = failures_in_row == 0;
                 tokio::select! {
                     _ = cancel.cancelled() => return,
                     _ = ticker.tick() => {}
                     _ = self.kick.notified() => {}
+                    wait = self.silence(self.health.timeout / 4, kicked), if watch => kicked = Some(wait),
                 }
             }
             let started = Instant::now();
             let timeout = self.health.timeout;
-            let state = tokio::select! {
-                _ = cancel.cancelled() => return,
-                s = self.backend.flow_state(&self.client, self.epoch(), timeout) => s,
+            let probe = self.backend.flow_state(&self.client, self.epoch(), timeout);
+            let mut probe = std::pin::pin!(probe);
+            let state = loop {
+                tokio::select! {
+                    _ = cancel.cancelled() => return,
+                    s = &mut probe => break s,
+                    wait = self.silence(timeout, counted), if failures_in_row < self.health.fall => {
+                        counted = Some(wait);
+                        failures_in_row = failures_in_row.saturating_add(1);
+                        let (at, latency) = (SystemTime::now(), timeout);
+                        let state = Err(CallError::Unanswered(timeout));
+                        let evidence = Report { at, latency, state, runtime_state: None, canary: None };
+                        if self.reports.send((self.index, evidence)).await.is_err() {
+                            return;
+                        }
+                    }
+                }
             };
+            if answered(&state) {
+                self.backend.activity.answered();
+            }
             let latency = started.elapsed();
             let mut report = Report { at: SystemTime::now(), latency, state, runtime_state: None, canary: None };
             refused_in_row = match &report.state {
@@ -94,6 +122,36 @@ impl Prober {
             }
         }
     }
+}
+
+impl Prober {
+    /// Resolves when proxied requests have waited `long` with nothing answered, for a wait
+    /// other than `seen`; returns which wait it is. Polls at a sixteenth of the probe time-out.
+    async fn silence(&self, long: Duration, seen: Option<u64>) -> u64 {
+        let every = (self.health.timeout / 16).max(Duration::from_millis(5));
+        loop {
+            tokio::time::sleep(every).await;
+            if let Some((wait, waited)) = self.backend.activity.unanswered()
+                && waited >= long
+                && Some(wait) != seen
+            {
+                return wait;
+            }
+        }
+    }
+}
+
+/// Whether the instance answered at all (its event loop runs), whatever it answered.
+fn answered(state: &Result<crate::backend::FlowState, CallError>) -> bool {
+    !matches!(
+        state,
+        Err(CallError::Refused
+            | CallError::Connect(_)
+            | CallError::Reset(_)
+            | CallError::Timeout(_)
+            | CallError::Unanswered(_)
+            | CallError::Transport(_))
+    )
 }
 
 /// How soon to probe again an instance whose port refused `n` times in a row: every 50 ms for

@@ -10,6 +10,20 @@
 //!
 //! A pooled connection that turns out to be closed before the request was written is replaced
 //! by a new one, with the same request: nothing had been sent.
+//!
+//! At most `limits.upstream_connections` requests are in flight to one instance; more wait
+//! for a slot in arrival order, up to `limits.upstream_queue_timeout`. So the connections to
+//! an instance stay within that number (per worker's idle list at most), a burst never
+//! overflows Node.js's listen backlog, and a hung instance collects a bounded queue here,
+//! which its failover releases, instead of hundreds of connections in its kernel backlog.
+//!
+//! **Slow start.** A newly promoted instance gets few slots at first, and two more each time
+//! a request to it completes, until it has them all (about four round trips; at most
+//! [`SLOW_START_FOR`]). Node-RED passes messages between nodes in rounds, so a burst of a
+//! hundred requests held by a failover is answered all at once, after about 100 ms on a cold
+//! instance; in small waves the first answers come after about 20 ms and the burst drains no
+//! later (the event loop is single-threaded either way). HAProxy's `slowstart` does the same
+//! for servers that come back.
 
 use std::collections::VecDeque;
 use std::future::poll_fn;
@@ -26,6 +40,7 @@ use hyper::body::Incoming;
 use hyper::client::conn::http1;
 use hyper_util::rt::TokioIo;
 use tokio::net::TcpStream;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio::time::Instant;
 
 use tower_service::Service;
@@ -41,6 +56,10 @@ impl<T: http_body::Body<Data = Bytes, Error = hyper::Error> + Send + Unpin + 'st
 const MAX_IDLE: usize = 512;
 /// For TCP and TLS together (the connector's own timeout covers TCP only).
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+/// Slots of a newly promoted instance before any request to it completed.
+pub const SLOW_START_SLOTS: usize = 4;
+/// Slow start ends after this whatever happened.
+pub const SLOW_START_FOR: Duration = Duration::from_secs(2);
 
 /// Why a proxied request got no response.
 #[derive(Debug, thiserror::Error)]
@@ -55,6 +74,9 @@ pub enum UpstreamError {
     Failed(hyper::Error),
     #[error("connection closed before the response")]
     Closed,
+    /// Every slot stayed taken for the whole queue time-out: nothing was sent.
+    #[error("every connection to the instance stayed busy for {0:?}")]
+    Busy(Duration),
 }
 
 impl UpstreamError {
@@ -105,24 +127,56 @@ pub struct Pool<B: SendBody> {
     connector: Connector,
     /// `<scheme>://<authority>/` of the instance, what the connector connects to.
     origin: http::Uri,
+    backend: Arc<Backend>,
     idle: Box<[IdleList<B>]>,
+    /// One permit per request in flight.
+    slots: Arc<Semaphore>,
+    queue_timeout: Duration,
+    /// During slow start, the slots held back, and until when.
+    reserve: Mutex<Option<(OwnedSemaphorePermit, Instant)>>,
+    ramping: std::sync::atomic::AtomicBool,
 }
 
 impl<B: SendBody> Pool<B> {
     /// `workers`: how many runtimes serve client connections; each gets its own idle list.
-    pub fn new(backend: Arc<Backend>, connector: Connector, workers: usize) -> Self {
+    /// `slots`: most requests in flight at once; `queue_timeout`: longest wait for one.
+    pub fn new(
+        backend: Arc<Backend>,
+        connector: Connector,
+        workers: usize,
+        slots: usize,
+        queue_timeout: Duration,
+    ) -> Self {
         let origin = http::Uri::builder()
             .scheme(backend.scheme.clone())
             .authority(backend.authority.clone())
             .path_and_query("/")
             .build()
             .expect("validated scheme and authority");
-        Pool { connector, origin, idle: (0..workers.max(1)).map(|_| Mutex::new(VecDeque::new())).collect() }
+        Pool {
+            connector,
+            origin,
+            backend,
+            idle: (0..workers.max(1)).map(|_| Mutex::new(VecDeque::new())).collect(),
+            slots: Arc::new(Semaphore::new(slots.max(1))),
+            queue_timeout,
+            reserve: Mutex::new(None),
+            ramping: std::sync::atomic::AtomicBool::new(false),
+        }
     }
 
     /// Sends `req` (origin-form URI) and returns the response; its body keeps driving the
     /// connection and returns it to the pool when it ends.
     pub async fn send(self: &Arc<Self>, mut req: Request<B>) -> Result<Response<Upstream<B>>, UpstreamError> {
+        let activity = &self.backend.activity;
+        activity.sent();
+        let slot = match self.slots.clone().try_acquire_owned() {
+            Ok(s) => s,
+            Err(_) => tokio::time::timeout(self.queue_timeout, self.slots.clone().acquire_owned())
+                .await
+                .map_err(|_| UpstreamError::Busy(self.queue_timeout))?
+                .expect("the semaphore is never closed"),
+        };
         loop {
             let (mut c, fresh) = match self.checkout().await {
                 Some(c) => (c, false),
@@ -150,8 +204,15 @@ impl<B: SendBody> Pool<B> {
             };
             match result {
                 Some(Ok(resp)) => {
+                    activity.answered();
                     let keep = (!conn_done).then_some(c);
-                    return Ok(resp.map(|body| Upstream { body, conn: keep, ended: false, pool: self.clone() }));
+                    return Ok(resp.map(|body| Upstream {
+                        body,
+                        conn: keep,
+                        ended: false,
+                        pool: self.clone(),
+                        _slot: slot,
+                    }));
                 }
                 Some(Err(mut e)) => match e.take_message() {
                     // A pooled connection closed under us before the request went out.
@@ -162,6 +223,45 @@ impl<B: SendBody> Pool<B> {
                 None => return Err(UpstreamError::Closed),
             }
         }
+    }
+
+    /// The instance was just promoted: hold back all but [`SLOW_START_SLOTS`] free slots.
+    pub fn slow_start(&self) {
+        let mut reserve = self.reserve.lock().unwrap_or_else(|e| e.into_inner());
+        *reserve = None;
+        let hold = self.slots.available_permits().saturating_sub(SLOW_START_SLOTS);
+        if hold > 0
+            && let Ok(p) = self.slots.clone().try_acquire_many_owned(hold as u32)
+        {
+            *reserve = Some((p, Instant::now() + SLOW_START_FOR));
+            self.ramping.store(true, std::sync::atomic::Ordering::Release);
+        }
+    }
+
+    /// A request completed: during slow start, two held-back slots are given out.
+    fn widen(&self) {
+        if !self.ramping.load(std::sync::atomic::Ordering::Acquire) {
+            return;
+        }
+        let mut reserve = self.reserve.lock().unwrap_or_else(|e| e.into_inner());
+        let done = match reserve.as_mut() {
+            Some((held, until)) => {
+                Instant::now() >= *until || held.num_permits() <= 2 || {
+                    drop(held.split(2));
+                    false
+                }
+            }
+            None => true,
+        };
+        if done {
+            *reserve = None;
+            self.ramping.store(false, std::sync::atomic::Ordering::Release);
+        }
+    }
+
+    /// Slots free now (for tests and metrics).
+    pub fn free_slots(&self) -> usize {
+        self.slots.available_permits()
     }
 
     fn idle(&self) -> &IdleList<B> {
@@ -215,6 +315,8 @@ pub struct Upstream<B: SendBody> {
     /// The body was read to its end (chunked bodies never report `is_end_stream`).
     ended: bool,
     pool: Arc<Pool<B>>,
+    /// Given back when the body is dropped: the request is no longer in flight.
+    _slot: OwnedSemaphorePermit,
 }
 
 impl<B: SendBody> http_body::Body for Upstream<B> {
@@ -248,6 +350,7 @@ impl<B: SendBody> http_body::Body for Upstream<B> {
 impl<B: SendBody> Drop for Upstream<B> {
     /// A body read to its end leaves its connection reusable; otherwise the connection closes.
     fn drop(&mut self) {
+        self.pool.widen();
         if let Some(c) = self.conn.take()
             && (self.ended || http_body::Body::is_end_stream(&self.body))
         {

@@ -28,7 +28,7 @@ for p in "${PORTS[@]}"; do
   fi
 done
 command -v node >/dev/null || { echo "Node.js is required (apt-get install nodejs npm)" >&2; exit 1; }
-bash scripts/install-etcd.sh
+bash scripts/install-packages.sh
 NR_HOME=$(bash scripts/install-node-red.sh)
 echo "building flowgate ..."
 cargo build --release --locked -q

@@ -6,22 +6,12 @@ mod support;
 
 use std::time::Duration;
 
-use support::node_red::{NodeRed, serial};
-use support::stream::{RequestStream, failures, gap};
+use support::node_red::{NodeRed, pair, pair_yaml, serial};
+use support::stream::{OpenLoop, RequestStream, failures, gap};
 use support::*;
 use tokio::time::Instant;
 
 const BOOT: Duration = Duration::from_secs(30);
-
-fn flowgate_yaml(a: &NodeRed, b: &NodeRed, extra: &str) -> String {
-    format!(
-        "backends:\n  - {{ id: {}, url: \"{}\", priority: 200 }}\n  - {{ id: {}, url: \"{}\", priority: 100 }}\nadmin: {{ token: {{ env: ADM }} }}\n{extra}",
-        a.name,
-        a.url(),
-        b.name,
-        b.url()
-    )
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_stopped_instances_one_is_elected_and_only_it_runs_flows() {
@@ -30,7 +20,7 @@ async fn two_stopped_instances_one_is_elected_and_only_it_runs_flows() {
     let mut b = NodeRed::create("nr-b", "");
     tokio::join!(a.boot(true), b.boot(true));
     assert!(!a.runs_flows().await && !b.runs_flows().await, "both boot stopped");
-    let h = start_flowgate(&flowgate_yaml(&a, &b, ""), Secrets(vec![("ADM", "t".into())])).await;
+    let h = start_flowgate(&pair_yaml(&a, &b, ""), Secrets(vec![("ADM", "t".into())])).await;
     wait_active(&h, "nr-a", BOOT).await;
     assert!(a.runs_flows().await, "the active's canary answers");
     assert_eq!(b.direct("/flowgate/canary").await.map(|r| r.0), Some(404), "the standby's flows are stopped");
@@ -56,7 +46,7 @@ async fn kill_9_fails_over_without_losing_requests_and_a_rebooted_active_is_stop
         let [a, b] = &mut nodes;
         tokio::join!(a.boot(true), b.boot(true));
     }
-    let h = start_flowgate(&flowgate_yaml(&nodes[0], &nodes[1], ""), Secrets(vec![("ADM", "t".into())])).await;
+    let h = start_flowgate(&pair_yaml(&nodes[0], &nodes[1], ""), Secrets(vec![("ADM", "t".into())])).await;
     // Both boot running flows: one is adopted and the other stopped. Which one depends on whose
     // first probe answers within the start-up window (nr-a by priority when both do), so the
     // rounds start from whichever it is.
@@ -155,7 +145,7 @@ async fn a_hung_event_loop_is_detected_and_failed_over_within_the_bound() {
     let mut a = NodeRed::create("nr-a", "");
     let mut b = NodeRed::create("nr-b", "");
     tokio::join!(a.boot(true), b.boot(true));
-    let h = start_flowgate(&flowgate_yaml(&a, &b, ""), Secrets(vec![("ADM", "t".into())])).await;
+    let h = start_flowgate(&pair_yaml(&a, &b, ""), Secrets(vec![("ADM", "t".into())])).await;
     wait_active(&h, "nr-a", BOOT).await;
     // Steady state: past the promotion grace (1s), during which probe time-outs are not counted.
     eventually(Duration::from_secs(5), "promotion grace over", || async {
@@ -198,7 +188,7 @@ async fn failback_happens_only_when_configured_and_after_the_delay() {
     let mut b = NodeRed::create("nr-b", "");
     tokio::join!(a.boot(true), b.boot(true));
     let extra = "failover: { failback: true, failback_delay: 1s }\n";
-    let h = start_flowgate(&flowgate_yaml(&a, &b, extra), Secrets(vec![("ADM", "t".into())])).await;
+    let h = start_flowgate(&pair_yaml(&a, &b, extra), Secrets(vec![("ADM", "t".into())])).await;
     wait_active(&h, "nr-a", BOOT).await;
     a.kill9();
     wait_active(&h, "nr-b", Duration::from_secs(5)).await;
@@ -217,13 +207,7 @@ async fn failback_happens_only_when_configured_and_after_the_delay() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_crash_without_traffic_is_seen_at_once() {
     let _serial = serial().await;
-    let mut nodes = [NodeRed::create("nr-a", ""), NodeRed::create("nr-b", "")];
-    {
-        let [a, b] = &mut nodes;
-        tokio::join!(a.boot(true), b.boot(true));
-    }
-    let h = start_flowgate(&flowgate_yaml(&nodes[0], &nodes[1], ""), Secrets(vec![("ADM", "t".into())])).await;
-    wait_active(&h, "nr-a", BOOT).await;
+    let (mut nodes, _flowgate) = pair(None, "").await;
     let mut took = Vec::new();
     let mut active_ix = 0;
     for round in 1..=3 {
@@ -252,4 +236,89 @@ async fn a_crash_without_traffic_is_seen_at_once() {
     // for the next probe (up to the 500 ms interval).
     let worst = took.iter().max().copied().unwrap_or_default();
     assert!(worst < Duration::from_millis(350), "a crash without traffic took {worst:?} to fail over");
+}
+
+/// A hung active under an open-loop stream (a GET due every 2 ms, sent over a pool of 1000
+/// keep-alive connections, 5 s client time-out), ten times in a row, default health settings:
+/// nothing waits on the hung instance once it is declared failed, so no request times out and
+/// none fails; and requests left unanswered are evidence, so the hang is confirmed sooner than
+/// two probe time-outs. Without the cap on connections per instance, the requests released by
+/// the failover reconnect all at once and overflow the new active's listen backlog (SYN
+/// retransmits: seconds); without the traffic evidence the median was 1.35 s.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hung_active_leaves_no_request_waiting() {
+    let _serial = serial().await;
+    let (mut nodes, h) = pair(None, "").await;
+    let mut active_ix = 0;
+    let mut gaps = Vec::new();
+    let mut timed_out = Vec::new();
+    for round in 1..=10 {
+        let spare_ix = 1 - active_ix;
+        let (hung, spare) = (nodes[active_ix].name.clone(), nodes[spare_ix].name.clone());
+        past_promotion_grace(&h).await;
+        let stream = OpenLoop::start(h.proxy_addr, "/hello", Duration::from_millis(2), 1000, Duration::from_secs(5));
+        stream.wait_for(&format!("hello from {hung}"), Instant::now(), 20).await;
+        let spin = tokio::spawn({
+            let url = format!("{}/spin", nodes[active_ix].url());
+            async move {
+                let _ = tokio::time::timeout(Duration::from_secs(10), get(&client(), &url)).await;
+            }
+        });
+        let hung_at = Instant::now();
+        stream.wait_for(&format!("hello from {spare}"), hung_at, 250).await;
+        let samples = stream.finish().await;
+        spin.abort();
+        let first = samples
+            .iter()
+            .filter(|s| s.due > hung_at && matches!(&s.result, Ok((200, b)) if *b == format!("hello from {spare}")))
+            .map(|s| s.done - hung_at)
+            .min()
+            .expect("a success from the spare");
+        let lost: Vec<_> = samples.iter().filter(|s| !matches!(s.result, Ok((200, _)))).collect();
+        let slowest = samples.iter().map(|s| s.done - s.due).max().unwrap_or_default();
+        println!(
+            "round {round}: hang {hung} -> first success from {spare} after {:.0} ms; {} requests, {} failed or timed out, slowest {:.0} ms",
+            first.as_secs_f64() * 1e3,
+            samples.len(),
+            lost.len(),
+            slowest.as_secs_f64() * 1e3
+        );
+        if let Some(l) = lost.first() {
+            println!(
+                "  first lost: due {:.0} ms after the hang: {:?}",
+                (l.due - hung_at).as_secs_f64() * 1e3,
+                l.result
+            );
+        }
+        gaps.push(first);
+        timed_out.push(lost.len());
+        // The hung process is replaced, and comes back as a stopped standby.
+        nodes[active_ix].kill9();
+        nodes[active_ix].boot(true).await;
+        eventually(Duration::from_secs(10), "the replaced instance is a standby", || async {
+            status(&h).await["backends"][active_ix]["role"] == "standby"
+        })
+        .await;
+        active_ix = spare_ix;
+    }
+    let mid = median(gaps);
+    println!(
+        "hung active, open-loop 2 ms stream over 1000 keep-alive connections: failed or timed out per run {:?}; hang -> first success median {:.0} ms",
+        timed_out,
+        mid.as_secs_f64() * 1e3
+    );
+    assert!(timed_out.iter().all(|&n| n == 0), "requests failed or timed out in hang runs: {timed_out:?}");
+    assert!(mid < Duration::from_secs(1), "hang -> first success median {mid:?}");
+}
+
+/// Waits until the newest promotion is more than the promotion grace (1 s) old: probe
+/// time-outs count again.
+async fn past_promotion_grace(h: &flowgate::Handle) {
+    eventually(Duration::from_secs(5), "promotion grace over", || async {
+        let st = status(h).await;
+        let promoted = st["failovers"].as_array().and_then(|f| f.first()).and_then(|f| f["at_unix_ms"].as_u64());
+        let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_millis() as u64;
+        promoted.is_some_and(|p| now > p + 1100)
+    })
+    .await;
 }

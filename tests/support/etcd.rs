@@ -1,4 +1,4 @@
-//! A real etcd (Debian's etcd-server, installed by `scripts/install-etcd.sh`) on free loopback
+//! A real etcd (Debian's etcd-server, installed by `scripts/install-packages.sh`) on free loopback
 //! ports with its data in a temp dir, killed (by PID) when dropped.
 
 use std::path::PathBuf;
@@ -29,7 +29,7 @@ impl Etcd {
             .stdout(log.try_clone().unwrap())
             .stderr(log)
             .spawn()
-            .expect("etcd is installed (scripts/install-etcd.sh)");
+            .expect("etcd is installed (scripts/install-packages.sh)");
         let e = Etcd { url, dir, child };
         let health = format!("{}/health", e.url);
         let c = super::client();

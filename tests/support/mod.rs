@@ -4,6 +4,7 @@
 pub mod browser;
 pub mod etcd;
 pub mod fake_node_red;
+pub mod mosquitto;
 pub mod node_red;
 pub mod replica;
 pub mod stream;

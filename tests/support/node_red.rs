@@ -72,6 +72,11 @@ impl NodeRed {
         NodeRed { name: name.to_string(), port: free_port(), user_dir, env: Vec::new(), child: None }
     }
 
+    /// Replaces the flows the instance boots with.
+    pub fn set_flows(&self, flows: &serde_json::Value) {
+        std::fs::write(self.user_dir.join("flows.json"), serde_json::to_vec_pretty(flows).unwrap()).unwrap();
+    }
+
     pub fn url(&self) -> String {
         format!("http://127.0.0.1:{}", self.port)
     }
@@ -159,4 +164,34 @@ impl Drop for NodeRed {
             eprintln!("--- {} log ({}):\n{}", self.name, self.user_dir.display(), self.log_tail());
         }
     }
+}
+
+/// Two instances, "nr-a" (priority 200) and "nr-b" (100), with `flows` if given, booted
+/// stopped; and flowgate in front of them with admin token "t" and `extra` YAML, once nr-a is
+/// active.
+pub async fn pair(flows: Option<&serde_json::Value>, extra: &str) -> ([NodeRed; 2], flowgate::Handle) {
+    let mut nodes = [NodeRed::create("nr-a", ""), NodeRed::create("nr-b", "")];
+    {
+        let [a, b] = &mut nodes;
+        if let Some(f) = flows {
+            a.set_flows(f);
+            b.set_flows(f);
+        }
+        tokio::join!(a.boot(true), b.boot(true));
+    }
+    let yaml = pair_yaml(&nodes[0], &nodes[1], extra);
+    let h = super::start_flowgate(&yaml, super::Secrets(vec![("ADM", "t".into())])).await;
+    super::wait_active(&h, "nr-a", Duration::from_secs(30)).await;
+    (nodes, h)
+}
+
+/// flowgate's YAML for `a` (priority 200) and `b` (100), admin token from `ADM`, plus `extra`.
+pub fn pair_yaml(a: &NodeRed, b: &NodeRed, extra: &str) -> String {
+    format!(
+        "backends:\n  - {{ id: {}, url: \"{}\", priority: 200 }}\n  - {{ id: {}, url: \"{}\", priority: 100 }}\nadmin: {{ token: {{ env: ADM }} }}\n{extra}",
+        a.name,
+        a.url(),
+        b.name,
+        b.url()
+    )
 }

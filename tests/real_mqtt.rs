@@ -210,3 +210,44 @@ async fn kill_9_on_a_200_node_flow_with_mqtt_fails_over_without_a_failed_request
     assert!(med(|p| p.2) < 120.0, "first answer {:.1} ms after the switch", med(|p| p.2));
     assert!(mid < Duration::from_millis(350), "median kill -9 -> first success {mid:?}");
 }
+
+/// Right after a promotion (the new active's routes cold, Node-RED still busy with its start),
+/// 60 s of an open-loop stream at 500 requests/s on the 200-node flow: requests left waiting
+/// are evidence of a hang only when nothing at all is answered, so a loaded but healthy active
+/// is never failed over, and every request is answered.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn no_false_failover_under_load_right_after_a_promotion() {
+    let _serial = serial().await;
+    let m = Mosquitto::start().await;
+    let (_nodes, h) = pair(Some(&plant_flows(m.port)), "").await;
+    eventually(Duration::from_secs(10), "nr-b standby", || async {
+        status(&h).await["backends"][1]["role"] == "standby"
+    })
+    .await;
+    let url = format!("http://{}/switchover?to=nr-b", h.admin_addr);
+    let r = send_with(&client(), "POST", &url, "", &[("authorization", "Bearer t")]).await.unwrap();
+    assert_eq!(r.status, 200, "{}", r.body);
+    let soak = Duration::from_secs(60);
+    let stream = OpenLoop::start(h.proxy_addr, "/hello", Duration::from_millis(2), 64, Duration::from_secs(5));
+    // The soak's length: the load runs for a fixed time, nothing is waited for.
+    tokio::time::sleep(soak).await;
+    let samples = stream.finish().await;
+    let failed: Vec<_> =
+        samples.iter().filter(|s| !matches!(&s.result, Ok((200, b)) if b == "hello from nr-b")).collect();
+    let mut lat: Vec<Duration> = samples.iter().map(|s| s.done - s.due).collect();
+    lat.sort();
+    let pct = |q: f64| lat[((lat.len() as f64 * q) as usize).min(lat.len() - 1)].as_secs_f64() * 1e3;
+    let m = metrics(&h).await;
+    let hang = sample(&m, "flowgate_failovers_total{reason=\"hang\"}").unwrap_or(0.0);
+    println!(
+        "soak after a switchover: {} requests in {soak:?} at 500/s, {} not answered by nr-b; latency p50 {:.1} ms, p99 {:.1} ms, max {:.1} ms; hang failovers {hang}",
+        samples.len(),
+        failed.len(),
+        pct(0.5),
+        pct(0.99),
+        pct(1.0)
+    );
+    assert_eq!(hang, 0.0, "a false failover: {m}");
+    assert_eq!(active(&h).await.as_deref(), Some("nr-b"));
+    assert!(failed.is_empty(), "{} requests failed, first: {:?}", failed.len(), failed[0].result);
+}

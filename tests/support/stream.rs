@@ -100,7 +100,7 @@ pub struct Timed {
 /// `every` whatever happens to earlier ones, and goes out on the first free connection of a
 /// fixed pool of keep-alive connections (each carries one request at a time, as HTTP/1.1
 /// does). A request not answered within `timeout` of being due is a time-out, and its
-/// connection is dropped and replaced. Bounded: at most 30 s of requests.
+/// connection is dropped and replaced. Bounded: at most 90 s of requests.
 pub struct OpenLoop {
     samples: Arc<Mutex<Vec<Timed>>>,
     stop: Arc<std::sync::atomic::AtomicBool>,
@@ -137,7 +137,7 @@ impl OpenLoop {
             }
             let mut tick = tokio::time::interval(every);
             tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);
-            let end = Instant::now() + Duration::from_secs(30);
+            let end = Instant::now() + Duration::from_secs(90);
             while !st.load(std::sync::atomic::Ordering::SeqCst) && Instant::now() < end {
                 let due = tick.tick().await;
                 let _ = tx.send(due);

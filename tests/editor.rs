@@ -360,3 +360,21 @@ async fn an_editor_write_waiting_for_the_lock_goes_to_the_active_after_a_failove
     assert_eq!(r.status, 200, "{} {:?}", r.body, r.headers);
     assert!(c.log.lock().unwrap().contains(&("b".to_string(), "put-flow")), "written to the new active");
 }
+
+/// Node-RED's routes are case-insensitive (Express): `POST /FLOWS` deploys there as
+/// `POST /flows` does, so through flowgate it must reach every instance too, and
+/// `POST /Flows/State` is refused like `/flows/state`.
+#[tokio::test]
+async fn paths_in_another_case_are_the_same_editor_writes() {
+    let c = cluster(3, "").await;
+    for (i, path) in ["/FLOWS", "/Flows/"].iter().enumerate() {
+        let r = deploy(&c.url(path), "v2", &flows_v2(10 + i as u32, None)).await;
+        assert_eq!(r.status, 200, "{path}: {}", r.body);
+        assert_eq!(r.headers["x-flowgate-deployed"], "3/3", "{path}");
+        let revs = c.revs();
+        assert!(revs.iter().all(|x| *x == revs[0]), "{path}: {revs:?}");
+    }
+    let r = send(&client(), "POST", &c.url("/Flows/State"), r#"{"state":"stop"}"#).await.unwrap();
+    assert_eq!(r.status, 403);
+    assert!(c.fakes[0].started(), "the active still runs");
+}

@@ -74,6 +74,11 @@ async fn request(method: &str, url: &str, headers: &[(&str, &str)], body: String
 
 /// An editor-like deploy through `base`: read the rev, then POST the new flows with it.
 async fn editor_deploy(base: &str, label: &str, password: Option<&str>, token: Option<&str>) -> Reply {
+    deploy_at(base, "/flows", label, password, token).await
+}
+
+/// The same, posted to `path` (Node-RED answers its deploy route in any letter case).
+async fn deploy_at(base: &str, path: &str, label: &str, password: Option<&str>, token: Option<&str>) -> Reply {
     let auth = token.map(|t| format!("Bearer {t}"));
     let mut h = vec![("node-red-api-version", "v2")];
     if let Some(a) = &auth {
@@ -84,7 +89,7 @@ async fn editor_deploy(base: &str, label: &str, password: Option<&str>, token: O
     let rev = serde_json::from_str::<Value>(&current.body).unwrap()["rev"].as_str().unwrap().to_string();
     h.push(("content-type", "application/json; charset=utf-8"));
     h.push(("node-red-deployment-type", "full"));
-    request("POST", &format!("{base}/flows"), &h, editor_body(label, password, Some(&rev))).await
+    request("POST", &format!("{base}{path}"), &h, editor_body(label, password, Some(&rev))).await
 }
 
 /// The rev an instance reports, read directly (not through flowgate).
@@ -354,4 +359,25 @@ async fn a_deploy_racing_a_failover_leaves_the_instances_equal() {
         );
         active_ix = spare;
     }
+}
+
+/// Node-RED routes `POST /FLOWS` to its deploy handler (Express matches paths in any letter
+/// case): through flowgate such a deploy reaches every instance like `POST /flows`, and is
+/// still there after a failover. Matched case-sensitively it reached the active alone, and the
+/// failover lost it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_deploy_to_flows_in_capitals_reaches_every_instance_and_survives_a_failover() {
+    let _serial = serial().await;
+    let (mut nodes, h) = support::node_red::pair(None, "").await;
+    wait_in_step(&h, BOOT).await;
+    let base = format!("http://{}", h.proxy_addr);
+    let r = deploy_at(&base, "/FLOWS", "capitals", None, None).await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert_eq!(r.headers["x-flowgate-deployed"], "2/2");
+    let (a, b) = (rev_of(&nodes[0], None).await, rev_of(&nodes[1], None).await);
+    assert_eq!(a, b, "both instances hold the deploy");
+    nodes[0].kill9();
+    wait_active(&h, "nr-b", Duration::from_secs(10)).await;
+    let flows = request("GET", &format!("{base}/flows"), &[], String::new()).await;
+    assert!(flows.body.contains("\"capitals\""), "the deploy survived the failover: {}", flows.body);
 }

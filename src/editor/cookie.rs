@@ -100,8 +100,10 @@ pub enum Action {
 }
 
 /// Classifies an editor request by method and path relative to httpAdminRoot.
+/// `rel`: the path below httpAdminRoot as `traffic::proxy::route::admin_relative` gives it
+/// (folded as Express folds it). One trailing slash is optional, as in Express.
 pub fn action(method: &Method, rel: &str) -> Action {
-    let rel = rel.trim_end_matches('/');
+    let rel = rel.strip_suffix('/').unwrap_or(rel);
     let first = rel.split('/').next().unwrap_or("");
     match (method, first) {
         (&Method::POST, "flows") if rel == "flows" => Action::Deploy,
@@ -203,6 +205,9 @@ mod tests {
             (Method::POST, "auth/revoke", Action::Logout),
             (Method::POST, "inject/abc", Action::Forward),
             (Method::POST, "debug/abc/enable", Action::Forward),
+            (Method::POST, "flows/", Action::Deploy),
+            (Method::POST, "flows//", Action::Forward),
+            (Method::PUT, "flow/abc/", Action::Replay { flows_changed: true }),
         ];
         for (m, p, want) in table {
             assert_eq!(action(&m, p), want, "{m} {p}");

@@ -146,8 +146,8 @@ impl Proxy {
             strip_hop_by_hop(&mut parts.headers, false);
             forward::set_forwarded(&mut parts.headers, &parts.uri, peer.addr.ip(), peer.tls, &cfg.trusted_proxies);
             let action = if editor {
-                let rel = parts.uri.path().strip_prefix(cfg.node_red.admin_root.as_str()).unwrap_or("");
-                crate::editor::cookie::action(&parts.method, rel)
+                let rel = route::admin_relative(parts.uri.path(), &cfg.node_red.admin_root).unwrap_or_default();
+                crate::editor::cookie::action(&parts.method, &rel)
             } else {
                 crate::editor::cookie::Action::Forward
             };

@@ -242,7 +242,11 @@ async fn handle(inner: Arc<Inner>, req: Request<Incoming>) -> Result<Response<Fu
         }
         wake.await;
     }
-    let path = req.uri().path().to_string();
+    // Express (Node-RED's router) matches paths case-insensitively, one trailing slash optional.
+    let mut path = req.uri().path().to_ascii_lowercase();
+    if path.len() > 1 && path.ends_with('/') {
+        path.pop();
+    }
     let admin =
         matches!(path.as_str(), "/flows/state" | "/settings" | "/flows" | "/flow") || path.starts_with("/flow/");
     let bearer = req.headers().get("authorization").and_then(|v| v.to_str().ok()).map(str::to_string);

@@ -4,6 +4,14 @@
 //! With distinct roots the longer matching root decides. When both roots are the same (the
 //! default "/" for both), the first path segment decides: the editor's own paths (from
 //! Node-RED's routers) are editor traffic, everything else is runtime traffic.
+//!
+//! Paths are matched as Node-RED's routers (Express with its default settings) match them:
+//! case-insensitively, with one optional trailing slash (`editor::cookie::action`), without
+//! decoding percent-escapes and without collapsing `//` or dot segments (Express does neither,
+//! so `/flo%77s` or `/x/../flows` never reach the deploy route there either). Matching more
+//! strictly than Node-RED would let `POST /FLOWS` deploy to the active alone.
+
+use std::borrow::Cow;
 
 use crate::config::NodeRedPaths;
 
@@ -57,14 +65,40 @@ const EDITOR_SEGMENTS: &[&str] = &[
     "vendor",
 ];
 
+/// The path folded as Express compares it (ASCII case); borrowed when already lower case.
+pub fn express_form(path: &str) -> Cow<'_, str> {
+    if path.bytes().any(|b| b.is_ascii_uppercase()) {
+        Cow::Owned(path.to_ascii_lowercase())
+    } else {
+        Cow::Borrowed(path)
+    }
+}
+
+/// Whether `path` is at or below `root` (a configured root, ending in `/`), as Express mounts.
+fn under(path: &str, root: &str) -> bool {
+    let bare = root.trim_end_matches('/');
+    path.get(..root.len()).is_some_and(|p| p.eq_ignore_ascii_case(root)) || path.eq_ignore_ascii_case(bare)
+}
+
+/// The path below httpAdminRoot in express form ("" at the root itself), or None outside it.
+pub fn admin_relative<'a>(path: &'a str, admin_root: &str) -> Option<Cow<'a, str>> {
+    if !under(path, admin_root) {
+        return None;
+    }
+    let rest = path.get(admin_root.len()..).unwrap_or("");
+    Some(match express_form(rest) {
+        Cow::Borrowed(_) => Cow::Borrowed(rest),
+        owned => owned,
+    })
+}
+
 pub fn classify(path: &str, upgrade: bool, paths: &NodeRedPaths) -> RouteClass {
-    let under = |root: &str| path.starts_with(root) || path == root.trim_end_matches('/');
+    let under = |root: &str| under(path, root);
     let editor = if paths.admin_root == paths.node_root {
-        under(&paths.admin_root) && {
-            let rest = path.get(paths.admin_root.len()..).unwrap_or("");
+        admin_relative(path, &paths.admin_root).is_some_and(|rest| {
             let seg = rest.split(['/', '?']).next().unwrap_or("");
             EDITOR_SEGMENTS.binary_search(&seg).is_ok()
-        }
+        })
     } else {
         let in_admin = under(&paths.admin_root);
         let in_node = under(&paths.node_root);
@@ -109,6 +143,10 @@ mod tests {
             ("/ws/live", true, RouteClass::RuntimeSocket),
             ("/ui/", false, RouteClass::Runtime),
             ("/flowsx", false, RouteClass::Runtime),
+            ("/FLOWS", false, RouteClass::Editor),
+            ("/Flows/State", false, RouteClass::Editor),
+            ("/Auth/Revoke", false, RouteClass::Editor),
+            ("/COMMS", true, RouteClass::EditorSocket),
         ];
         for (path, up, want) in table {
             assert_eq!(classify(path, up, &p), want, "{path}");
@@ -126,10 +164,23 @@ mod tests {
             ("/api/hello", false, RouteClass::Runtime),
             ("/flows", false, RouteClass::Runtime),
             ("/comms", true, RouteClass::RuntimeSocket),
+            ("/ADMIN/flows", false, RouteClass::Editor),
+            ("/Admin", false, RouteClass::Editor),
+            ("/API/hello", false, RouteClass::Runtime),
         ];
         for (path, up, want) in table {
             assert_eq!(classify(path, up, &p), want, "{path}");
         }
+    }
+
+    #[test]
+    fn paths_below_the_admin_root_are_folded_as_express_folds_them() {
+        let rel = |p: &str, root: &str| admin_relative(p, root).map(|c| c.into_owned());
+        assert_eq!(rel("/FLOWS", "/").as_deref(), Some("flows"));
+        assert_eq!(rel("/Admin/Flows/", "/admin/").as_deref(), Some("flows/"));
+        assert_eq!(rel("/admin", "/admin/").as_deref(), Some(""));
+        assert_eq!(rel("/adminx/flows", "/admin/"), None);
+        assert_eq!(rel("/flo%77s", "/").as_deref(), Some("flo%77s"), "escapes are not decoded");
     }
 
     #[test]

@@ -159,6 +159,15 @@ fn restart_notes(old: &Config, new: &Config) -> Vec<String> {
     if new.state.dir != old.state.dir {
         notes.push("state.dir changed: restart flowgate to apply it".into());
     }
+    // The listeners took these at start; upstream_connections and upstream_queue_timeout apply
+    // at once (each configuration has its own pools).
+    let listener =
+        |l: &crate::config::Limits| (l.header_read_timeout, l.max_header_bytes, l.max_headers, l.max_connections);
+    if listener(&new.limits) != listener(&old.limits) {
+        notes.push(
+            "limits.header_read_timeout, max_header_bytes, max_headers or max_connections changed: restart flowgate to apply them".into(),
+        );
+    }
     notes
 }
 
@@ -188,5 +197,25 @@ impl Handle {
                 }
             }
         });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn config(extra: &str) -> Config {
+        let yaml = format!("backends: [{{id: a, url: \"http://127.0.0.1:9\"}}]\n{extra}");
+        crate::config::parse(&yaml, std::path::Path::new("t.yaml"), &crate::config::System).unwrap()
+    }
+
+    #[test]
+    fn settings_a_reload_cannot_apply_are_reported() {
+        let old = config("");
+        assert!(restart_notes(&old, &config("limits: { upstream_connections: 8 }")).is_empty(), "applied at once");
+        let notes = restart_notes(&old, &config("limits: { max_connections: 5 }"));
+        assert_eq!(notes.len(), 1);
+        assert!(notes[0].contains("max_connections") && notes[0].contains("restart"), "{notes:?}");
+        assert_eq!(restart_notes(&old, &config("listen: { proxy: \"127.0.0.1:1\" }")).len(), 1);
     }
 }

@@ -94,3 +94,36 @@ fn check_connect_says_when_etcd_cannot_be_reached() {
     assert_eq!(out.status.code(), Some(69), "{}", String::from_utf8_lossy(&out.stdout));
     assert!(String::from_utf8_lossy(&out.stderr).contains(&format!("127.0.0.1:{port}")));
 }
+
+/// Values that used to pass `check` and then panic in `run` (or during a reload), and a secret
+/// written inline, which the YAML error used to quote: each exits 64 with a message naming the
+/// field, and no secret is echoed.
+#[test]
+fn values_that_used_to_panic_are_refused_with_exit_64_and_no_secret_is_echoed() {
+    let certs = std::env::temp_dir().join(format!("flowgate-cli-certs-{}", std::process::id()));
+    std::fs::create_dir_all(&certs).unwrap();
+    let base = "backends:\n  - id: a\n    url: http://127.0.0.1:1\n";
+    let cases = [
+        (
+            format!("{base}tls:\n  certs: {}\n  reload_interval: 0s\n", certs.display()),
+            "tls.reload_interval",
+            "more than 0s",
+        ),
+        (format!("{base}node_red:\n  admin_root: \"/a b/\"\n"), "node_red.admin_root", "not a path prefix"),
+        (format!("{base}node_red:\n  node_root: \"/<x>/\"\n"), "node_red.node_root", "not a path prefix"),
+        (format!("{base}health:\n  canary: \"/can`ary`\"\n"), "health.canary", "not a path"),
+        (format!("{base}admin:\n  token: s3cr3t-inline-value\n"), "line 5", "never written in the file"),
+        (format!("{base}admin:\n  token: 123456789\n"), "line 5", "never written in the file"),
+    ];
+    for (i, (yaml, field, says)) in cases.iter().enumerate() {
+        let p = temp(&format!("panic-{i}.yaml"), yaml);
+        for cmd in ["check", "run"] {
+            let out = flowgate().args([cmd, "--config", p.to_str().unwrap()]).output().unwrap();
+            let err = String::from_utf8_lossy(&out.stderr);
+            assert_eq!(out.status.code(), Some(64), "{cmd} {field}: {err}");
+            assert!(err.contains(field) && err.contains(says), "{cmd} {field}: {err}");
+            assert!(!err.contains("panicked"), "{cmd} {field}: {err}");
+            assert!(!err.contains("s3cr3t") && !err.contains("123456789"), "{cmd}: a secret was echoed: {err}");
+        }
+    }
+}

@@ -159,11 +159,37 @@ pub struct RawAdmin {
 }
 
 /// A secret read from an environment variable or a file; never written in the YAML itself.
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[derive(Debug, Default)]
 pub struct RawSecret {
     pub env: Option<String>,
     pub file: Option<String>,
+}
+
+/// By hand rather than derived: serde's own errors quote the value they could not use, and a
+/// secret written inline (`token: abc`) must never reach a log, `flowgate check` or a reload
+/// answer.
+impl<'de> Deserialize<'de> for RawSecret {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        use serde::de::Error;
+        let serde_yaml::Value::Mapping(map) = serde_yaml::Value::deserialize(d)? else {
+            return Err(D::Error::custom(
+                "a secret is never written in the file: give `{ env: VAR }` or `{ file: PATH }`",
+            ));
+        };
+        let mut out = RawSecret::default();
+        for (k, v) in map {
+            let slot = match k.as_str() {
+                Some("env") => &mut out.env,
+                Some("file") => &mut out.file,
+                _ => return Err(D::Error::custom("a secret has only `env` or `file`")),
+            };
+            match v {
+                serde_yaml::Value::String(s) => *slot = Some(s),
+                _ => return Err(D::Error::custom("`env` and `file` take a name or a path")),
+            }
+        }
+        Ok(out)
+    }
 }
 
 #[derive(Debug, Deserialize)]

@@ -76,6 +76,16 @@ impl Problems {
         }
     }
 
+    /// A duration that paces a timer: zero is refused (a timer cannot tick every 0s).
+    fn positive(&mut self, field: &str, value: &Option<String>, default: Duration) -> Duration {
+        let d = self.duration(field, value, default);
+        if d.is_zero() {
+            self.add(field, "must be more than 0s");
+            return default;
+        }
+        d
+    }
+
     fn addr(&mut self, field: &str, value: &Option<String>, default: &str) -> SocketAddr {
         let text = value.as_deref().unwrap_or(default);
         text.parse().unwrap_or_else(|_| {
@@ -119,17 +129,23 @@ impl Problems {
     }
 }
 
+/// Whether `path` can be the path of a request URI as it is (no query, no fragment, only
+/// characters a URI allows): the probes and admin calls are built from it.
+fn is_uri_path(path: &str) -> bool {
+    !path.contains(['?', '#']) && path.parse::<http::uri::PathAndQuery>().is_ok_and(|p| p.path() == path)
+}
+
 /// Normalises a Node-RED root ("/", "/admin", "admin/") to "/…/".
 fn root(problems: &mut Problems, field: &str, value: &Option<String>) -> String {
     let text = value.as_deref().unwrap_or("/").trim();
-    if text.contains(['?', '#', ' ']) {
-        problems.add(field, format!("\"{text}\" is not a path prefix"));
-        return "/".into();
-    }
     let mut r = String::from("/");
     r.push_str(text.trim_matches('/'));
     if !r.ends_with('/') {
         r.push('/');
+    }
+    if !is_uri_path(&r) {
+        problems.add(field, format!("\"{text}\" is not a path prefix (letters, digits and - . _ ~ / or %XX)"));
+        return "/".into();
     }
     r
 }
@@ -168,7 +184,7 @@ pub fn validate(raw: RawConfig, secrets: &dyn SecretSource, base: &std::path::Pa
         super::model::TlsConfig {
             certs,
             default: t.default.clone(),
-            reload_interval: p.duration("tls.reload_interval", &t.reload_interval, DEFAULT_CERT_RELOAD),
+            reload_interval: p.positive("tls.reload_interval", &t.reload_interval, DEFAULT_CERT_RELOAD),
         }
     });
     if listen.https.is_some() && tls.is_none() {
@@ -261,8 +277,8 @@ pub fn validate(raw: RawConfig, secrets: &dyn SecretSource, base: &std::path::Pa
     }
     let canary = match h.canary.as_deref().map(str::trim) {
         None => None,
-        Some(c) if c.is_empty() || c.contains(['?', '#', ' ']) => {
-            p.add("health.canary", format!("\"{c}\" is not a path"));
+        Some(c) if c.is_empty() || !is_uri_path(&format!("/{}", c.trim_start_matches('/'))) => {
+            p.add("health.canary", format!("\"{c}\" is not a path (letters, digits and - . _ ~ / or %XX)"));
             None
         }
         Some(c) => Some(format!("{}{}", node_red.node_root, c.trim_start_matches('/'))),

@@ -49,14 +49,36 @@ impl Default for TokenStore {
     }
 }
 
+/// The remembered logins in `path`. A file that cannot be read or parsed is reported, and a
+/// corrupt one is kept beside it (`tokens.json.corrupt`) rather than overwritten; editors then
+/// log in again.
+fn load(path: &std::path::Path) -> HashMap<String, TokenInfo> {
+    let bytes = match std::fs::read(path) {
+        Ok(b) => b,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return HashMap::new(),
+        Err(e) => {
+            tracing::error!(path = %path.display(), error = %e, "cannot read remembered editor logins; editors must log in again");
+            return HashMap::new();
+        }
+    };
+    match serde_json::from_slice(&bytes) {
+        Ok(t) => t,
+        Err(e) => {
+            let aside = path.with_extension("json.corrupt");
+            let kept = std::fs::rename(path, &aside).map(|_| aside.display().to_string());
+            tracing::error!(
+                path = %path.display(), error = %e, kept_as = ?kept,
+                "remembered editor logins are corrupt; starting without them (editors must log in again)"
+            );
+            HashMap::new()
+        }
+    }
+}
+
 impl TokenStore {
     pub fn open(dir: Option<&std::path::Path>) -> Self {
         let path = dir.map(|d| d.join("tokens.json"));
-        let mut tokens: HashMap<String, TokenInfo> = path
-            .as_ref()
-            .and_then(|p| std::fs::read(p).ok())
-            .and_then(|b| serde_json::from_slice(&b).ok())
-            .unwrap_or_default();
+        let mut tokens: HashMap<String, TokenInfo> = path.as_deref().map(load).unwrap_or_default();
         let t = now();
         tokens.retain(|_, i| i.expires_unix > t);
         TokenStore { tokens: Mutex::new(tokens), path }
@@ -126,6 +148,19 @@ mod tests {
         assert!(again.lookup("tok-1").is_some(), "survives a restart");
         again.remove("tok-1");
         assert_eq!(TokenStore::open(Some(&d)).lookup("tok-1"), None);
+        std::fs::remove_dir_all(&d).unwrap();
+    }
+
+    #[test]
+    fn a_corrupt_store_is_kept_aside_not_overwritten() {
+        let d = std::env::temp_dir().join(format!("flowgate-auth-corrupt-{}", std::process::id()));
+        std::fs::create_dir_all(&d).unwrap();
+        std::fs::write(d.join("tokens.json"), b"{not json").unwrap();
+        let s = TokenStore::open(Some(&d));
+        assert_eq!(s.lookup("tok-1"), None);
+        assert_eq!(std::fs::read(d.join("tokens.json.corrupt")).unwrap(), b"{not json", "kept for a person to look at");
+        s.insert("tok-1", "admin".into(), Value::String("*".into()), 3600);
+        assert!(TokenStore::open(Some(&d)).lookup("tok-1").is_some(), "a fresh store is written beside it");
         std::fs::remove_dir_all(&d).unwrap();
     }
 

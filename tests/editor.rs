@@ -378,3 +378,29 @@ async fn paths_in_another_case_are_the_same_editor_writes() {
     assert_eq!(r.status, 403);
     assert!(c.fakes[0].started(), "the active still runs");
 }
+
+/// A client that goes away right after the active accepted a deploy (a fronting proxy's time-out,
+/// a closed browser tab) does not cut the fan-out short: the slow standby still gets the deploy,
+/// and every instance ends on one revision.
+#[tokio::test]
+async fn a_client_that_leaves_mid_deploy_does_not_cut_the_fan_out() {
+    let c = cluster(2, "").await;
+    c.fakes[1].inner.deploy_delay_ms.store(400, Ordering::SeqCst);
+    let before = c.fakes[0].inner.deploys.load(Ordering::SeqCst);
+    let url = c.url("/flows");
+    let editor = tokio::spawn(async move { deploy(&url, "v2", &flows_v2(7, Some("p7"))).await });
+    eventually(SECS, "the active took the deploy", || async {
+        c.fakes[0].inner.deploys.load(Ordering::SeqCst) > before
+    })
+    .await;
+    editor.abort(); // the client's connection closes here
+    eventually(SECS, "both instances on one revision, in step", || async {
+        let revs = c.revs();
+        let st = status(&c.h).await;
+        revs[0] == revs[1]
+            && st["target_revision"] == revs[0]
+            && st["backends"].as_array().unwrap().iter().all(|b| b["step"] == "in_step")
+    })
+    .await;
+    assert_eq!(c.fakes[1].inner.credentials()["broker"], json!({"user": "u", "password": "p7"}));
+}

@@ -79,10 +79,19 @@ impl Pin {
 /// What an editor request (under httpAdminRoot) asks for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Action {
-    /// `POST flows`: deploy to every instance.
-    Deploy,
+    /// A write that must reach every instance (`editor/writes.rs`).
+    Write(EditorWrite),
     /// `POST flows/state`: flowgate owns flow state; refused.
     FlowState,
+    /// Everything else goes to the editor's instance as is.
+    Forward,
+}
+
+/// The editor writes flowgate keeps in step on every instance.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum EditorWrite {
+    /// `POST flows`: deploy to every instance.
+    Deploy,
     /// `POST flow`: not replayable (each instance picks its own ids); the others are brought in
     /// step from the active's resulting flows.
     AddFlow,
@@ -95,8 +104,6 @@ pub enum Action {
     Login,
     /// `POST auth/revoke`.
     Logout,
-    /// Everything else goes to the editor's instance as is.
-    Forward,
 }
 
 /// Classifies an editor request by method and path relative to httpAdminRoot.
@@ -106,16 +113,20 @@ pub fn action(method: &Method, rel: &str) -> Action {
     let rel = rel.strip_suffix('/').unwrap_or(rel);
     let first = rel.split('/').next().unwrap_or("");
     match (method, first) {
-        (&Method::POST, "flows") if rel == "flows" => Action::Deploy,
+        (&Method::POST, "flows") if rel == "flows" => Action::Write(EditorWrite::Deploy),
         (&Method::POST, "flows") if rel == "flows/state" => Action::FlowState,
-        (&Method::POST, "flow") if rel == "flow" => Action::AddFlow,
-        (&Method::PUT | &Method::DELETE, "flow") if rel.len() > "flow/".len() => Action::Replay { flows_changed: true },
-        (&Method::POST, "library") => Action::Replay { flows_changed: false },
-        (&Method::POST, "settings") if rel == "settings/user" => Action::Replay { flows_changed: false },
-        (&Method::POST, "nodes") if rel == "nodes" => Action::Palette,
-        (&Method::PUT | &Method::DELETE, "nodes") if rel.len() > "nodes/".len() => Action::Palette,
-        (&Method::POST, "auth") if rel == "auth/token" => Action::Login,
-        (&Method::POST, "auth") if rel == "auth/revoke" => Action::Logout,
+        (&Method::POST, "flow") if rel == "flow" => Action::Write(EditorWrite::AddFlow),
+        (&Method::PUT | &Method::DELETE, "flow") if rel.len() > "flow/".len() => {
+            Action::Write(EditorWrite::Replay { flows_changed: true })
+        }
+        (&Method::POST, "library") => Action::Write(EditorWrite::Replay { flows_changed: false }),
+        (&Method::POST, "settings") if rel == "settings/user" => {
+            Action::Write(EditorWrite::Replay { flows_changed: false })
+        }
+        (&Method::POST, "nodes") if rel == "nodes" => Action::Write(EditorWrite::Palette),
+        (&Method::PUT | &Method::DELETE, "nodes") if rel.len() > "nodes/".len() => Action::Write(EditorWrite::Palette),
+        (&Method::POST, "auth") if rel == "auth/token" => Action::Write(EditorWrite::Login),
+        (&Method::POST, "auth") if rel == "auth/revoke" => Action::Write(EditorWrite::Logout),
         _ => Action::Forward,
     }
 }
@@ -187,27 +198,27 @@ mod tests {
     #[test]
     fn editor_actions() {
         let table = [
-            (Method::POST, "flows", Action::Deploy),
+            (Method::POST, "flows", Action::Write(EditorWrite::Deploy)),
             (Method::GET, "flows", Action::Forward),
             (Method::POST, "flows/state", Action::FlowState),
             (Method::GET, "flows/state", Action::Forward),
-            (Method::POST, "flow", Action::AddFlow),
-            (Method::PUT, "flow/abc", Action::Replay { flows_changed: true }),
-            (Method::DELETE, "flow/abc", Action::Replay { flows_changed: true }),
-            (Method::PUT, "flow/global", Action::Replay { flows_changed: true }),
-            (Method::POST, "library/flows/x.json", Action::Replay { flows_changed: false }),
-            (Method::POST, "settings/user", Action::Replay { flows_changed: false }),
-            (Method::POST, "nodes", Action::Palette),
-            (Method::PUT, "nodes/node-red-contrib-x", Action::Palette),
-            (Method::DELETE, "nodes/node-red-contrib-x", Action::Palette),
+            (Method::POST, "flow", Action::Write(EditorWrite::AddFlow)),
+            (Method::PUT, "flow/abc", Action::Write(EditorWrite::Replay { flows_changed: true })),
+            (Method::DELETE, "flow/abc", Action::Write(EditorWrite::Replay { flows_changed: true })),
+            (Method::PUT, "flow/global", Action::Write(EditorWrite::Replay { flows_changed: true })),
+            (Method::POST, "library/flows/x.json", Action::Write(EditorWrite::Replay { flows_changed: false })),
+            (Method::POST, "settings/user", Action::Write(EditorWrite::Replay { flows_changed: false })),
+            (Method::POST, "nodes", Action::Write(EditorWrite::Palette)),
+            (Method::PUT, "nodes/node-red-contrib-x", Action::Write(EditorWrite::Palette)),
+            (Method::DELETE, "nodes/node-red-contrib-x", Action::Write(EditorWrite::Palette)),
             (Method::GET, "nodes", Action::Forward),
-            (Method::POST, "auth/token", Action::Login),
-            (Method::POST, "auth/revoke", Action::Logout),
+            (Method::POST, "auth/token", Action::Write(EditorWrite::Login)),
+            (Method::POST, "auth/revoke", Action::Write(EditorWrite::Logout)),
             (Method::POST, "inject/abc", Action::Forward),
             (Method::POST, "debug/abc/enable", Action::Forward),
-            (Method::POST, "flows/", Action::Deploy),
+            (Method::POST, "flows/", Action::Write(EditorWrite::Deploy)),
             (Method::POST, "flows//", Action::Forward),
-            (Method::PUT, "flow/abc/", Action::Replay { flows_changed: true }),
+            (Method::PUT, "flow/abc/", Action::Write(EditorWrite::Replay { flows_changed: true })),
         ];
         for (m, p, want) in table {
             assert_eq!(action(&m, p), want, "{m} {p}");

@@ -151,19 +151,11 @@ impl Proxy {
             } else {
                 crate::editor::cookie::Action::Forward
             };
-            let (s, c) = (&*self.shared, &self.tunnels.client);
             use crate::editor::cookie::Action;
             match action {
                 Action::Forward => self.forward(parts, body, active).await,
-                Action::Deploy => crate::editor::writes::deploy(s, c, parts, body, active).await,
                 Action::FlowState => Err(ProxyError::FlowStateOwned),
-                Action::AddFlow => crate::editor::writes::add_flow(s, c, parts, body, active).await,
-                Action::Replay { flows_changed } => {
-                    crate::editor::writes::replay(s, c, parts, body, active, false, flows_changed).await
-                }
-                Action::Palette => crate::editor::writes::replay(s, c, parts, body, active, true, false).await,
-                Action::Login => crate::editor::writes::login(s, c, parts, body, active).await,
-                Action::Logout => crate::editor::writes::logout(s, c, parts, body, active).await,
+                Action::Write(write) => self.write(write, parts, body, active).await,
             }
         };
         let mut resp = result?;
@@ -171,6 +163,37 @@ impl Proxy {
             resp.headers_mut().append(http::header::SET_COOKIE, cookie);
         }
         Ok(resp)
+    }
+
+    /// An editor write, run to its end in a task of its own: once the active may have taken it,
+    /// the copies to the other instances, the in-step table and the save must follow whatever
+    /// the client does (a fronting proxy's time-out, a closed tab). A client that leaves before
+    /// its body was read cancels nothing that was sent: reading the body fails first.
+    async fn write(
+        &self,
+        write: crate::editor::cookie::EditorWrite,
+        parts: http::request::Parts,
+        body: Incoming,
+        active: Arc<Active>,
+    ) -> Result<Response<Body>, ProxyError> {
+        use crate::editor::cookie::EditorWrite as W;
+        use crate::editor::writes;
+        let (shared, client) = (self.shared.clone(), self.tunnels.client.clone());
+        let task = tokio::spawn(async move {
+            let (s, c) = (&*shared, &client);
+            match write {
+                W::Deploy => writes::deploy(s, c, parts, body, active).await,
+                W::AddFlow => writes::add_flow(s, c, parts, body, active).await,
+                W::Replay { flows_changed } => writes::replay(s, c, parts, body, active, false, flows_changed).await,
+                W::Palette => writes::replay(s, c, parts, body, active, true, false).await,
+                W::Login => writes::login(s, c, parts, body, active).await,
+                W::Logout => writes::logout(s, c, parts, body, active).await,
+            }
+        });
+        task.await.unwrap_or_else(|e| {
+            tracing::error!(error = %e, "an editor write failed");
+            Err(ProxyError::UpstreamFailed)
+        })
     }
 
     /// Streams one request to the active, with the retry rules in the module docs.

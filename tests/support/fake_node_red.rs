@@ -61,6 +61,8 @@ pub struct Inner {
     pub flows: Mutex<(serde_json::Value, String, serde_json::Map<String, serde_json::Value>)>,
     /// When set, `POST /flows` answers 500.
     pub refuse_deploys: AtomicBool,
+    /// `POST /flows` takes this long (ms) before it is applied.
+    pub deploy_delay_ms: AtomicUsize,
     pub deploys: AtomicUsize,
     issued: Mutex<Vec<String>>,
 }
@@ -143,6 +145,7 @@ impl FakeNodeRed {
             log,
             flows: Mutex::new((serde_json::json!([]), rev_of(&serde_json::json!([])), serde_json::Map::new())),
             refuse_deploys: AtomicBool::new(false),
+            deploy_delay_ms: AtomicUsize::new(0),
             deploys: AtomicUsize::new(0),
             issued: Mutex::new(Vec::new()),
         });
@@ -302,6 +305,8 @@ async fn handle(inner: Arc<Inner>, req: Request<Incoming>) -> Result<Response<Fu
             }
         }
         (Method::POST, "/flows") => {
+            let delay = inner.deploy_delay_ms.load(Ordering::SeqCst) as u64;
+            tokio::time::sleep(std::time::Duration::from_millis(delay)).await;
             inner.deploys.fetch_add(1, Ordering::SeqCst);
             inner.log.lock().unwrap().push((inner.name.clone(), "deploy"));
             if inner.refuse_deploys.load(Ordering::SeqCst) {

@@ -18,8 +18,8 @@
 //! which its failover releases, instead of hundreds of connections in its kernel backlog.
 //!
 //! **Slow start.** A newly promoted instance gets few slots at first, and two more each time
-//! a request to it completes, until it has them all (about four round trips; at most
-//! [`SLOW_START_FOR`]). Node-RED passes messages between nodes in rounds, so a burst of a
+//! a request to it ends (answered or not), until it has them all (about four round trips; at
+//! most [`SLOW_START_FOR`], whatever happens). Node-RED passes messages between nodes in rounds, so a burst of a
 //! hundred requests held by a failover is answered all at once, after about 100 ms on a cold
 //! instance; in small waves the first answers come after about 20 ms and the burst drains no
 //! later (the event loop is single-threaded either way). HAProxy's `slowstart` does the same
@@ -170,13 +170,14 @@ impl<B: SendBody> Pool<B> {
     pub async fn send(self: &Arc<Self>, mut req: Request<B>) -> Result<Response<Upstream<B>>, UpstreamError> {
         let activity = &self.backend.activity;
         activity.sent();
-        let slot = match self.slots.clone().try_acquire_owned() {
+        let permit = match self.slots.clone().try_acquire_owned() {
             Ok(s) => s,
             Err(_) => tokio::time::timeout(self.queue_timeout, self.slots.clone().acquire_owned())
                 .await
                 .map_err(|_| UpstreamError::Busy(self.queue_timeout))?
                 .expect("the semaphore is never closed"),
         };
+        let slot = Slot { _permit: permit, pool: self.clone() };
         loop {
             let (mut c, fresh) = match self.checkout().await {
                 Some(c) => (c, false),
@@ -225,8 +226,9 @@ impl<B: SendBody> Pool<B> {
         }
     }
 
-    /// The instance was just promoted: hold back all but [`SLOW_START_SLOTS`] free slots.
-    pub fn slow_start(&self) {
+    /// The instance was just promoted: hold back all but [`SLOW_START_SLOTS`] free slots, and
+    /// give them all back after [`SLOW_START_FOR`] at the latest.
+    pub fn slow_start(self: &Arc<Self>) {
         let mut reserve = self.reserve.lock().unwrap_or_else(|e| e.into_inner());
         *reserve = None;
         let hold = self.slots.available_permits().saturating_sub(SLOW_START_SLOTS);
@@ -235,10 +237,17 @@ impl<B: SendBody> Pool<B> {
         {
             *reserve = Some((p, Instant::now() + SLOW_START_FOR));
             self.ramping.store(true, std::sync::atomic::Ordering::Release);
+            let pool = Arc::downgrade(self);
+            tokio::spawn(async move {
+                tokio::time::sleep(SLOW_START_FOR).await;
+                if let Some(pool) = pool.upgrade() {
+                    pool.widen();
+                }
+            });
         }
     }
 
-    /// A request completed: during slow start, two held-back slots are given out.
+    /// A request ended: during slow start, two held-back slots are given out.
     fn widen(&self) {
         if !self.ramping.load(std::sync::atomic::Ordering::Acquire) {
             return;
@@ -316,7 +325,19 @@ pub struct Upstream<B: SendBody> {
     ended: bool,
     pool: Arc<Pool<B>>,
     /// Given back when the body is dropped: the request is no longer in flight.
-    _slot: OwnedSemaphorePermit,
+    _slot: Slot<B>,
+}
+
+/// A request's place among the instance's slots; giving it back widens a slow start.
+struct Slot<B: SendBody> {
+    _permit: OwnedSemaphorePermit,
+    pool: Arc<Pool<B>>,
+}
+
+impl<B: SendBody> Drop for Slot<B> {
+    fn drop(&mut self) {
+        self.pool.widen();
+    }
 }
 
 impl<B: SendBody> http_body::Body for Upstream<B> {
@@ -350,7 +371,6 @@ impl<B: SendBody> http_body::Body for Upstream<B> {
 impl<B: SendBody> Drop for Upstream<B> {
     /// A body read to its end leaves its connection reusable; otherwise the connection closes.
     fn drop(&mut self) {
-        self.pool.widen();
         if let Some(c) = self.conn.take()
             && (self.ended || http_body::Body::is_end_stream(&self.body))
         {

@@ -678,3 +678,42 @@ async fn the_binary_serves_on_one_runtime_per_core_and_exits_cleanly_on_sigterm(
     let status = tokio::time::timeout(SECS, child.wait()).await.expect("exits after SIGTERM").unwrap();
     assert!(status.success(), "{status:?}");
 }
+
+/// Clients that send a request head and then only part of the body (a deploy or a runtime
+/// upload) used to hold their connection slots for ever: with `max_connections: 50`, 60 such
+/// sockets left a new client 503. A body that stops arriving for `header_read_timeout` is now
+/// cut (408, connection closed), so the slots come back and a new client is served.
+#[tokio::test]
+async fn half_sent_bodies_do_not_hold_connection_slots() {
+    let log = EventLog::default();
+    let fa = FakeNodeRed::start("a", Options::default(), log.clone()).await;
+    let extra = "limits: { max_connections: 50, header_read_timeout: 500ms }\n";
+    let h = start_flowgate(&yaml(&[("a", fa.url(), 100)], extra), Secrets(vec![])).await;
+    eventually(SECS, "a active", || async { active(&h).await.as_deref() == Some("a") }).await;
+    let mut stalled = Vec::new();
+    for i in 0..60 {
+        let path = if i % 2 == 0 { "/flows" } else { "/echo" };
+        let mut s = TcpStream::connect(h.proxy_addr).await.unwrap();
+        let head = format!(
+            "POST {path} HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: 100000\r\n\r\n["
+        );
+        s.write_all(head.as_bytes()).await.unwrap();
+        stalled.push(s);
+    }
+    let t = tokio::time::Instant::now();
+    eventually(SECS, "a new client is served", || async {
+        let r = raw(h.proxy_addr, b"GET /hello HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").await;
+        r.starts_with("HTTP/1.1 200")
+    })
+    .await;
+    println!("a new client was served {:?} after 60 half-sent bodies", t.elapsed());
+    // Each stalled one got its answer and was closed.
+    let mut timeouts = 0;
+    for mut s in stalled {
+        let mut out = Vec::new();
+        let _ = tokio::time::timeout(SECS, s.read_to_end(&mut out)).await.expect("closed by flowgate");
+        let text = String::from_utf8_lossy(&out);
+        timeouts += usize::from(text.starts_with("HTTP/1.1 408"));
+    }
+    assert!(timeouts >= 50, "{timeouts} of 60 half-sent bodies got 408 (the rest found no slot: 503)");
+}

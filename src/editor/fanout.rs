@@ -31,11 +31,24 @@ pub const DEPLOYED_HEADER: &str = "x-flowgate-deployed";
 pub type Answer = Result<(StatusCode, HeaderMap, Bytes), CallError>;
 
 /// Reads a whole request body, 413 above `limit`.
-pub async fn read_body(body: Incoming, limit: usize) -> Result<Bytes, ProxyError> {
-    match Limited::new(body, limit).collect().await {
-        Ok(c) => Ok(c.to_bytes()),
-        Err(e) if e.downcast_ref::<http_body_util::LengthLimitError>().is_some() => Err(ProxyError::PayloadTooLarge),
-        Err(_) => Err(ProxyError::BadRequest),
+/// `idle`: the longest the client may send nothing before the body is complete (408).
+pub async fn read_body(body: Incoming, limit: usize, idle: std::time::Duration) -> Result<Bytes, ProxyError> {
+    let mut body = Limited::new(body, limit);
+    let mut buf = bytes::BytesMut::new();
+    loop {
+        match tokio::time::timeout(idle, body.frame()).await {
+            Err(_) => return Err(ProxyError::BodyTimeout),
+            Ok(None) => return Ok(buf.freeze()),
+            Ok(Some(Ok(frame))) => {
+                if let Ok(data) = frame.into_data() {
+                    buf.extend_from_slice(&data);
+                }
+            }
+            Ok(Some(Err(e))) if e.downcast_ref::<http_body_util::LengthLimitError>().is_some() => {
+                return Err(ProxyError::PayloadTooLarge);
+            }
+            Ok(Some(Err(_))) => return Err(ProxyError::BadRequest),
+        }
     }
 }
 

@@ -151,7 +151,7 @@ pub async fn deploy(
     active: Arc<Active>,
 ) -> Result<Response<Body>, ProxyError> {
     let cfg = &shared.config;
-    let bytes = read_body(body, cfg.deploy.max_body).await?;
+    let bytes = read_body(body, cfg.deploy.max_body, cfg.limits.header_read_timeout).await?;
     let checked = check_deploy(&parts.headers, &bytes)?;
     let w = Write::locked(shared, client, parts, bytes, &active, cfg.deploy.timeout).await?;
     let ai = w.active.index;
@@ -288,7 +288,7 @@ pub async fn replay(
     flows_changed: bool,
 ) -> Result<Response<Body>, ProxyError> {
     let cfg = &shared.config;
-    let bytes = read_body(body, cfg.deploy.max_body).await?;
+    let bytes = read_body(body, cfg.deploy.max_body, cfg.limits.header_read_timeout).await?;
     let timeout = if palette { cfg.deploy.palette_timeout } else { cfg.deploy.timeout };
     let w = Write::locked(shared, client, parts, bytes, &active, timeout).await?;
     let (status, rh, rb) = w.to_active().await.map_err(|_| ProxyError::UpstreamFailed)?;
@@ -347,7 +347,7 @@ pub async fn add_flow(
     active: Arc<Active>,
 ) -> Result<Response<Body>, ProxyError> {
     let cfg = &shared.config;
-    let bytes = read_body(body, cfg.deploy.max_body).await?;
+    let bytes = read_body(body, cfg.deploy.max_body, cfg.limits.header_read_timeout).await?;
     let w = Write::locked(shared, client, parts, bytes, &active, cfg.deploy.timeout).await?;
     let (status, rh, rb) = w.to_active().await.map_err(|_| ProxyError::UpstreamFailed)?;
     let total = w.total();
@@ -371,7 +371,7 @@ pub async fn login(
     body: Incoming,
     active: Arc<Active>,
 ) -> Result<Response<Body>, ProxyError> {
-    let bytes = read_body(body, 64 << 10).await?;
+    let bytes = read_body(body, 64 << 10, shared.config.limits.header_read_timeout).await?;
     let w = Write::unlocked(shared, client, parts, bytes, active);
     let (status, rh, rb) = w.to_active().await.map_err(|_| ProxyError::UpstreamFailed)?;
     if status == StatusCode::OK
@@ -406,7 +406,7 @@ pub async fn logout(
     body: Incoming,
     active: Arc<Active>,
 ) -> Result<Response<Body>, ProxyError> {
-    let bytes = read_body(body, 64 << 10).await?;
+    let bytes = read_body(body, 64 << 10, shared.config.limits.header_read_timeout).await?;
     if let Some(t) = crate::editor::logins::revoked_token(&bytes) {
         shared.tokens.remove(&t);
     }

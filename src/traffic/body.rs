@@ -2,9 +2,12 @@
 //!
 //! `Body::reclaimable` wraps a client's request body so that, when the upstream connection
 //! fails before hyper polled the body (nothing was sent), the body can be taken back and the
-//! request retried on another instance.
+//! request retried on another instance. The slot also tells how long the client has sent
+//! nothing of a body being forwarded ([`Slot::stalled`]), so a body that stops arriving is cut
+//! (`limits.header_read_timeout`) instead of holding a connection slot for ever.
 
 use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 
@@ -32,12 +35,47 @@ enum Kind {
 
 /// Holds a request body until its first poll; see [`Body::reclaimable`].
 #[derive(Clone)]
-pub struct Slot(Arc<Mutex<Option<Incoming>>>);
+pub struct Slot(Arc<SlotInner>);
+
+struct SlotInner {
+    body: Mutex<Option<Incoming>>,
+    base: tokio::time::Instant,
+    /// Since when the body has been waiting for the client (ms since `base`, +1); 0 while it
+    /// is not (a frame just came, or the instance is not reading it).
+    waiting: AtomicU64,
+    done: AtomicBool,
+}
 
 impl Slot {
     /// The body, if the request that carried it never started sending it.
     pub fn reclaim(&self) -> Option<Incoming> {
-        self.0.lock().unwrap_or_else(|e| e.into_inner()).take()
+        self.0.body.lock().unwrap_or_else(|e| e.into_inner()).take()
+    }
+
+    fn now(&self) -> u64 {
+        self.0.base.elapsed().as_millis() as u64 + 1
+    }
+
+    /// How long the body has been waiting for the client while being forwarded (the instance
+    /// asked for more and the client sent nothing); None otherwise.
+    pub fn stalled(&self) -> Option<std::time::Duration> {
+        let since = self.0.waiting.load(Ordering::Relaxed);
+        if since == 0 || self.0.done.load(Ordering::Relaxed) {
+            return None;
+        }
+        Some(std::time::Duration::from_millis(self.now().saturating_sub(since)))
+    }
+
+    /// Resolves once the client has sent nothing of the body for `limit`.
+    pub async fn stall(&self, limit: std::time::Duration) {
+        loop {
+            let wait = match self.stalled() {
+                Some(s) if s >= limit => return,
+                Some(s) => limit - s,
+                None => limit,
+            };
+            tokio::time::sleep(wait.max(std::time::Duration::from_millis(5))).await;
+        }
     }
 }
 
@@ -68,7 +106,12 @@ impl Body {
     pub fn reclaimable(inc: Incoming) -> (Self, Slot) {
         let hint = http_body::Body::size_hint(&inc);
         let end = http_body::Body::is_end_stream(&inc);
-        let slot = Slot(Arc::new(Mutex::new(Some(inc))));
+        let slot = Slot(Arc::new(SlotInner {
+            body: Mutex::new(Some(inc)),
+            base: tokio::time::Instant::now(),
+            waiting: AtomicU64::new(0),
+            done: AtomicBool::new(false),
+        }));
         (Body(Kind::Reclaim { slot: slot.clone(), taken: None, hint, end }), slot)
     }
 }
@@ -88,10 +131,18 @@ impl http_body::Body for Body {
                 if taken.is_none() {
                     *taken = slot.reclaim();
                 }
-                match taken {
-                    Some(inc) => Pin::new(inc).poll_frame(cx),
-                    None => Poll::Ready(None),
+                let Some(inc) = taken else { return Poll::Ready(None) };
+                let frame = Pin::new(inc).poll_frame(cx);
+                let waiting = &slot.0.waiting;
+                match &frame {
+                    Poll::Ready(Some(Ok(_))) => waiting.store(0, Ordering::Relaxed),
+                    Poll::Ready(_) => slot.0.done.store(true, Ordering::Relaxed),
+                    Poll::Pending if waiting.load(Ordering::Relaxed) == 0 => {
+                        waiting.store(slot.now(), Ordering::Relaxed)
+                    }
+                    Poll::Pending => {}
                 }
+                frame
             }
         }
     }

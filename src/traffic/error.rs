@@ -21,6 +21,8 @@ pub enum ProxyError {
     InstanceFailed,
     #[error("every connection to the active Node-RED instance stayed busy; nothing was sent, retry shortly")]
     UpstreamBusy,
+    #[error("the request body stopped arriving")]
+    BodyTimeout,
     #[error("malformed request")]
     BadRequest,
     #[error("request body too large")]
@@ -43,6 +45,7 @@ impl ProxyError {
             ProxyError::UpstreamFailed => StatusCode::BAD_GATEWAY,
             ProxyError::InstanceFailed => StatusCode::BAD_GATEWAY,
             ProxyError::UpstreamBusy => StatusCode::SERVICE_UNAVAILABLE,
+            ProxyError::BodyTimeout => StatusCode::REQUEST_TIMEOUT,
             ProxyError::BadRequest => StatusCode::BAD_REQUEST,
             ProxyError::PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
             ProxyError::BadDeploy(_) => StatusCode::BAD_REQUEST,
@@ -58,6 +61,7 @@ impl ProxyError {
             ProxyError::UpstreamFailed => "upstream-failed",
             ProxyError::InstanceFailed => "instance-failed",
             ProxyError::UpstreamBusy => "upstream-busy",
+            ProxyError::BodyTimeout => "body-timeout",
             ProxyError::BadRequest => "bad-request",
             ProxyError::PayloadTooLarge => "payload-too-large",
             ProxyError::BadDeploy(_) => "bad-deploy",

@@ -218,9 +218,20 @@ impl Proxy {
             *out.uri_mut() = forward::origin_form(&parts.uri);
             *out.version_mut() = Version::HTTP_11;
             *out.headers_mut() = parts.headers.clone();
+            let stall = async {
+                match &slot {
+                    Some(s) => s.stall(self.shared.config.limits.header_read_timeout).await,
+                    None => std::future::pending().await,
+                }
+            };
             let result = tokio::select! {
                 biased;
                 r = self.shared.instances[active.index].pool.send(out) => r,
+                _ = stall => {
+                    // The client stopped sending its body: cut it, and with it the connection
+                    // (its body was not read to the end), so it frees its slot.
+                    return Err(ProxyError::BodyTimeout);
+                }
                 _ = active.failed.cancelled() => {
                     if !replayable {
                         self.shared.metrics.inflight_aborted.inc();

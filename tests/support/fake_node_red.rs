@@ -367,10 +367,10 @@ async fn handle(inner: Arc<Inner>, req: Request<Incoming>) -> Result<Response<Fu
             }
             reply(StatusCode::OK, out)
         }
-        (Method::POST, "/echo") => {
-            let body = req.into_body().collect().await.unwrap().to_bytes();
-            reply(StatusCode::OK, body)
-        }
+        (Method::POST, "/echo") => match req.into_body().collect().await {
+            Ok(body) => reply(StatusCode::OK, body.to_bytes()),
+            Err(e) => reply(StatusCode::BAD_REQUEST, format!("incomplete body: {e}")),
+        },
         (Method::GET, "/ws") => return Ok(websocket(inner.clone(), req)),
         (Method::GET, "/slow") => {
             let ms: u64 =

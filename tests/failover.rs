@@ -475,3 +475,30 @@ async fn requests_beyond_the_upstream_cap_wait_in_order_then_get_503() {
     assert_eq!([a.unwrap().status, b.unwrap().status], [200, 200]);
     assert_eq!(c.unwrap().body, "hello from a");
 }
+
+/// An instance that answers before reading a request's whole body (a 401 or 404 to an upload)
+/// leaves that connection still busy sending the body. It must not go back to the pool: the
+/// next request would wait there for someone else's upload.
+#[tokio::test]
+async fn a_connection_still_sending_an_upload_is_not_reused() {
+    use tokio::io::AsyncWriteExt;
+    let (_fa, _fb, _log, h) = two(Options::default(), Options::default(), "").await;
+    wait_active(&h, "a", SECS).await;
+    let mut upload = tokio::net::TcpStream::connect(h.proxy_addr).await.unwrap();
+    // A chunked upload the instance answers (401) before reading it, never finished.
+    upload
+        .write_all(b"POST /early HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n")
+        .await
+        .unwrap();
+    let mut buf = [0u8; 64];
+    let n = tokio::time::timeout(SECS, tokio::io::AsyncReadExt::read(&mut upload, &mut buf)).await.unwrap().unwrap();
+    assert!(String::from_utf8_lossy(&buf[..n]).starts_with("HTTP/1.1 401"));
+    let t = tokio::time::Instant::now();
+    let got = tokio::time::timeout(SECS, get(&client(), &format!("http://{}/hello", h.proxy_addr)))
+        .await
+        .expect("the next request waited behind the unfinished upload")
+        .unwrap();
+    assert_eq!((got.status, got.body.as_str()), (200, "hello from a"));
+    assert!(t.elapsed() < Duration::from_millis(500), "the next request waited {:?}", t.elapsed());
+    drop(upload);
+}

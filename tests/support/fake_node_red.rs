@@ -367,6 +367,15 @@ async fn handle(inner: Arc<Inner>, req: Request<Incoming>) -> Result<Response<Fu
             }
             reply(StatusCode::OK, out)
         }
+        (Method::POST, "/early") => {
+            // Like Node.js: answer before the body is read, and read (discard) it afterwards,
+            // keeping the connection.
+            let body = req.into_body();
+            tokio::spawn(async move {
+                let _ = body.collect().await;
+            });
+            reply(StatusCode::UNAUTHORIZED, "early")
+        }
         (Method::POST, "/echo") => match req.into_body().collect().await {
             Ok(body) => reply(StatusCode::OK, body.to_bytes()),
             Err(e) => reply(StatusCode::BAD_REQUEST, format!("incomplete body: {e}")),

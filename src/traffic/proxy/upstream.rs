@@ -96,6 +96,17 @@ struct Conn<B: SendBody> {
 }
 
 impl<B: SendBody> Conn<B> {
+    /// Whether the connection can take a request now, without waiting. One still sending an
+    /// earlier request's body (the instance answered before reading it all, a 401 or 404) or
+    /// closed is not, and is not kept: a request must never wait on someone else's upload.
+    fn ready_now(&mut self) -> bool {
+        let mut cx = Context::from_waker(std::task::Waker::noop());
+        if Pin::new(&mut self.conn).poll(&mut cx).is_ready() {
+            return false;
+        }
+        matches!(self.send.poll_ready(&mut cx), Poll::Ready(Ok(())))
+    }
+
     /// Drives the connection until it can take a request: false if it is closed.
     async fn ready(&mut self) -> bool {
         poll_fn(|cx| {
@@ -277,17 +288,20 @@ impl<B: SendBody> Pool<B> {
         &self.idle[WORKER.with(|w| w.get()) % self.idle.len()]
     }
 
-    /// The newest idle connection that is still open and ready.
+    /// The newest idle connection that is open and ready now.
     async fn checkout(&self) -> Option<Box<Conn<B>>> {
         loop {
             let mut c = self.idle().lock().unwrap_or_else(|e| e.into_inner()).pop_back()?;
-            if c.idle_since.elapsed() < UPSTREAM_IDLE_TIMEOUT && c.ready().await {
+            if c.idle_since.elapsed() < UPSTREAM_IDLE_TIMEOUT && c.ready_now() {
                 return Some(c);
             }
         }
     }
 
     fn put(&self, mut c: Box<Conn<B>>) {
+        if !c.ready_now() {
+            return;
+        }
         let now = Instant::now();
         c.idle_since = now;
         let mut idle = self.idle().lock().unwrap_or_else(|e| e.into_inner());

@@ -139,7 +139,13 @@ pub struct Shared {
     pub generation: watch::Sender<u64>,
     pub status: ArcSwap<Status>,
     pub metrics: Arc<Metrics>,
+    /// Editor write bodies (up to `deploy.max_body`) buffered at once.
+    pub write_bodies: Arc<tokio::sync::Semaphore>,
 }
+
+/// Editor write bodies buffered at once: deploys are serialised anyway, so a few cover real
+/// use, and a crowd of large bodies cannot exhaust memory.
+pub const MAX_BUFFERED_WRITES: usize = 4;
 
 impl Shared {
     /// The state of a new configuration, with nothing routed yet. `workers`: how many
@@ -182,6 +188,7 @@ impl Shared {
             generation: watch::channel(0).0,
             status: ArcSwap::from_pointee(Status::default()),
             metrics: services.metrics.clone(),
+            write_bodies: Arc::new(tokio::sync::Semaphore::new(MAX_BUFFERED_WRITES)),
         }
     }
 

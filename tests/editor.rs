@@ -340,6 +340,39 @@ async fn a_login_through_flowgate_is_known_to_token_info() {
     let r = send(&client(), "POST", &c.url("/auth/revoke"), &format!("token={token}")).await.unwrap();
     assert!(r.status < 500);
     assert_eq!(info(token).await.0, 404, "forgotten after logout");
+    // A read-only login: its token has the scope it asked for, not the user's "*".
+    let r = send(
+        &client(),
+        "POST",
+        &c.url("/auth/token"),
+        "client_id=node-red-editor&grant_type=password&scope=read&username=admin&password=password",
+    )
+    .await
+    .unwrap();
+    let token =
+        serde_json::from_str::<serde_json::Value>(&r.body).unwrap()["access_token"].as_str().unwrap().to_string();
+    let (_, body) = info(token).await;
+    assert_eq!(serde_json::from_str::<serde_json::Value>(&body).unwrap()["permissions"], "read");
+}
+
+/// A token issued by one instance and revoked through flowgate while another is active must be
+/// forgotten by the issuing one too, or it accepts the token again after a failback.
+#[tokio::test]
+async fn a_revoke_reaches_every_instance() {
+    let mut c = cluster(2, "").await;
+    let login = "client_id=node-red-editor&grant_type=password&scope=*&username=admin&password=password";
+    let r = send(&client(), "POST", &c.url("/auth/token"), login).await.unwrap();
+    let token =
+        serde_json::from_str::<serde_json::Value>(&r.body).unwrap()["access_token"].as_str().unwrap().to_string();
+    assert!(c.fakes[0].inner.issued().contains(&token), "a issued it");
+    c.fakes[0].crash();
+    eventually(SECS, "b active", || async { active(&c.h).await.as_deref() == Some("b") }).await;
+    c.fakes[0].restart(false).await;
+    eventually(SECS, "a back up", || async { status(&c.h).await["backends"][0]["health"] == "up" }).await;
+    let r = send(&client(), "POST", &c.url("/auth/revoke"), &format!("token={token}")).await.unwrap();
+    assert_eq!(r.status, 200);
+    assert_eq!(r.headers["x-flowgate-deployed"], "2/2");
+    assert!(!c.fakes[0].inner.issued().contains(&token), "the issuing instance forgot it too");
 }
 
 #[tokio::test]
@@ -403,4 +436,44 @@ async fn a_client_that_leaves_mid_deploy_does_not_cut_the_fan_out() {
     })
     .await;
     assert_eq!(c.fakes[1].inner.credentials()["broker"], json!({"user": "u", "password": "p7"}));
+}
+
+/// A write's body is read only once the client's credentials are good on the active: an
+/// unauthenticated 5 MiB deploy is answered 401 at once, before a byte of its body is read, and
+/// at most four write bodies are buffered at a time (the next waits, then gets 503).
+#[tokio::test]
+async fn write_bodies_are_read_only_for_good_credentials_and_a_few_at_a_time() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let extra = "failover: { hold: 300ms }\nlimits: { header_read_timeout: 5s }\n";
+    let (fa, _fb, h) = token_pair_with(["secret"; 2], ["secret"; 2], [200, 100], extra).await;
+    wait_active(&h, "a", SECS).await;
+    let head = |auth: &str| {
+        format!(
+            "POST /flows HTTP/1.1\r\nHost: x\r\n{auth}Content-Type: application/json\r\nNode-RED-API-Version: v2\r\nContent-Length: 5242880\r\n\r\n"
+        )
+    };
+    // No credentials: 401 at once, nothing of the body sent.
+    let t = tokio::time::Instant::now();
+    let mut s = tokio::net::TcpStream::connect(h.proxy_addr).await.unwrap();
+    s.write_all(head("").as_bytes()).await.unwrap();
+    let mut buf = [0u8; 256];
+    let n = tokio::time::timeout(SECS, s.read(&mut buf)).await.unwrap().unwrap();
+    assert!(String::from_utf8_lossy(&buf[..n]).starts_with("HTTP/1.1 401"), "{}", String::from_utf8_lossy(&buf[..n]));
+    assert!(t.elapsed() < Duration::from_secs(1), "refused before the body: {:?}", t.elapsed());
+    // Good credentials, bodies that never finish: four are buffered, the fifth is turned away.
+    let mut held = Vec::new();
+    for _ in 0..4 {
+        let mut s = tokio::net::TcpStream::connect(h.proxy_addr).await.unwrap();
+        s.write_all(head("Authorization: Bearer secret\r\n").as_bytes()).await.unwrap();
+        s.write_all(b"{\"flows\":[").await.unwrap();
+        held.push(s);
+    }
+    tokio::time::sleep(Duration::from_millis(200)).await; // the four are being read
+    let mut s = tokio::net::TcpStream::connect(h.proxy_addr).await.unwrap();
+    s.write_all(head("Authorization: Bearer secret\r\n").as_bytes()).await.unwrap();
+    let n = tokio::time::timeout(SECS, s.read(&mut buf)).await.unwrap().unwrap();
+    let answer = String::from_utf8_lossy(&buf[..n]);
+    assert!(answer.starts_with("HTTP/1.1 503"), "{answer}");
+    assert_eq!(fa.inner.deploys.load(Ordering::SeqCst), 0);
+    drop(held);
 }

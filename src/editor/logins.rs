@@ -119,13 +119,37 @@ pub fn parse_login(body: &[u8]) -> Option<(String, u64)> {
     Some((v.get("access_token")?.as_str()?.to_string(), v.get("expires_in").and_then(Value::as_u64).unwrap_or(604_800)))
 }
 
-/// The `token` field of a form-encoded `auth/revoke` body.
+/// A field of a request body as Node-RED's body parsers read it: JSON, or form-encoded (any
+/// escape case, `+` for a space).
+fn body_field(body: &[u8], name: &str) -> Option<String> {
+    let text = std::str::from_utf8(body).ok()?.trim_start();
+    if text.starts_with('{') {
+        let v: Value = serde_json::from_str(text).ok()?;
+        return match &v[name] {
+            Value::String(s) => Some(s.clone()),
+            Value::Array(a) => Some(a.iter().filter_map(Value::as_str).collect::<Vec<_>>().join(" ")),
+            _ => None,
+        };
+    }
+    form_urlencoded::parse(text.as_bytes()).find(|(k, _)| k == name).map(|(_, v)| v.into_owned())
+}
+
+/// The `token` field of an `auth/revoke` body.
 pub fn revoked_token(body: &[u8]) -> Option<String> {
-    std::str::from_utf8(body)
-        .ok()?
-        .split('&')
-        .find_map(|kv| kv.strip_prefix("token="))
-        .map(|t| t.replace("%2B", "+").replace("%2F", "/").replace("%3D", "="))
+    body_field(body, "token").filter(|t| !t.is_empty())
+}
+
+/// The permissions a login asks for (`scope`, space-separated), which become the token's:
+/// Node-RED gives a token the scope it was requested with, not all of the user's permissions.
+/// None when the login asks for none (the user's permissions then apply).
+pub fn requested_scope(body: &[u8]) -> Option<Value> {
+    let scope = body_field(body, "scope")?;
+    let mut parts: Vec<Value> = scope.split_whitespace().map(|s| Value::String(s.to_string())).collect();
+    match parts.len() {
+        0 => None,
+        1 => parts.pop(),
+        _ => Some(Value::Array(parts)),
+    }
 }
 
 #[cfg(test)]
@@ -172,5 +196,19 @@ mod tests {
         );
         assert_eq!(parse_login(b"nope"), None);
         assert_eq!(revoked_token(b"token=ab%2Bc%3D"), Some("ab+c=".into()));
+        assert_eq!(revoked_token(b"token=ab%2bc%2f%3d"), Some("ab+c/=".into()), "lower-case escapes");
+        assert_eq!(revoked_token(br#"{"token":"ab+c/="}"#), Some("ab+c/=".into()), "a JSON body");
+        assert_eq!(revoked_token(b"x=1&token=t%20u"), Some("t u".into()));
+        assert_eq!(revoked_token(b"token="), None);
+        assert_eq!(
+            requested_scope(b"client_id=node-red-editor&grant_type=password&scope=read&username=a"),
+            Some(serde_json::json!("read"))
+        );
+        assert_eq!(requested_scope(br#"{"scope":"*","username":"a"}"#), Some(serde_json::json!("*")));
+        assert_eq!(
+            requested_scope(b"scope=flows.read+nodes.read"),
+            Some(serde_json::json!(["flows.read", "nodes.read"]))
+        );
+        assert_eq!(requested_scope(b"scope=&username=a"), None);
     }
 }

@@ -151,6 +151,7 @@ pub async fn deploy(
     active: Arc<Active>,
 ) -> Result<Response<Body>, ProxyError> {
     let cfg = &shared.config;
+    let _admitted = admit(shared, client, &parts, &active).await?;
     let bytes = read_body(body, cfg.deploy.max_body, cfg.limits.header_read_timeout).await?;
     let checked = check_deploy(&parts.headers, &bytes)?;
     let w = Write::locked(shared, client, parts, bytes, &active, cfg.deploy.timeout).await?;
@@ -276,6 +277,35 @@ pub async fn deploy(
     Ok(reply(status, resp_headers, resp_body, took, total))
 }
 
+/// Before a write's body (up to `deploy.max_body`) is read: the client's credentials must be
+/// good on the active (its `Authorization` on `GET <admin>/flows/state`, which needs a login
+/// when adminAuth is on; else 401, and nothing is read), and at most
+/// [`crate::state::MAX_BUFFERED_WRITES`] bodies are buffered at once (else, after
+/// `failover.hold`, 503). An instance that does not answer the check leaves the decision to
+/// the write itself.
+async fn admit(
+    shared: &Shared,
+    client: &AdminClient,
+    parts: &Parts,
+    active: &Active,
+) -> Result<tokio::sync::OwnedSemaphorePermit, ProxyError> {
+    let mut h = HeaderMap::new();
+    if let Some(a) = parts.headers.get(AUTHORIZATION) {
+        h.insert(AUTHORIZATION, a.clone());
+    }
+    let b = &active.backend;
+    let path = format!("{}flows/state", b.admin_root);
+    let check = b.exchange(client, Method::GET, &path, h, Bytes::new(), shared.config.health.timeout * 2);
+    if let Ok((StatusCode::UNAUTHORIZED | StatusCode::FORBIDDEN, _, _)) = check.await {
+        return Err(ProxyError::Unauthorized);
+    }
+    let wait = shared.config.failover.hold;
+    match tokio::time::timeout(wait, shared.write_bodies.clone().acquire_owned()).await {
+        Ok(Ok(permit)) => Ok(permit),
+        _ => Err(ProxyError::ChangeInProgress),
+    }
+}
+
 /// Replayable writes (`PUT|DELETE flow/:id`, library, user settings, palette): the editor's
 /// instance first, then the same request to every other healthy instance.
 pub async fn replay(
@@ -288,6 +318,7 @@ pub async fn replay(
     flows_changed: bool,
 ) -> Result<Response<Body>, ProxyError> {
     let cfg = &shared.config;
+    let _admitted = admit(shared, client, &parts, &active).await?;
     let bytes = read_body(body, cfg.deploy.max_body, cfg.limits.header_read_timeout).await?;
     let timeout = if palette { cfg.deploy.palette_timeout } else { cfg.deploy.timeout };
     let w = Write::locked(shared, client, parts, bytes, &active, timeout).await?;
@@ -347,6 +378,7 @@ pub async fn add_flow(
     active: Arc<Active>,
 ) -> Result<Response<Body>, ProxyError> {
     let cfg = &shared.config;
+    let _admitted = admit(shared, client, &parts, &active).await?;
     let bytes = read_body(body, cfg.deploy.max_body, cfg.limits.header_read_timeout).await?;
     let w = Write::locked(shared, client, parts, bytes, &active, cfg.deploy.timeout).await?;
     let (status, rh, rb) = w.to_active().await.map_err(|_| ProxyError::UpstreamFailed)?;
@@ -372,6 +404,7 @@ pub async fn login(
     active: Arc<Active>,
 ) -> Result<Response<Body>, ProxyError> {
     let bytes = read_body(body, 64 << 10, shared.config.limits.header_read_timeout).await?;
+    let scope = crate::editor::logins::requested_scope(&bytes);
     let w = Write::unlocked(shared, client, parts, bytes, active);
     let (status, rh, rb) = w.to_active().await.map_err(|_| ProxyError::UpstreamFailed)?;
     if status == StatusCode::OK
@@ -388,7 +421,9 @@ pub async fn login(
                 let v: serde_json::Value = serde_json::from_slice(&body).unwrap_or_default();
                 let user = &v["user"];
                 if let Some(name) = user["username"].as_str() {
-                    shared.tokens.insert(&token, name.to_string(), user["permissions"].clone(), expires_in);
+                    // The token carries the scope it was asked for, as on the issuing instance.
+                    let permissions = scope.unwrap_or_else(|| user["permissions"].clone());
+                    shared.tokens.insert(&token, name.to_string(), permissions, expires_in);
                     info!(user = name, backend = %b.id, "editor login remembered for every instance");
                 }
             }
@@ -398,7 +433,9 @@ pub async fn login(
     Ok(reply(status, rh, rb, usize::from(status == StatusCode::OK), w.total()))
 }
 
-/// `POST <admin>/auth/revoke`: forwarded; the token is forgotten.
+/// `POST <admin>/auth/revoke`: forwarded, then sent to every other instance with flowgate's own
+/// token (whichever instance issued the token must forget it, or it would accept it again
+/// after a failover); flowgate forgets it too.
 pub async fn logout(
     shared: &Shared,
     client: &AdminClient,
@@ -417,7 +454,15 @@ pub async fn logout(
     }
     let w = Write::unlocked(shared, client, parts, bytes, active);
     let (status, rh, rb) = w.to_active().await.map_err(|_| ProxyError::UpstreamFailed)?;
-    Ok(reply(status, rh, rb, 1, w.total()))
+    let (up, _) = w.others();
+    let mut took = usize::from(status.is_success());
+    for (i, r) in w.to_each(&up, |i| w.copy_headers(i), |_| w.bytes.clone()).await {
+        match r {
+            Ok((s, _, _)) if s.is_success() => took += 1,
+            other => warn!(backend = %shared.backend(i).id, result = ?other.map(|r| r.0), "revoke not taken"),
+        }
+    }
+    Ok(reply(status, rh, rb, took, w.total()))
 }
 
 #[cfg(test)]

@@ -21,6 +21,8 @@ pub enum ProxyError {
     InstanceFailed,
     #[error("every connection to the active Node-RED instance stayed busy; nothing was sent, retry shortly")]
     UpstreamBusy,
+    #[error("the active Node-RED instance refused these credentials; nothing was read or sent")]
+    Unauthorized,
     #[error("the request body stopped arriving")]
     BodyTimeout,
     #[error("malformed request")]
@@ -46,6 +48,7 @@ impl ProxyError {
             ProxyError::InstanceFailed => StatusCode::BAD_GATEWAY,
             ProxyError::UpstreamBusy => StatusCode::SERVICE_UNAVAILABLE,
             ProxyError::BodyTimeout => StatusCode::REQUEST_TIMEOUT,
+            ProxyError::Unauthorized => StatusCode::UNAUTHORIZED,
             ProxyError::BadRequest => StatusCode::BAD_REQUEST,
             ProxyError::PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
             ProxyError::BadDeploy(_) => StatusCode::BAD_REQUEST,
@@ -62,6 +65,7 @@ impl ProxyError {
             ProxyError::InstanceFailed => "instance-failed",
             ProxyError::UpstreamBusy => "upstream-busy",
             ProxyError::BodyTimeout => "body-timeout",
+            ProxyError::Unauthorized => "unauthorized",
             ProxyError::BadRequest => "bad-request",
             ProxyError::PayloadTooLarge => "payload-too-large",
             ProxyError::BadDeploy(_) => "bad-deploy",

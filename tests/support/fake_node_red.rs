@@ -75,6 +75,11 @@ pub fn rev_of(flows: &serde_json::Value) -> String {
 }
 
 impl Inner {
+    /// Tokens this instance issued and has not revoked.
+    pub fn issued(&self) -> Vec<String> {
+        self.issued.lock().unwrap().clone()
+    }
+
     pub fn rev(&self) -> String {
         self.flows.lock().unwrap().1.clone()
     }
@@ -295,6 +300,12 @@ async fn handle(inner: Arc<Inner>, req: Request<Incoming>) -> Result<Response<Fu
                 StatusCode::OK,
                 format!("{{\"access_token\":\"{token}\",\"expires_in\":600,\"token_type\":\"Bearer\"}}"),
             )
+        }
+        (Method::POST, "/auth/revoke") => {
+            let body = String::from_utf8_lossy(&req.into_body().collect().await.unwrap().to_bytes()).into_owned();
+            let token = body.strip_prefix("token=").unwrap_or_default().to_string();
+            inner.issued.lock().unwrap().retain(|t| *t != token);
+            reply(StatusCode::OK, "")
         }
         (Method::GET, "/flows") => {
             let st = inner.flows.lock().unwrap();

@@ -163,12 +163,22 @@ pub async fn token_pair(
     send: [&str; 2],
     priority: [i64; 2],
 ) -> (FakeNodeRed, FakeNodeRed, flowgate::Handle) {
+    token_pair_with(need, send, priority, "").await
+}
+
+/// [`token_pair`] with `extra` YAML appended.
+pub async fn token_pair_with(
+    need: [&str; 2],
+    send: [&str; 2],
+    priority: [i64; 2],
+    extra: &str,
+) -> (FakeNodeRed, FakeNodeRed, flowgate::Handle) {
     let log = EventLog::default();
     let tok = |t: &str| Options { token: Some(t.into()), ..Options::default() };
     let fa = FakeNodeRed::start("a", tok(need[0]), log.clone()).await;
     let fb = FakeNodeRed::start("b", tok(need[1]), log).await;
     let y = format!(
-        "backends:\n  - {{ id: a, url: \"{}\", priority: {}, token: {{ env: TA }} }}\n  - {{ id: b, url: \"{}\", priority: {}, token: {{ env: TB }} }}\nhealth: {{ interval: 50ms, timeout: 150ms }}\n",
+        "backends:\n  - {{ id: a, url: \"{}\", priority: {}, token: {{ env: TA }} }}\n  - {{ id: b, url: \"{}\", priority: {}, token: {{ env: TB }} }}\nhealth: {{ interval: 50ms, timeout: 150ms }}\n{extra}",
         fa.url(),
         priority[0],
         fb.url(),

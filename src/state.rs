@@ -108,6 +108,9 @@ pub struct Instance {
     /// It refused an editor's token on a deploy copy (no token-info hook): copies to it wait
     /// for the active and carry flowgate's token.
     pub refuses_editor_tokens: AtomicBool,
+    /// Until when (ms since the Unix epoch) this instance is known to need no login for its
+    /// admin API: writes then skip the credentials check (`editor/writes.rs`).
+    pub admin_open_until: std::sync::atomic::AtomicU64,
 }
 
 /// What outlives a configuration: metrics, remembered logins, the change lock.
@@ -174,6 +177,7 @@ impl Shared {
                 backend,
                 kick: Arc::new(Notify::new()),
                 refuses_editor_tokens: AtomicBool::new(false),
+                admin_open_until: std::sync::atomic::AtomicU64::new(0),
             })
             .collect();
         Shared {

@@ -312,6 +312,22 @@ async fn an_editor_login_survives_a_failover() {
     assert_eq!(direct_b.status, 200, "nr-b accepts nr-a's token through flowgate's token-info");
     let forged = request("GET", &format!("{base}/flows"), &[("authorization", "Bearer forged")], String::new()).await;
     assert_eq!(forged.status, 401);
+    // A read-only login cannot deploy, neither on the active that issued it nor on the standby
+    // that learns about it from flowgate's token-info.
+    let ro = request(
+        "POST",
+        &format!("{base}/auth/token"),
+        &[("content-type", "application/x-www-form-urlencoded")],
+        "client_id=node-red-editor&grant_type=password&scope=read&username=admin&password=password".into(),
+    )
+    .await;
+    let ro = format!("Bearer {}", serde_json::from_str::<Value>(&ro.body).unwrap()["access_token"].as_str().unwrap());
+    for url in [base.clone(), b.url()] {
+        let h = [("authorization", ro.as_str()), ("content-type", "application/json"), ("node-red-api-version", "v2")];
+        let r = request("POST", &format!("{url}/flows"), &h, editor_body("read-only", None, None)).await;
+        assert!(matches!(r.status, 401 | 403), "a scope=read token deployed through {url}: {} {}", r.status, r.body);
+    }
+    assert_eq!(rev_of(&a, Some("flowgate-static-token")).await, rev_of(&b, Some("flowgate-static-token")).await);
     a.kill9();
     wait_active(&h, "nr-b", Duration::from_secs(5)).await;
     flows("after the failover").await;
@@ -319,6 +335,23 @@ async fn an_editor_login_survives_a_failover() {
     ws.send(Message::text(json!({"auth": token}).to_string())).await.unwrap();
     let reply = tokio::time::timeout(Duration::from_secs(5), ws.next()).await.unwrap().unwrap().unwrap();
     assert_eq!(reply.to_text().unwrap(), r#"{"auth":"ok"}"#);
+    // nr-a, which issued the token, comes back (its sessions are on disk); a logout through
+    // flowgate while nr-b is active must reach it too.
+    a.boot(true).await;
+    eventually(Duration::from_secs(10), "nr-a back as a standby", || async {
+        status(&h).await["backends"][0]["role"] == "standby"
+    })
+    .await;
+    let direct_a = request("GET", &format!("{}/flows", a.url()), &[("authorization", &bearer)], String::new()).await;
+    assert_eq!(direct_a.status, 200, "nr-a still knows its token");
+    let form = format!("token={}", token.replace('+', "%2B").replace('/', "%2F").replace('=', "%3D"));
+    let h = [("authorization", bearer.as_str()), ("content-type", "application/x-www-form-urlencoded")];
+    let out = request("POST", &format!("{base}/auth/revoke"), &h, form).await;
+    assert_eq!(out.status, 200, "{}", out.body);
+    for n in [&a, &b] {
+        let r = request("GET", &format!("{}/flows", n.url()), &[("authorization", &bearer)], String::new()).await;
+        assert_eq!(r.status, 401, "{} still accepts the revoked token", n.name);
+    }
 }
 
 /// (e) A deploy racing a failover leaves no instance with different flows.

@@ -282,22 +282,31 @@ pub async fn deploy(
 /// when adminAuth is on; else 401, and nothing is read), and at most
 /// [`crate::state::MAX_BUFFERED_WRITES`] bodies are buffered at once (else, after
 /// `failover.hold`, 503). An instance that does not answer the check leaves the decision to
-/// the write itself.
+/// the write itself. An instance found to need no login at all (no adminAuth: anyone may
+/// write) is not asked again for a minute.
 async fn admit(
     shared: &Shared,
     client: &AdminClient,
     parts: &Parts,
     active: &Active,
 ) -> Result<tokio::sync::OwnedSemaphorePermit, ProxyError> {
-    let mut h = HeaderMap::new();
-    if let Some(a) = parts.headers.get(AUTHORIZATION) {
-        h.insert(AUTHORIZATION, a.clone());
-    }
-    let b = &active.backend;
-    let path = format!("{}flows/state", b.admin_root);
-    let check = b.exchange(client, Method::GET, &path, h, Bytes::new(), shared.config.health.timeout * 2);
-    if let Ok((StatusCode::UNAUTHORIZED | StatusCode::FORBIDDEN, _, _)) = check.await {
-        return Err(ProxyError::Unauthorized);
+    use std::sync::atomic::Ordering::Relaxed;
+    let open = &shared.instances[active.index].admin_open_until;
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64);
+    if open.load(Relaxed) < now {
+        let auth = parts.headers.get(AUTHORIZATION);
+        let mut h = HeaderMap::new();
+        if let Some(a) = auth {
+            h.insert(AUTHORIZATION, a.clone());
+        }
+        let b = &active.backend;
+        let path = format!("{}flows/state", b.admin_root);
+        let check = b.exchange(client, Method::GET, &path, h, Bytes::new(), shared.config.health.timeout * 2);
+        match check.await {
+            Ok((StatusCode::UNAUTHORIZED | StatusCode::FORBIDDEN, _, _)) => return Err(ProxyError::Unauthorized),
+            Ok((StatusCode::OK, _, _)) if auth.is_none() => open.store(now + 60_000, Relaxed),
+            _ => {}
+        }
     }
     let wait = shared.config.failover.hold;
     match tokio::time::timeout(wait, shared.write_bodies.clone().acquire_owned()).await {
@@ -444,13 +453,13 @@ pub async fn logout(
     active: Arc<Active>,
 ) -> Result<Response<Body>, ProxyError> {
     let bytes = read_body(body, 64 << 10, shared.config.limits.header_read_timeout).await?;
-    if let Some(t) = crate::editor::logins::revoked_token(&bytes) {
-        shared.tokens.remove(&t);
-    }
+    // Forgotten only after the instances: an active that did not issue the token checks the
+    // caller's login through token-info.
+    let mut forget: Vec<String> = crate::editor::logins::revoked_token(&bytes).into_iter().collect();
     if let Some(t) =
         parts.headers.get(AUTHORIZATION).and_then(|v| v.to_str().ok()).and_then(|v| v.strip_prefix("Bearer "))
     {
-        shared.tokens.remove(t);
+        forget.push(t.to_string());
     }
     let w = Write::unlocked(shared, client, parts, bytes, active);
     let (status, rh, rb) = w.to_active().await.map_err(|_| ProxyError::UpstreamFailed)?;
@@ -461,6 +470,9 @@ pub async fn logout(
             Ok((s, _, _)) if s.is_success() => took += 1,
             other => warn!(backend = %shared.backend(i).id, result = ?other.map(|r| r.0), "revoke not taken"),
         }
+    }
+    for t in &forget {
+        shared.tokens.remove(t);
     }
     Ok(reply(status, rh, rb, took, w.total()))
 }

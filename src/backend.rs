@@ -38,7 +38,7 @@ impl FlowState {
         }
     }
 
-    fn parse(body: &[u8]) -> Result<Self, CallError> {
+    pub fn parse(body: &[u8]) -> Result<Self, CallError> {
         #[derive(serde::Deserialize)]
         struct S {
             state: String,

@@ -38,3 +38,109 @@ pub fn cookie(data: &[u8]) {
         }
     }
 }
+
+/// Routing and header hygiene of one request: route classification, the path below
+/// httpAdminRoot and the editor action, hop-by-hop stripping, X-Forwarded-*, the HTTPS
+/// redirect and admin query parameters. Input: a method line, a request-target line, then
+/// `name: value` header lines.
+pub fn request(data: &[u8]) {
+    use crate::traffic::proxy::{RouteClass, forward, route};
+    let Ok(text) = std::str::from_utf8(data) else { return };
+    let mut lines = text.split('\n');
+    let (Some(method), Some(target)) = (lines.next(), lines.next()) else { return };
+    let Ok(method) = http::Method::from_bytes(method.trim().as_bytes()) else { return };
+    let Ok(uri) = target.trim().parse::<http::Uri>() else { return };
+    let mut headers = http::HeaderMap::new();
+    for l in lines {
+        if let Some((k, v)) = l.split_once(':')
+            && let (Ok(k), Ok(v)) =
+                (http::HeaderName::from_bytes(k.trim().as_bytes()), http::HeaderValue::from_str(v.trim()))
+        {
+            headers.append(k, v);
+        }
+    }
+    let upgrade = forward::is_upgrade(http::Version::HTTP_11, &headers);
+    let roots = [("/", "/"), ("/admin/", "/api/"), ("/", "/api/"), ("/red/", "/")];
+    for (admin, node) in roots {
+        let paths = crate::config::NodeRedPaths { admin_root: admin.into(), node_root: node.into() };
+        let path = uri.path();
+        let class = route::classify(path, upgrade, &paths);
+        // Node-RED's routes ignore letter case; so does the classification.
+        assert_eq!(class, route::classify(&path.to_ascii_uppercase(), upgrade, &paths), "{path}");
+        if let Some(rel) = route::admin_relative(path, admin) {
+            let action = crate::editor::cookie::action(&method, &rel);
+            let shouted = path.to_ascii_uppercase();
+            let upper = route::admin_relative(&shouted, admin).expect("case-insensitive root");
+            assert_eq!(action, crate::editor::cookie::action(&method, &upper), "{path}");
+            if admin == node && action != crate::editor::cookie::Action::Forward {
+                assert!(
+                    matches!(class, RouteClass::Editor | RouteClass::EditorSocket),
+                    "an editor write is editor traffic"
+                );
+            }
+        }
+    }
+    let mut h = headers.clone();
+    forward::strip_hop_by_hop(&mut h, false);
+    for gone in ["connection", "keep-alive", "te", "transfer-encoding", "upgrade", "proxy-authorization"] {
+        assert!(!h.contains_key(gone), "{gone} forwarded");
+    }
+    forward::set_forwarded(&mut h, &uri, std::net::Ipv4Addr::LOCALHOST.into(), false, &[]);
+    assert_eq!(
+        h.get(&forward::X_FORWARDED_FOR).map(|v| v.as_bytes()),
+        Some(&b"127.0.0.1"[..]),
+        "a client cannot forge it"
+    );
+    let r = crate::traffic::server::redirect_to(&headers, &uri, 8443);
+    if let Some(l) = r.headers().get(http::header::LOCATION) {
+        assert!(l.as_bytes().starts_with(b"https://"));
+    }
+    if let Some(q) = uri.query() {
+        let _ = crate::ops::admin::query_value(q, "to");
+    }
+}
+
+/// Request and answer bodies flowgate reads: revoke and login forms (form or JSON), a login
+/// answer, deploy checks under every API version and deployment type, a deploy answer's
+/// `rev`, and a flow-state answer.
+pub fn bodies(data: &[u8]) {
+    use crate::editor::logins;
+    let _ = logins::revoked_token(data);
+    let _ = logins::requested_scope(data);
+    if let Some((token, _)) = logins::parse_login(data) {
+        assert!(!token.is_empty() || data.windows(2).any(|w| w == b"\"\""));
+    }
+    for api in [None, Some("v1"), Some("v2"), Some("v3")] {
+        for kind in [None, Some("full"), Some("nodes"), Some("flows"), Some("reload"), Some("bogus")] {
+            let mut h = http::HeaderMap::new();
+            if let Some(a) = api {
+                h.insert("node-red-api-version", http::HeaderValue::from_static(a));
+            }
+            if let Some(k) = kind {
+                h.insert("node-red-deployment-type", http::HeaderValue::from_static(k));
+            }
+            let _ = crate::editor::writes::check_deploy(&h, data);
+        }
+    }
+    let _ = crate::editor::fanout::rev_of(data);
+    let _ = crate::backend::FlowState::parse(data);
+}
+
+/// The state files read at start: the remembered logins (`tokens.json`) and the in-step
+/// table (`target.json`, `credentials.sealed`). Whatever is in them, opening never panics.
+pub fn stored(data: &[u8]) {
+    static N: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+    let n = N.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let dir = std::env::temp_dir().join(format!("flowgate-fuzz-{}-{n}", std::process::id()));
+    if std::fs::create_dir_all(&dir).is_err() {
+        return;
+    }
+    for name in ["tokens.json", "target.json", "credentials.sealed"] {
+        let _ = std::fs::write(dir.join(name), data);
+    }
+    let store = crate::editor::logins::TokenStore::open(Some(&dir));
+    let _ = store.lookup("x");
+    let ids = vec!["a".to_string(), "b".to_string()];
+    let _ = crate::editor::sync::SyncTable::open(ids, Some(&dir), Some("fuzz-key"));
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -1,5 +1,6 @@
 //! Replays the fuzz corpus (`fuzz/corpus/<target>/`): every input must be handled without a
-//! panic. Guards the config loader and the cookie check without running the fuzzer.
+//! panic. Guards the config loader, the cookie check, request routing and header hygiene,
+//! the bodies flowgate parses and the state files it reads, without running the fuzzer.
 
 fn replay(target: &str, run: fn(&[u8])) {
     let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("fuzz/corpus").join(target);
@@ -33,4 +34,19 @@ fn a_genuine_cookie_is_recognised() {
     let mut h = http::HeaderMap::new();
     h.insert(http::header::COOKIE, header.parse().unwrap());
     assert!(flowgate::editor::cookie::CookieCodec::carries(&h, "flowgate_editor", &c.encode("nr-a")));
+}
+
+#[test]
+fn the_request_corpus_never_panics() {
+    replay("request", flowgate::fuzzing::request);
+}
+
+#[test]
+fn the_bodies_corpus_never_panics() {
+    replay("bodies", flowgate::fuzzing::bodies);
+}
+
+#[test]
+fn the_stored_corpus_never_panics() {
+    replay("stored", flowgate::fuzzing::stored);
 }

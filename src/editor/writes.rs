@@ -64,14 +64,14 @@ struct V2Body<'a> {
 }
 
 /// What a deploy request carries, checked before anything is sent.
-struct Checked {
+pub(crate) struct Checked {
     api: Api,
     reload: bool,
     /// The flows array, parsed (for the remembered target and credentials).
     flows: Option<serde_json::Value>,
 }
 
-fn check_deploy(headers: &HeaderMap, body: &[u8]) -> Result<Checked, ProxyError> {
+pub(crate) fn check_deploy(headers: &HeaderMap, body: &[u8]) -> Result<Checked, ProxyError> {
     let api = match headers.get(&API_VERSION).map(|v| v.to_str().unwrap_or("")) {
         None | Some("v1") => Api::V1,
         Some("v2") => Api::V2,

@@ -104,7 +104,12 @@ fn events(app: Arc<crate::App>) -> Response<Body> {
 }
 
 fn query_param<'a>(req: &'a Request<Incoming>, key: &str) -> Option<&'a str> {
-    req.uri().query()?.split('&').find_map(|kv| kv.strip_prefix(key)?.strip_prefix('='))
+    query_value(req.uri().query()?, key)
+}
+
+/// The value of `key` in a query string (as given, not decoded).
+pub(crate) fn query_value<'a>(query: &'a str, key: &str) -> Option<&'a str> {
+    query.split('&').find_map(|kv| kv.strip_prefix(key)?.strip_prefix('='))
 }
 
 pub async fn serve(app: Arc<crate::App>, req: Request<Incoming>) -> Result<Response<Body>, Infallible> {

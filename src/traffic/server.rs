@@ -210,15 +210,19 @@ async fn serve<F, Fut>(
 
 /// The HTTP→HTTPS redirect listener's answer: 308 to the same host and path on `https_port`.
 pub fn redirect(req: &Request<Incoming>, https_port: u16) -> Response<Body> {
-    let host = req
-        .headers()
+    redirect_to(req.headers(), req.uri(), https_port)
+}
+
+/// The redirect for a request with these headers and URI.
+pub fn redirect_to(headers: &http::HeaderMap, uri: &http::Uri, https_port: u16) -> Response<Body> {
+    let host = headers
         .get(http::header::HOST)
         .and_then(|h| h.to_str().ok())
-        .or_else(|| req.uri().authority().map(|a| a.as_str()))
+        .or_else(|| uri.authority().map(|a| a.as_str()))
         .unwrap_or("localhost");
     let host = host.rsplit_once(':').filter(|(_, p)| p.bytes().all(|b| b.is_ascii_digit())).map_or(host, |(h, _)| h);
     let port = if https_port == 443 { String::new() } else { format!(":{https_port}") };
-    let path = req.uri().path_and_query().map_or("/", |p| p.as_str());
+    let path = uri.path_and_query().map_or("/", |p| p.as_str());
     let location = format!("https://{host}{port}{path}");
     let mut r = Response::new(Body::empty());
     *r.status_mut() = http::StatusCode::PERMANENT_REDIRECT;

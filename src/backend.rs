@@ -84,6 +84,10 @@ pub enum CallError {
     BadBody(String),
     #[error("{0}")]
     Transport(String),
+    /// Not the instance's fault: flowgate itself is out of file descriptors (or memory) and
+    /// could not even try. Says nothing about the instance's health.
+    #[error("flowgate is out of resources: {0}")]
+    Local(String),
     /// The instance refused a command for a stale controller epoch (replicas).
     #[error("refused: the instance has seen a newer controller epoch (this replica is no longer the controller)")]
     Fenced,
@@ -104,6 +108,7 @@ impl CallError {
             CallError::BadBody(_) => "bad_body",
             CallError::Transport(_) => "transport",
             CallError::Fenced => "fenced",
+            CallError::Local(_) => "local",
         }
     }
 
@@ -113,6 +118,9 @@ impl CallError {
         while let Some(e) = src {
             if let Some(io) = e.downcast_ref::<std::io::Error>() {
                 use std::io::ErrorKind::*;
+                if is_local(io) {
+                    return CallError::Local(io.to_string());
+                }
                 if io.kind() == ConnectionRefused {
                     return CallError::Refused;
                 }
@@ -132,6 +140,12 @@ impl CallError {
         }
         if err.is_connect() { CallError::Connect(err.to_string()) } else { CallError::Transport(chain(err)) }
     }
+}
+
+/// Whether an I/O error is flowgate's own lack of resources (EMFILE, ENFILE, ENOBUFS, ENOMEM)
+/// rather than anything the other side did.
+pub fn is_local(io: &std::io::Error) -> bool {
+    matches!(io.raw_os_error(), Some(12 | 23 | 24 | 105)) || io.kind() == std::io::ErrorKind::OutOfMemory
 }
 
 /// An error and its causes on one line.
@@ -440,6 +454,14 @@ impl Backend {
 
 #[cfg(test)]
 mod tests {
+
+    #[test]
+    fn running_out_of_descriptors_is_flowgates_own_error() {
+        assert!(is_local(&std::io::Error::from_raw_os_error(24)));
+        assert!(is_local(&std::io::Error::from_raw_os_error(23)));
+        assert!(!is_local(&std::io::Error::from(std::io::ErrorKind::ConnectionRefused)));
+        assert!(!is_local(&std::io::Error::from(std::io::ErrorKind::ConnectionReset)));
+    }
     use super::*;
 
     #[test]

@@ -179,6 +179,12 @@ fn init_logging(log: &flowgate::config::LogConfig) {
 }
 
 async fn run(cfg: flowgate::config::Config, path: PathBuf, workers: Vec<tokio::runtime::Handle>) -> ExitCode {
+    // Every client connection, websocket tunnel and upstream connection is a file descriptor:
+    // take all the system allows (the soft limit is often 1024) rather than fail at 1024.
+    match rlimit::increase_nofile_limit(u64::MAX) {
+        Ok(n) => tracing::debug!(limit = n, "open file limit"),
+        Err(e) => tracing::warn!(error = %e, "cannot raise the open file limit"),
+    }
     let listeners = match flowgate::Listeners::bind(&cfg).await {
         Ok(l) => l,
         Err(e) => {

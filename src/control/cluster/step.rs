@@ -74,6 +74,8 @@ impl State {
                 m.start_readings = 0;
                 let t = match e {
                     CallError::Refused => m.tracker.force_down(),
+                    // flowgate could not even try: no observation of the instance.
+                    CallError::Local(_) => None,
                     CallError::Timeout(_) | CallError::Unanswered(_) if grace => None,
                     _ => m.tracker.observe(false),
                 };

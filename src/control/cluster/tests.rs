@@ -210,6 +210,20 @@ fn a_hang_needs_fall_timeouts_and_is_reported_as_a_hang() {
 }
 
 #[test]
+fn flowgate_running_out_of_file_descriptors_is_not_the_instances_failure() {
+    let mut s = Script::serving_a();
+    s.advance(3000 * MS);
+    for _ in 0..5 {
+        let local = Err(CallError::Local("Too many open files (os error 24)".into()));
+        assert_eq!(actions(&s.probe("a", local)), Vec::<String>::new(), "no observation");
+    }
+    assert_eq!(s.core.active(), Some(&id("a")));
+    let timeout = || Err(CallError::Timeout(400 * MS));
+    s.probe("a", timeout());
+    assert_eq!(actions(&s.probe("a", timeout()))[0], "release a failed", "real failures still count");
+}
+
+#[test]
 fn timeouts_of_a_just_promoted_active_are_forgiven_during_the_grace() {
     let mut s = Script::serving_a();
     for _ in 0..5 {

@@ -717,3 +717,37 @@ async fn half_sent_bodies_do_not_hold_connection_slots() {
     }
     assert!(timeouts >= 50, "{timeouts} of 60 half-sent bodies got 408 (the rest found no slot: 503)");
 }
+
+/// An HTTP/2 (h2c) connection with nothing in flight is closed after the idle limit
+/// (`header_read_timeout`, as for a kept-alive HTTP/1 connection): idle HTTP/2 clients cannot
+/// hold connection slots for ever. A busy one is left alone.
+#[tokio::test]
+async fn idle_http2_connections_are_closed_at_the_idle_limit() {
+    let log = EventLog::default();
+    let fa = FakeNodeRed::start("a", Options::default(), log.clone()).await;
+    let h = start_flowgate(&yaml(&[("a", fa.url(), 100)], "limits: { header_read_timeout: 300ms }\n"), Secrets(vec![]))
+        .await;
+    eventually(SECS, "a active", || async { active(&h).await.as_deref() == Some("a") }).await;
+    let open = |path: &'static str| {
+        let addr = h.proxy_addr;
+        async move {
+            let io = hyper_util::rt::TokioIo::new(TcpStream::connect(addr).await.unwrap());
+            let (mut send, conn) =
+                hyper::client::conn::http2::handshake(hyper_util::rt::TokioExecutor::new(), io).await.unwrap();
+            let conn = tokio::spawn(conn);
+            let req = http::Request::get(format!("http://a.example{path}")).body(Empty::<Bytes>::new()).unwrap();
+            let resp = send.send_request(req).await.unwrap();
+            (resp, conn, send)
+        }
+    };
+    // Idle after one request: closed by flowgate within a couple of idle limits.
+    let (resp, conn, _send) = open("/hello").await;
+    assert_eq!(resp.into_body().collect().await.unwrap().to_bytes(), "hello from a");
+    let t = tokio::time::Instant::now();
+    tokio::time::timeout(SECS, conn).await.expect("the idle connection was closed").unwrap().unwrap();
+    assert!(t.elapsed() >= Duration::from_millis(250), "closed after {:?}", t.elapsed());
+    // Busy: a slow answer longer than the idle limit is not cut.
+    let (resp, _conn, _send) = open("/slow?ms=900").await;
+    assert_eq!(resp.status(), 200);
+    assert_eq!(resp.into_body().collect().await.unwrap().to_bytes(), "slow done");
+}

@@ -129,6 +129,21 @@ struct ConnState {
     pinned: AtomicBool,
 }
 
+/// Resolves once an HTTP/2 connection has had no stream open and no new request for at least
+/// `limit` (checked every `limit`): the same idle limit as a kept-alive HTTP/1 connection, so
+/// idle HTTP/2 clients cannot hold connection slots for ever.
+async fn h2_idle(state: &ConnState, limit: Duration) {
+    let mut seen = state.requests.load(Ordering::Acquire);
+    loop {
+        tokio::time::sleep(limit).await;
+        let now = state.requests.load(Ordering::Acquire);
+        if now == seen && state.in_flight.load(Ordering::Acquire) == 0 {
+            return;
+        }
+        seen = now;
+    }
+}
+
 /// Counts a request as in flight until its response body is dropped.
 struct InFlight(Arc<ConnState>);
 
@@ -328,13 +343,19 @@ where
     let Some((mut io, mut prefix, h2)) = Box::pin(protocol(io, http.head_limit)).await else { return };
     if h2 {
         state.pinned.store(true, Ordering::Relaxed);
+        let watched = state.clone();
         let io = TokioIo::new(ParkIo::new(io, prefix, state));
         let conn = http.h2.serve_connection(io, svc);
+        let limit = http.head_limit;
         let result = Box::pin(async move {
             tokio::pin!(conn);
             tokio::select! {
                 r = conn.as_mut() => r,
                 _ = cancel.cancelled() => {
+                    conn.as_mut().graceful_shutdown();
+                    conn.await
+                }
+                _ = h2_idle(&watched, limit) => {
                     conn.as_mut().graceful_shutdown();
                     conn.await
                 }

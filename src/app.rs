@@ -98,6 +98,8 @@ pub(crate) struct Runtime {
     /// The editor cookie codec, rebuilt only when its key changes.
     pub cookies: std::sync::Mutex<(Option<String>, Arc<CookieCodec>)>,
     pub tunnels: TaskTracker,
+    /// `limits.max_connections`: client connections and the upstream side of tunnels.
+    pub slots: Arc<Semaphore>,
     /// How many runtimes serve client connections (1 when they run on the caller's).
     pub workers: usize,
     pub tasks: TaskTracker,
@@ -162,7 +164,13 @@ impl Runtime {
         let epoch = self.services.epoch.clone();
         let driver = Driver::new(shared.clone(), clients.admin, reports_rx, commands_rx, seed, link, epoch);
         self.tasks.spawn(driver.run(self.shutdown.child_token()));
-        let proxy = Arc::new(Proxy::new(shared.clone(), clients.editor, self.tunnels.clone(), self.shutdown.clone()));
+        let tunnels = crate::traffic::proxy::Tunnels {
+            client: clients.editor,
+            tracker: self.tunnels.clone(),
+            shutdown: self.shutdown.clone(),
+            slots: self.slots.clone(),
+        };
+        let proxy = Arc::new(Proxy::new(shared.clone(), tunnels));
         Core { shared, proxy, commands, cancel }
     }
 }
@@ -269,6 +277,7 @@ pub fn start_on(
         },
         cookies: std::sync::Mutex::new((None, Arc::new(CookieCodec::new(None)))),
         tunnels: TaskTracker::new(),
+        slots: Arc::new(Semaphore::new(config.limits.max_connections)),
         workers: workers.len().max(1),
         tasks: TaskTracker::new(),
         shutdown: shutdown.clone(),
@@ -292,7 +301,7 @@ pub fn start_on(
         reloading: tokio::sync::Mutex::new(()),
     });
 
-    let slots = Arc::new(Semaphore::new(limits.max_connections));
+    let slots = app.rt.slots.clone();
     let acceptor = tls.as_ref().map(|t| tokio_rustls::TlsAcceptor::from(t.config.clone()));
     let serve = {
         let app = app.clone();

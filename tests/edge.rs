@@ -751,3 +751,25 @@ async fn idle_http2_connections_are_closed_at_the_idle_limit() {
     assert_eq!(resp.status(), 200);
     assert_eq!(resp.into_body().collect().await.unwrap().to_bytes(), "slow done");
 }
+
+/// A websocket tunnel holds two connection slots for its life (client and upstream side): with
+/// `max_connections: 3` a second tunnel finds none and gets 503. Before, neither side was
+/// counted once upgraded, and tunnels could use up the file descriptors the probes need.
+#[tokio::test]
+async fn websocket_tunnels_count_against_the_connection_limit() {
+    let log = EventLog::default();
+    let fa = FakeNodeRed::start("a", Options::default(), log.clone()).await;
+    let h = start_flowgate(&yaml(&[("a", fa.url(), 100)], "limits: { max_connections: 3 }\n"), Secrets(vec![])).await;
+    eventually(SECS, "a active", || async { active(&h).await.as_deref() == Some("a") }).await;
+    let url = format!("ws://{}/ws", h.proxy_addr);
+    let (mut first, _) = tokio_tungstenite::connect_async(url.as_str()).await.expect("one tunnel fits");
+    let hello = tokio::time::timeout(SECS, futures_util::StreamExt::next(&mut first)).await.unwrap().unwrap().unwrap();
+    assert_eq!(hello.to_text().unwrap(), "hello from a");
+    match tokio_tungstenite::connect_async(url.as_str()).await {
+        Err(tokio_tungstenite::tungstenite::Error::Http(resp)) => assert_eq!(resp.status(), 503),
+        other => panic!("a second tunnel should find no slot: {:?}", other.map(|(_, r)| r.status())),
+    }
+    drop(first);
+    // The slots come back with the tunnel.
+    eventually(SECS, "a tunnel again", || async { tokio_tungstenite::connect_async(url.as_str()).await.is_ok() }).await;
+}

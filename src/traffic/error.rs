@@ -23,6 +23,8 @@ pub enum ProxyError {
     UpstreamBusy,
     #[error("the active Node-RED instance refused these credentials; nothing was read or sent")]
     Unauthorized,
+    #[error("too many open connections; retry soon")]
+    TooManyConnections,
     #[error("the request body stopped arriving")]
     BodyTimeout,
     #[error("malformed request")]
@@ -48,6 +50,7 @@ impl ProxyError {
             ProxyError::InstanceFailed => StatusCode::BAD_GATEWAY,
             ProxyError::UpstreamBusy => StatusCode::SERVICE_UNAVAILABLE,
             ProxyError::BodyTimeout => StatusCode::REQUEST_TIMEOUT,
+            ProxyError::TooManyConnections => StatusCode::SERVICE_UNAVAILABLE,
             ProxyError::Unauthorized => StatusCode::UNAUTHORIZED,
             ProxyError::BadRequest => StatusCode::BAD_REQUEST,
             ProxyError::PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
@@ -65,6 +68,7 @@ impl ProxyError {
             ProxyError::InstanceFailed => "instance-failed",
             ProxyError::UpstreamBusy => "upstream-busy",
             ProxyError::BodyTimeout => "body-timeout",
+            ProxyError::TooManyConnections => "too-many-connections",
             ProxyError::Unauthorized => "unauthorized",
             ProxyError::BadRequest => "bad-request",
             ProxyError::PayloadTooLarge => "payload-too-large",
@@ -80,7 +84,13 @@ impl ProxyError {
         let h = resp.headers_mut();
         h.insert(CONTENT_TYPE, HeaderValue::from_static("text/plain; charset=utf-8"));
         h.insert(ERROR_HEADER, HeaderValue::from_static(self.code()));
-        if matches!(self, ProxyError::NoActiveInstance | ProxyError::ChangeInProgress | ProxyError::UpstreamBusy) {
+        if matches!(
+            self,
+            ProxyError::NoActiveInstance
+                | ProxyError::ChangeInProgress
+                | ProxyError::UpstreamBusy
+                | ProxyError::TooManyConnections
+        ) {
             h.insert(RETRY_AFTER, HeaderValue::from_static("1"));
         }
         resp

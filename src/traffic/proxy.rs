@@ -30,8 +30,6 @@ use http::{Method, Request, Response, Version};
 use http_body::Body as _;
 use hyper::body::Incoming;
 use tokio::time::Instant;
-use tokio_util::sync::CancellationToken;
-use tokio_util::task::TaskTracker;
 
 use crate::state::{Active, Shared};
 use crate::traffic::body::Body;
@@ -41,6 +39,7 @@ use upstream::UpstreamError;
 pub use crate::traffic::server::Peer;
 pub use forward::{is_upgrade, strip_hop_by_hop};
 pub use route::RouteClass;
+pub use upgrade::Tunnels;
 
 pub type ProxyClient = crate::backend::AdminClient;
 
@@ -54,8 +53,8 @@ pub struct Proxy {
 }
 
 impl Proxy {
-    pub fn new(shared: Arc<Shared>, client: ProxyClient, tunnels: TaskTracker, shutdown: CancellationToken) -> Self {
-        Proxy { shared, tunnels: upgrade::Tunnels { client, tracker: tunnels, shutdown } }
+    pub fn new(shared: Arc<Shared>, tunnels: Tunnels) -> Self {
+        Proxy { shared, tunnels }
     }
 
     pub async fn serve(self: Arc<Self>, req: Request<Incoming>, peer: Peer) -> Result<Response<Body>, Infallible> {
@@ -293,6 +292,8 @@ mod tests {
     use super::*;
     use crate::state::View;
     use std::path::Path;
+    use tokio_util::sync::CancellationToken;
+    use tokio_util::task::TaskTracker;
 
     fn proxy(hold: &str) -> Arc<Proxy> {
         proxy_for(&format!("backends: [{{id: a, url: \"http://127.0.0.1:9\"}}]\nfailover: {{ hold: {hold} }}\n"))
@@ -307,7 +308,9 @@ mod tests {
         let services = crate::state::Services::default();
         let shared = Arc::new(Shared::new(config, sync, cookies, &services, &connector, 1));
         let client = crate::backend::client(&shared.config, None).unwrap();
-        Arc::new(Proxy::new(shared, client, TaskTracker::new(), CancellationToken::new()))
+        let slots = Arc::new(tokio::sync::Semaphore::new(16));
+        let tunnels = Tunnels { client, tracker: TaskTracker::new(), shutdown: CancellationToken::new(), slots };
+        Arc::new(Proxy::new(shared, tunnels))
     }
 
     fn publish(p: &Proxy, generation: u64) -> Arc<Active> {

@@ -20,12 +20,15 @@ use crate::traffic::body::Body;
 use crate::traffic::error::ProxyError;
 use crate::traffic::server::Peer;
 
-/// What tunnels need beyond the request: a client for the upgrade request, and a tracker and
-/// token so shutdown can close and await them.
+/// What tunnels need beyond the request: a client for the upgrade request, a tracker and token
+/// so shutdown can close and await them, and the connection slots (`limits.max_connections`):
+/// a tunnel holds two for its life (its client and upstream connections), so tunnels cannot use
+/// up the file descriptors the probes need.
 pub struct Tunnels {
     pub client: AdminClient,
     pub tracker: TaskTracker,
     pub shutdown: CancellationToken,
+    pub slots: Arc<tokio::sync::Semaphore>,
 }
 
 pub async fn tunnel(
@@ -35,6 +38,11 @@ pub async fn tunnel(
     peer: Peer,
     active: Arc<Active>,
 ) -> Result<Response<Body>, ProxyError> {
+    // Two: the upstream connection, and the client's, whose own slot goes with its HTTP
+    // connection once upgraded.
+    let Ok(slot) = tunnels.slots.clone().try_acquire_many_owned(2) else {
+        return Err(ProxyError::TooManyConnections);
+    };
     let client_upgrade = hyper::upgrade::on(&mut req);
     let (mut parts, _) = req.into_parts();
     forward::strip_hop_by_hop(&mut parts.headers, true);
@@ -65,6 +73,7 @@ pub async fn tunnel(
     let shutdown = tunnels.shutdown.clone();
     let backend = active.backend.id.clone();
     tunnels.tracker.spawn(async move {
+        let _slot = slot; // held for the tunnel's life
         let (client, upstream) = match tokio::try_join!(client_upgrade, upstream_upgrade) {
             Ok(pair) => pair,
             Err(e) => {

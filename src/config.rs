@@ -73,7 +73,7 @@ mod tests {
             [
                 ("NR_A_TOKEN", "tok-a"),
                 ("NR_B_TOKEN", "tok-b"),
-                ("FLOWGATE_ADMIN_TOKEN", "adm"),
+                ("FLOWGATE_ADMIN_TOKEN", "adm-token-0123456789"),
                 ("FLOWGATE_COOKIE_KEY", "ck"),
                 ("FLOWGATE_STATE_KEY", "sk"),
             ]
@@ -147,8 +147,15 @@ failover:
     fn secrets_come_from_env_or_file_and_are_never_printed() {
         let text =
             "backends:\n  - id: a\n    url: http://x:1\n    token: { file: /run/tok }\nadmin:\n  token: { env: ADM }\n";
-        let cfg = parse_with(text, &[("/run/tok", "s3cret\n"), ("ADM", "adm")]).unwrap();
+        let cfg = parse_with(text, &[("/run/tok", "s3cret\n"), ("ADM", "adm-token-0123456789")]).unwrap();
         assert_eq!(cfg.backends[0].token.as_ref().unwrap().expose(), "s3cret");
+        match parse_with(text, &[("/run/tok", "s3cret\n"), ("ADM", "short")]) {
+            Err(ConfigError::Invalid { problems, .. }) => {
+                assert_eq!(problems[0].field, "admin.token");
+                assert!(problems[0].message.contains("at least 16"), "{}", problems[0].message);
+            }
+            other => panic!("a short admin token is refused: {other:?}"),
+        }
         assert!(!format!("{cfg:?}").contains("s3cret"));
         let p = problems("backends:\n  - id: a\n    url: http://x:1\n    token: { env: MISSING }\n");
         assert_eq!(p[0].field, "backends[0].token.env");

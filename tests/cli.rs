@@ -21,7 +21,7 @@ fn check_accepts_the_example_config() {
         .args(["check", "--config", concat!(env!("CARGO_MANIFEST_DIR"), "/config/flowgate.example.yaml")])
         .env("NR_A_TOKEN", "a")
         .env("NR_B_TOKEN", "b")
-        .env("FLOWGATE_ADMIN_TOKEN", "c")
+        .env("FLOWGATE_ADMIN_TOKEN", "c-admin-token-0123456")
         .env("FLOWGATE_COOKIE_KEY", "d")
         .env("FLOWGATE_STATE_KEY", "e")
         .output()

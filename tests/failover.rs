@@ -212,7 +212,7 @@ async fn switchover_needs_the_token_and_moves_the_role_break_before_make() {
     let fa = FakeNodeRed::start("a", Options::default(), log.clone()).await;
     let fb = FakeNodeRed::start("b", Options::default(), log.clone()).await;
     let y = yaml(&[("a", fa.url(), 200), ("b", fb.url(), 100)], "admin: { token: { env: ADM } }\n");
-    let h = start_flowgate(&y, Secrets(vec![("ADM", "s3cret".into())])).await;
+    let h = start_flowgate(&y, Secrets(vec![("ADM", "s3cret-admin-token-42".into())])).await;
     wait_active(&h, "a", SECS).await;
     eventually(SECS, "b standby", || async { status(&h).await["backends"][1]["role"] == "standby" }).await;
     let url = format!("http://{}/switchover?to=b", h.admin_addr);
@@ -220,7 +220,7 @@ async fn switchover_needs_the_token_and_moves_the_role_break_before_make() {
     assert_eq!(send(&c, "POST", &url, "").await.unwrap().status, 401);
     log.lock().unwrap().clear();
     let req = http::Request::post(&url)
-        .header("authorization", "Bearer s3cret")
+        .header("authorization", "Bearer s3cret-admin-token-42")
         .body(http_body_util::Full::new(bytes::Bytes::new()))
         .unwrap();
     let r = c.request(req).await.unwrap();
@@ -271,7 +271,7 @@ async fn websockets_reach_the_active_and_close_when_it_is_demoted() {
     let fa = FakeNodeRed::start("a", Options::default(), log.clone()).await;
     let fb = FakeNodeRed::start("b", Options::default(), log.clone()).await;
     let y = yaml(&[("a", fa.url(), 200), ("b", fb.url(), 100)], "admin: { token: { env: ADM } }\n");
-    let h = start_flowgate(&y, Secrets(vec![("ADM", "t".into())])).await;
+    let h = start_flowgate(&y, Secrets(vec![("ADM", "test-admin-token-0123".into())])).await;
     wait_active(&h, "a", SECS).await;
     let url = format!("ws://{}/ws", h.proxy_addr);
     let (mut ws, _) = tokio_tungstenite::connect_async(&url).await.unwrap();
@@ -280,7 +280,7 @@ async fn websockets_reach_the_active_and_close_when_it_is_demoted() {
     let m = metrics(&h).await;
     assert_eq!(sample(&m, "flowgate_websocket_tunnels"), Some(1.0), "{m}");
     let req = http::Request::post(format!("http://{}/switchover?to=b", h.admin_addr))
-        .header("authorization", "Bearer t")
+        .header("authorization", "Bearer test-admin-token-0123")
         .body(http_body_util::Full::new(bytes::Bytes::new()))
         .unwrap();
     assert_eq!(client().request(req).await.unwrap().status(), 200);

@@ -248,7 +248,7 @@ async fn no_false_failover_under_load_right_after_a_promotion() {
     })
     .await;
     let url = format!("http://{}/switchover?to=nr-b", h.admin_addr);
-    let r = send_with(&client(), "POST", &url, "", &[("authorization", "Bearer t")]).await.unwrap();
+    let r = send_with(&client(), "POST", &url, "", &[("authorization", "Bearer test-admin-token-0123")]).await.unwrap();
     assert_eq!(r.status, 200, "{}", r.body);
     let soak = Duration::from_secs(60);
     let stream = OpenLoop::start(h.proxy_addr, "/hello", Duration::from_millis(2), 64, Duration::from_secs(5));

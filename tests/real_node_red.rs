@@ -20,7 +20,7 @@ async fn two_stopped_instances_one_is_elected_and_only_it_runs_flows() {
     let mut b = NodeRed::create("nr-b", "");
     tokio::join!(a.boot(true), b.boot(true));
     assert!(!a.runs_flows().await && !b.runs_flows().await, "both boot stopped");
-    let h = start_flowgate(&pair_yaml(&a, &b, ""), Secrets(vec![("ADM", "t".into())])).await;
+    let h = start_flowgate(&pair_yaml(&a, &b, ""), Secrets(vec![("ADM", "test-admin-token-0123".into())])).await;
     wait_active(&h, "nr-a", BOOT).await;
     assert!(a.runs_flows().await, "the active's canary answers");
     assert_eq!(b.direct("/flowgate/canary").await.map(|r| r.0), Some(404), "the standby's flows are stopped");
@@ -46,7 +46,9 @@ async fn kill_9_fails_over_without_losing_requests_and_a_rebooted_active_is_stop
         let [a, b] = &mut nodes;
         tokio::join!(a.boot(true), b.boot(true));
     }
-    let h = start_flowgate(&pair_yaml(&nodes[0], &nodes[1], ""), Secrets(vec![("ADM", "t".into())])).await;
+    let h =
+        start_flowgate(&pair_yaml(&nodes[0], &nodes[1], ""), Secrets(vec![("ADM", "test-admin-token-0123".into())]))
+            .await;
     // Both boot running flows: one is adopted and the other stopped. Which one depends on whose
     // first probe answers within the start-up window (nr-a by priority when both do), so the
     // rounds start from whichever it is.
@@ -145,7 +147,7 @@ async fn a_hung_event_loop_is_detected_and_failed_over_within_the_bound() {
     let mut a = NodeRed::create("nr-a", "");
     let mut b = NodeRed::create("nr-b", "");
     tokio::join!(a.boot(true), b.boot(true));
-    let h = start_flowgate(&pair_yaml(&a, &b, ""), Secrets(vec![("ADM", "t".into())])).await;
+    let h = start_flowgate(&pair_yaml(&a, &b, ""), Secrets(vec![("ADM", "test-admin-token-0123".into())])).await;
     wait_active(&h, "nr-a", BOOT).await;
     // Steady state: past the promotion grace (1s), during which probe time-outs are not counted.
     eventually(Duration::from_secs(5), "promotion grace over", || async {
@@ -188,7 +190,7 @@ async fn failback_happens_only_when_configured_and_after_the_delay() {
     let mut b = NodeRed::create("nr-b", "");
     tokio::join!(a.boot(true), b.boot(true));
     let extra = "failover: { failback: true, failback_delay: 1s }\n";
-    let h = start_flowgate(&pair_yaml(&a, &b, extra), Secrets(vec![("ADM", "t".into())])).await;
+    let h = start_flowgate(&pair_yaml(&a, &b, extra), Secrets(vec![("ADM", "test-admin-token-0123".into())])).await;
     wait_active(&h, "nr-a", BOOT).await;
     a.kill9();
     wait_active(&h, "nr-b", Duration::from_secs(5)).await;

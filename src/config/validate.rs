@@ -33,6 +33,9 @@ pub const DEFAULT_HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
 pub const DEFAULT_MAX_HEADER_BYTES: usize = 64 << 10;
 pub const DEFAULT_MAX_HEADERS: u32 = 100;
 pub const DEFAULT_MAX_CONNECTIONS: u32 = 10_000;
+/// The admin token moves the active role and reloads the configuration: not a password to
+/// guess.
+pub const MIN_ADMIN_TOKEN: usize = 16;
 /// Well under Node.js's listen backlog (511): a burst of connects to one instance (every
 /// request held by a failover, retried at once) is never dropped by the kernel and left to
 /// SYN retransmits (1 s, 3 s, ...).
@@ -191,6 +194,12 @@ pub fn validate(raw: RawConfig, secrets: &dyn SecretSource, base: &std::path::Pa
         p.add("listen.https", "needs tls.certs (a folder of certificates)");
     }
     let admin_token = p.secret("admin.token", &raw.admin.token, secrets);
+    if admin_token.as_ref().is_some_and(|t| t.expose().len() < MIN_ADMIN_TOKEN) {
+        p.add(
+            "admin.token",
+            format!("must be at least {MIN_ADMIN_TOKEN} characters (for example: openssl rand -hex 24)"),
+        );
+    }
 
     if raw.backends.is_empty() {
         p.add("backends", "at least one backend is needed (two or more for failover)");

@@ -167,7 +167,7 @@ impl Drop for NodeRed {
 }
 
 /// Two instances, "nr-a" (priority 200) and "nr-b" (100), with `flows` if given, booted
-/// stopped; and flowgate in front of them with admin token "t" and `extra` YAML, once nr-a is
+/// stopped; and flowgate in front of them with admin token "test-admin-token-0123" and `extra` YAML, once nr-a is
 /// active.
 pub async fn pair(flows: Option<&serde_json::Value>, extra: &str) -> ([NodeRed; 2], flowgate::Handle) {
     let mut nodes = [NodeRed::create("nr-a", ""), NodeRed::create("nr-b", "")];
@@ -180,7 +180,7 @@ pub async fn pair(flows: Option<&serde_json::Value>, extra: &str) -> ([NodeRed; 
         tokio::join!(a.boot(true), b.boot(true));
     }
     let yaml = pair_yaml(&nodes[0], &nodes[1], extra);
-    let h = super::start_flowgate(&yaml, super::Secrets(vec![("ADM", "t".into())])).await;
+    let h = super::start_flowgate(&yaml, super::Secrets(vec![("ADM", "test-admin-token-0123".into())])).await;
     super::wait_active(&h, "nr-a", Duration::from_secs(30)).await;
     (nodes, h)
 }

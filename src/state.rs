@@ -144,6 +144,8 @@ pub struct Shared {
     pub metrics: Arc<Metrics>,
     /// Editor write bodies (up to `deploy.max_body`) buffered at once.
     pub write_bodies: Arc<tokio::sync::Semaphore>,
+    /// Taken by whoever saves the sync table, in turn (`editor/fanout.rs` `save`).
+    pub saving: Mutex<()>,
 }
 
 /// Editor write bodies buffered at once: deploys are serialised anyway, so a few cover real
@@ -193,6 +195,7 @@ impl Shared {
             status: ArcSwap::from_pointee(Status::default()),
             metrics: services.metrics.clone(),
             write_bodies: Arc::new(tokio::sync::Semaphore::new(MAX_BUFFERED_WRITES)),
+            saving: Mutex::new(()),
         }
     }
 

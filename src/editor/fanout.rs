@@ -92,8 +92,12 @@ pub fn short(rev: Option<&str>) -> String {
 
 /// Saves the sync table (it persists with `state.dir`).
 pub fn save(shared: &Shared) {
-    let t = shared.sync.lock().unwrap_or_else(|e| e.into_inner());
-    if let Err(e) = t.save() {
+    // Savers take turns, each writing what it saw under the table's lock, so the files never
+    // go back to an older state; the table itself is not held while the disk syncs (its readers,
+    // status publishing among them, do not wait for an fsync).
+    let _turn = shared.saving.lock().unwrap_or_else(|e| e.into_inner());
+    let snapshot = shared.sync.lock().unwrap_or_else(|e| e.into_inner()).snapshot();
+    if let Some(Err(e)) = snapshot.map(|s| s.write()) {
         warn!(error = %e, "cannot save the deploy state");
     }
 }

@@ -92,6 +92,23 @@ pub enum StoreError {
     Corrupt { path: PathBuf, detail: String },
 }
 
+/// The table's files as of one moment; see [`SyncTable::snapshot`].
+pub struct Snapshot {
+    dir: std::path::PathBuf,
+    target: Vec<u8>,
+    sealed: Option<Vec<u8>>,
+}
+
+impl Snapshot {
+    pub fn write(self) -> Result<(), StoreError> {
+        write_private(&self.dir.join("target.json"), &self.target)?;
+        if let Some(sealed) = &self.sealed {
+            write_private(&self.dir.join("credentials.sealed"), sealed)?;
+        }
+        Ok(())
+    }
+}
+
 fn write_private(path: &Path, data: &[u8]) -> Result<(), StoreError> {
     crate::files::write_private(path, data).map_err(|e| StoreError::Io { path: e.path, source: e.source })
 }
@@ -147,19 +164,24 @@ impl SyncTable {
     }
 
     pub fn save(&self) -> Result<(), StoreError> {
-        let Some(store) = &self.store else { return Ok(()) };
+        self.snapshot().map_or(Ok(()), |s| s.write())
+    }
+
+    /// What [`SyncTable::save`] writes, taken now, to be written (and synced to disk) after
+    /// the table's lock is released: nothing that reads the table waits for the disk.
+    pub fn snapshot(&self) -> Option<Snapshot> {
+        let store = self.store.as_ref()?;
         let p = Persisted {
             rev: self.rev.clone(),
             flows: self.flows.clone(),
             cred_gen: self.cred_gen,
             applied: self.ids.iter().cloned().zip(self.applied.iter().cloned()).collect(),
         };
-        write_private(&store.dir.join("target.json"), &serde_json::to_vec(&p).expect("serialises"))?;
-        if let Some(key) = &store.key {
+        let sealed = store.key.as_ref().map(|key| {
             let plain = serde_json::to_vec(&self.credentials).expect("serialises");
-            write_private(&store.dir.join("credentials.sealed"), &crypto::seal(key, &plain))?;
-        }
-        Ok(())
+            crypto::seal(key, &plain)
+        });
+        Some(Snapshot { dir: store.dir.clone(), target: serde_json::to_vec(&p).expect("serialises"), sealed })
     }
 
     pub fn in_step(&self, i: usize) -> bool {

@@ -3,8 +3,8 @@
 //! probe time-out with no answer of any kind (to other requests or to probes) since they were
 //! sent are evidence of a hang, as a probe time-out is (`control/health/probe.rs`).
 //!
-//! The request path pays two relaxed loads per request and a store at most once per
-//! millisecond and direction: times are kept in whole milliseconds.
+//! The request path pays two relaxed loads and a clock reading per request, and a store at
+//! most once per millisecond and direction: times are kept in whole milliseconds.
 
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::time::Duration;
@@ -32,9 +32,13 @@ impl Activity {
 
     /// A request is being sent to the instance.
     pub fn sent(&self) {
-        if self.waiting_since.load(Relaxed) <= self.answered_at.load(Relaxed) {
+        let since = self.waiting_since.load(Relaxed);
+        if since <= self.answered_at.load(Relaxed) {
             // The last waiting request was answered: this one is now the oldest unanswered.
-            self.waiting_since.store(self.now(), Relaxed);
+            let now = self.now();
+            if since != now {
+                self.waiting_since.store(now, Relaxed);
+            }
         }
     }
 

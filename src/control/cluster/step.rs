@@ -398,6 +398,8 @@ impl State {
             ) => fx.push(Effect::Notice(Notice::StopUnanswered { id })),
             // It was known to be stopped: whatever it answered, it runs nothing.
             Err(_) if p.known_stopped.contains(&i) => {}
+            // Refused, or not sent at all (Local: flowgate out of descriptors, the instance
+            // most likely still running): nothing else may start.
             Err(error) => p.blocker = Some(PromotionError::StopRefused { id, error }),
         }
         if p.waiting.is_empty() {

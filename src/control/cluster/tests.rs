@@ -351,6 +351,17 @@ fn an_unreachable_instance_is_fenced_and_the_promotion_goes_on() {
 }
 
 #[test]
+fn a_stop_flowgate_could_not_even_send_blocks_the_promotion() {
+    // Out of file descriptors says nothing about the instance: it most likely still runs.
+    let mut s = Script::serving_a();
+    s.send(Event::Switchover { to: Some(id("b")), ticket: 1 });
+    s.locked();
+    let fx = s.stopped("a", Err(CallError::Local("Too many open files (os error 24)".into())));
+    assert_eq!(actions(&fx), ["unlock", "reply error", "stop stray a"], "never start b while a may still run");
+    assert_eq!(s.core.active(), None);
+}
+
+#[test]
 fn an_out_of_step_candidate_is_resynced_under_the_lock_before_its_flows_start() {
     let mut s = Script::serving_a();
     s.send(Event::Steps(vec![(id("b"), Sync::OutOfStep)]));

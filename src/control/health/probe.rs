@@ -150,7 +150,8 @@ fn answered(state: &Result<crate::backend::FlowState, CallError>) -> bool {
             | CallError::Reset(_)
             | CallError::Timeout(_)
             | CallError::Unanswered(_)
-            | CallError::Transport(_))
+            | CallError::Transport(_)
+            | CallError::Local(_))
     )
 }
 

@@ -85,23 +85,28 @@ pub fn admin_relative<'a>(path: &'a str, admin_root: &str) -> Option<Cow<'a, str
     if !under(path, admin_root) {
         return None;
     }
-    let rest = path.get(admin_root.len()..).unwrap_or("");
-    Some(match express_form(rest) {
-        Cow::Borrowed(_) => Cow::Borrowed(rest),
-        owned => owned,
-    })
+    Some(express_form(path.get(admin_root.len()..).unwrap_or("")))
+}
+
+/// Whether a first path segment below httpAdminRoot is one of the editor's, in any letter case.
+/// Runs for every request: no allocation.
+fn editor_segment(seg: &str) -> bool {
+    if seg.bytes().any(|b| b.is_ascii_uppercase()) {
+        EDITOR_SEGMENTS.iter().any(|s| s.eq_ignore_ascii_case(seg))
+    } else {
+        EDITOR_SEGMENTS.binary_search(&seg).is_ok()
+    }
 }
 
 pub fn classify(path: &str, upgrade: bool, paths: &NodeRedPaths) -> RouteClass {
-    let under = |root: &str| under(path, root);
     let editor = if paths.admin_root == paths.node_root {
-        admin_relative(path, &paths.admin_root).is_some_and(|rest| {
-            let seg = rest.split(['/', '?']).next().unwrap_or("");
-            EDITOR_SEGMENTS.binary_search(&seg).is_ok()
-        })
+        under(path, &paths.admin_root) && {
+            let rest = path.get(paths.admin_root.len()..).unwrap_or("");
+            editor_segment(rest.split(['/', '?']).next().unwrap_or(""))
+        }
     } else {
-        let in_admin = under(&paths.admin_root);
-        let in_node = under(&paths.node_root);
+        let in_admin = under(path, &paths.admin_root);
+        let in_node = under(path, &paths.node_root);
         in_admin && (!in_node || paths.admin_root.len() > paths.node_root.len())
     };
     match (editor, upgrade) {

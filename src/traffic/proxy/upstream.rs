@@ -190,7 +190,7 @@ impl<B: SendBody> Pool<B> {
         };
         let slot = Slot { _permit: permit, pool: self.clone() };
         loop {
-            let (mut c, fresh) = match self.checkout().await {
+            let (mut c, fresh) = match self.checkout() {
                 Some(c) => (c, false),
                 None => (self.connect().await?, true),
             };
@@ -289,7 +289,7 @@ impl<B: SendBody> Pool<B> {
     }
 
     /// The newest idle connection that is open and ready now.
-    async fn checkout(&self) -> Option<Box<Conn<B>>> {
+    fn checkout(&self) -> Option<Box<Conn<B>>> {
         loop {
             let mut c = self.idle().lock().unwrap_or_else(|e| e.into_inner()).pop_back()?;
             if c.idle_since.elapsed() < UPSTREAM_IDLE_TIMEOUT && c.ready_now() {

@@ -243,6 +243,8 @@ pub struct Backend {
     control: tokio::sync::Mutex<()>,
     /// Whether proxied requests wait on it while it answers nothing.
     pub activity: activity::Activity,
+    /// How it is restarted, if flowgate may.
+    pub restart: Option<crate::config::RestartCommand>,
 }
 
 impl fmt::Debug for Backend {
@@ -284,6 +286,7 @@ impl Backend {
             canary: canary.map(uri),
             control: tokio::sync::Mutex::new(()),
             activity: activity::Activity::default(),
+            restart: cfg.restart.clone(),
         }
     }
 

@@ -13,7 +13,7 @@ use std::path::Path;
 
 pub use model::*;
 pub use units::{parse_duration, parse_size};
-pub use validate::{SecretSource, System};
+pub use validate::{DEFAULT_ADMIN_ADDR, SecretSource, System};
 
 /// Reads, parses and validates a config file.
 pub fn load(path: &Path) -> Result<Config, ConfigError> {
@@ -214,5 +214,27 @@ failover:
         let fields: Vec<String> =
             problems(&format!("{base}cluster: {{ id: a, etcd: [] }}\n")).into_iter().map(|p| p.field).collect();
         assert_eq!(fields, ["cluster.etcd"]);
+    }
+
+    #[test]
+    fn restart_commands_and_recovery_are_checked_with_field_and_line() {
+        let ok = "backends:\n  - id: a\n    url: http://127.0.0.1:1\n    restart: { command: [systemctl, restart, node-red@a] }\n";
+        let c = parse_with(ok, &[]).unwrap();
+        let r = c.backends[0].restart.as_ref().expect("a restart command");
+        assert_eq!((r.argv.len(), r.timeout), (3, Duration::from_secs(60)));
+        assert_eq!(
+            (c.recovery.hung_for, c.recovery.down_for, c.recovery.max_restarts),
+            (Duration::from_secs(5), Duration::from_secs(30), 3)
+        );
+        let bad = "backends:\n  - id: a\n    url: http://127.0.0.1:1\n    restart:\n      command: [\"systemctl restart node-red@a\"]\n  - id: b\n    url: http://127.0.0.1:2\n    restart: { command: [], timeout: 0s }\nrecovery: { window: 0s, hung_for: soon }\n";
+        let p = problems(bad);
+        let find = |f: &str| p.iter().find(|x| x.field == f).unwrap_or_else(|| panic!("{f} not reported in {p:?}"));
+        let one = find("backends[0].restart.command");
+        assert!(one.message.contains("without a shell, one list item per argument"), "{one}");
+        assert_eq!(one.line, Some(5));
+        assert!(find("backends[1].restart.command").message.contains("give the program"));
+        assert_eq!(find("backends[1].restart.timeout").message, "must be more than 0s");
+        find("recovery.window");
+        find("recovery.hung_for");
     }
 }

@@ -11,8 +11,9 @@
 //!                          ┌──────────── control plane (control/) ────────────┐
 //!  probers (health/) ─Probe─►  cluster core: State::step(event) -> [effect]   │
 //!  admin API ─Switchover────►       (pure: no I/O, no clock, no tasks)        │
-//!                          │  cluster driver: carries effects out ───────────┼──► POST flows/state
-//!                          └──────────┬────────────────────────────────────────┘    stop | start
+//!   (ctl)     Restart, Rolling │  cluster driver: carries effects out ──────────┼──► POST flows/state
+//!                          └──────────┬────────────────────────────────────────┘    stop | start,
+//!                                     │                                      restart commands
 //!                                     │ View (ArcSwap), Status, metrics
 //!  clients ──► traffic/server ──► traffic/proxy: classify ──► the active instance
 //!                                     │   (one ArcSwap load per request; held during failover)
@@ -37,6 +38,9 @@
 //!   holds them is *in step*, else it is *resynced*.
 //! - *change lock*: deploys, resyncs and promotions take it; a promotion *fences* its holder.
 //! - *core* (of a configuration): what a configuration builds; swapped whole on reload.
+//! - *recovery*: restarting a failed (fenced) instance with its configured command until it
+//!   is *back*: up, flows stopped, in step. A *rolling restart* restarts every instance with
+//!   one switchover.
 //!
 //! # Modules
 //! - [`config`]: YAML → validated, typed `Config`; errors name the field and line.
@@ -45,7 +49,8 @@
 //! - [`traffic`]: listeners, TLS, the proxy, upstream pool, websocket tunnels, errors.
 //! - [`editor`]: editor cookies, editor writes and their fan-out, the change lock, the
 //!   in-step table and resyncs, remembered logins.
-//! - [`ops`]: admin API and status page, metrics, `prepare-standby`.
+//! - [`ops`]: admin API and status page, metrics, `prepare-standby`, restart commands,
+//!   `flowgate ctl`.
 //! - [`state`]: what one configuration shares between the planes.
 //! - [`app`], `reload`, `shutdown`: composition and lifecycle.
 //! - [`crypto`], [`files`]: sealing at rest, private atomic files.

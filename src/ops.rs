@@ -2,8 +2,10 @@
 //!
 //! - [`admin`]: the admin API and the live status page.
 //! - [`metrics`]: Prometheus metrics, all registered in one place.
+//! - [`restart`]: runs an instance's restart command.
 //! - [`standby`]: `flowgate prepare-standby`, which makes an instance boot with flows stopped.
 
 pub mod admin;
 pub mod metrics;
+pub mod restart;
 pub mod standby;

@@ -34,7 +34,7 @@ pub enum ReloadError {
     Tls(#[from] TlsError),
     #[error("shutting down")]
     ShuttingDown,
-    #[error("a promotion is still in progress; try again")]
+    #[error("a promotion, a restart or a rolling restart is in progress; try again when it ended")]
     Busy,
     #[error("the cluster driver stopped")]
     DriverStopped,

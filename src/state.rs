@@ -51,7 +51,31 @@ pub struct Status {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub cluster: Option<ClusterStatus>,
     pub backends: Vec<BackendStatus>,
+    /// The rolling restart in progress, else how the last one ended.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub rolling_restart: Option<crate::control::cluster::RollingView>,
     pub failovers: Vec<FailoverRecord>,
+}
+
+/// How an instance is restarted and how its restarts went.
+#[derive(Debug, Clone, Serialize)]
+pub struct RecoveryStatus {
+    /// It has a restart command.
+    pub restartable: bool,
+    /// "restarting", "waiting" (for it to be back), "gave_up" (crash loop), or null.
+    pub state: Option<&'static str>,
+    /// Restarts since flowgate started.
+    pub restarts: u64,
+    /// Automatic restarts within `recovery.window`.
+    pub recent: usize,
+    pub last: Option<LastRestart>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct LastRestart {
+    pub reason: &'static str,
+    pub result: &'static str,
+    pub error: Option<String>,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -83,6 +107,7 @@ pub struct BackendStatus {
     pub step: String,
     /// Down 3 times within 60 s: passed over while another instance is eligible.
     pub flapping: bool,
+    pub recovery: RecoveryStatus,
 }
 
 #[derive(Debug, Clone, Serialize)]

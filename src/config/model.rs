@@ -56,6 +56,7 @@ pub struct Config {
     pub node_red: NodeRedPaths,
     pub health: HealthConfig,
     pub failover: FailoverConfig,
+    pub recovery: RecoveryConfig,
     pub trusted_proxies: Vec<Cidr>,
     pub editor: EditorConfig,
     pub deploy: DeployConfig,
@@ -131,6 +132,25 @@ pub struct BackendConfig {
     pub ca: Option<PathBuf>,
     pub priority: i64,
     pub token: Option<Secret>,
+    pub restart: Option<RestartCommand>,
+}
+
+/// How an instance is restarted: a program and its arguments (no shell), with a time limit.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RestartCommand {
+    pub argv: Vec<String>,
+    pub timeout: Duration,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RecoveryConfig {
+    pub automatic: bool,
+    pub hung_for: Duration,
+    pub down_for: Duration,
+    pub start_timeout: Duration,
+    pub max_restarts: u32,
+    pub window: Duration,
+    pub backoff: Duration,
 }
 
 /// `httpAdminRoot` and `httpNodeRoot`, normalised to start and end with `/`.

@@ -26,6 +26,9 @@ pub struct RawConfig {
     /// Election and failover behaviour.
     #[serde(default)]
     pub failover: RawFailover,
+    /// Restarting failed instances.
+    #[serde(default)]
+    pub recovery: RawRecovery,
     /// Proxy behaviour towards clients.
     #[serde(default)]
     pub proxy: RawProxy,
@@ -205,6 +208,39 @@ pub struct RawBackend {
     pub token: Option<RawSecret>,
     /// PEM file of the CA that signed the instance's certificate (for `https://` URLs).
     pub ca: Option<String>,
+    /// How flowgate restarts this instance (recovery, rolling restarts, `ctl restart`).
+    pub restart: Option<RawRestart>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawRestart {
+    /// Program and arguments, run without a shell, e.g. ["systemctl", "restart", "node-red@a"].
+    pub command: Vec<String>,
+    /// The command is killed and the restart counted failed after this long (default 60s).
+    pub timeout: Option<String>,
+}
+
+#[derive(Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct RawRecovery {
+    /// Restart failed instances that have a restart command without being asked (default true).
+    pub automatic: Option<bool>,
+    /// A hung instance (probes time out) is restarted once it has been down this long (default 5s).
+    pub hung_for: Option<String>,
+    /// A crashed instance (refused, reset) is restarted once it has been down this long
+    /// (default 30s: time for a service manager's own restart).
+    pub down_for: Option<String>,
+    /// A restarted instance must be up, stopped and in step within this (default 60s).
+    pub start_timeout: Option<String>,
+    /// At most this many automatic restarts of one instance within `window`, then it is left
+    /// down until an operator restarts it (default 3).
+    pub max_restarts: Option<u32>,
+    /// Default 10m.
+    pub window: Option<String>,
+    /// Pause after a restart before the next one of the same instance, doubled each time
+    /// within `window` (default 10s).
+    pub backoff: Option<String>,
 }
 
 #[derive(Debug, Deserialize, Default)]

@@ -7,7 +7,7 @@ use std::time::Duration;
 use super::model::BackendId;
 use super::model::{
     BackendConfig, Cidr, ClusterConfig, Config, DeployConfig, EditorConfig, FailoverConfig, HealthConfig, Listen,
-    LogConfig, NodeRedPaths, Problem, Secret, StateConfig,
+    LogConfig, NodeRedPaths, Problem, RecoveryConfig, RestartCommand, Secret, StateConfig,
 };
 use super::raw::{RawConfig, RawSecret};
 use super::units::{parse_duration, parse_size};
@@ -41,6 +41,13 @@ pub const MIN_ADMIN_TOKEN: usize = 16;
 /// SYN retransmits (1 s, 3 s, ...).
 pub const DEFAULT_UPSTREAM_CONNECTIONS: u32 = 128;
 pub const DEFAULT_UPSTREAM_QUEUE_TIMEOUT: Duration = Duration::from_secs(5);
+pub const DEFAULT_RESTART_TIMEOUT: Duration = Duration::from_secs(60);
+pub const DEFAULT_HUNG_FOR: Duration = Duration::from_secs(5);
+pub const DEFAULT_DOWN_FOR: Duration = Duration::from_secs(30);
+pub const DEFAULT_RECOVERY_START: Duration = Duration::from_secs(60);
+pub const DEFAULT_MAX_RESTARTS: u32 = 3;
+pub const DEFAULT_RESTART_WINDOW: Duration = Duration::from_secs(600);
+pub const DEFAULT_RESTART_BACKOFF: Duration = Duration::from_secs(10);
 pub const DEFAULT_GRACE: Duration = Duration::from_secs(10);
 
 /// Reads secrets from the process environment and the file system; a seam for tests.
@@ -139,6 +146,33 @@ fn is_uri_path(path: &str) -> bool {
 }
 
 /// Normalises a Node-RED root ("/", "/admin", "admin/") to "/…/".
+/// A restart command: a program (an absolute path, or a name looked up in `PATH`) and its
+/// arguments, run without a shell.
+fn restart_command(p: &mut Problems, field: &str, r: &super::raw::RawRestart) -> Option<RestartCommand> {
+    let timeout = p.positive(&format!("{field}.timeout"), &r.timeout, DEFAULT_RESTART_TIMEOUT);
+    match r.command.first() {
+        None => {
+            p.add(
+                format!("{field}.command"),
+                "give the program and its arguments, e.g. [systemctl, restart, node-red@a]",
+            );
+            None
+        }
+        Some(prog) if prog.trim().is_empty() || prog.contains(' ') && !prog.starts_with('/') => {
+            p.add(
+                format!("{field}.command"),
+                format!("\"{prog}\" is not a program: the command runs without a shell, one list item per argument"),
+            );
+            None
+        }
+        Some(_) if r.command.iter().any(|a| a.contains('\0')) => {
+            p.add(format!("{field}.command"), "an argument contains a NUL byte");
+            None
+        }
+        Some(_) => Some(RestartCommand { argv: r.command.clone(), timeout }),
+    }
+}
+
 fn root(problems: &mut Problems, field: &str, value: &Option<String>) -> String {
     let text = value.as_deref().unwrap_or("/").trim();
     let mut r = String::from("/");
@@ -237,6 +271,7 @@ pub fn validate(raw: RawConfig, secrets: &dyn SecretSource, base: &std::path::Pa
             }
         };
         let token = p.secret(&format!("{field}.token"), &b.token, secrets);
+        let restart = b.restart.as_ref().and_then(|r| restart_command(&mut p, &format!("{field}.restart"), r));
         let ca = b.ca.as_deref().map(at);
         if let Some(ca) = &ca
             && !ca.is_file()
@@ -258,6 +293,7 @@ pub fn validate(raw: RawConfig, secrets: &dyn SecretSource, base: &std::path::Pa
                 authority: url.authority().expect("checked above").clone(),
                 priority: b.priority.unwrap_or(DEFAULT_PRIORITY),
                 token,
+                restart,
             });
         }
     }
@@ -308,6 +344,17 @@ pub fn validate(raw: RawConfig, secrets: &dyn SecretSource, base: &std::path::Pa
         hold: p.duration("failover.hold", &f.hold, DEFAULT_HOLD),
         stop_timeout: p.duration("failover.stop_timeout", &f.stop_timeout, DEFAULT_STOP_TIMEOUT),
         start_timeout: p.duration("failover.start_timeout", &f.start_timeout, DEFAULT_START_TIMEOUT),
+    };
+
+    let r = &raw.recovery;
+    let recovery = RecoveryConfig {
+        automatic: r.automatic.unwrap_or(true),
+        hung_for: p.duration("recovery.hung_for", &r.hung_for, DEFAULT_HUNG_FOR),
+        down_for: p.duration("recovery.down_for", &r.down_for, DEFAULT_DOWN_FOR),
+        start_timeout: p.positive("recovery.start_timeout", &r.start_timeout, DEFAULT_RECOVERY_START),
+        max_restarts: r.max_restarts.unwrap_or(DEFAULT_MAX_RESTARTS),
+        window: p.positive("recovery.window", &r.window, DEFAULT_RESTART_WINDOW),
+        backoff: p.duration("recovery.backoff", &r.backoff, DEFAULT_RESTART_BACKOFF),
     };
 
     let mut trusted_proxies = Vec::new();
@@ -389,6 +436,7 @@ pub fn validate(raw: RawConfig, secrets: &dyn SecretSource, base: &std::path::Pa
             node_red,
             health,
             failover,
+            recovery,
             trusted_proxies,
             editor,
             deploy,

@@ -25,9 +25,13 @@
 pub mod driver;
 #[cfg(test)]
 mod model_tests;
+mod recovery;
+#[cfg(test)]
+mod recovery_tests;
 mod replica;
 #[cfg(test)]
 mod replica_tests;
+mod rolling;
 mod state;
 mod step;
 #[cfg(test)]
@@ -38,6 +42,8 @@ use std::time::Duration;
 use crate::backend::{BackendId, CallError, FlowState};
 use crate::control::health::Report;
 
+pub use recovery::{Recovery, RestartReason};
+pub use rolling::RollingView;
 pub use state::{Member, Settings, Spec, State};
 
 /// An instance's configured id: events and effects name instances by it, never by position.
@@ -184,11 +190,14 @@ pub enum Mode {
     Controller { epoch: u64 },
 }
 
-/// Why a switchover was refused or did not complete.
+/// Why an operator command (switchover, restart, rolling restart) was refused or did not
+/// complete.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum SwitchoverError {
+pub enum CommandError {
     #[error("a promotion is already in progress; try again shortly")]
     Busy,
+    #[error("a rolling restart is in progress; wait for it to end (see /status)")]
+    Rolling,
     #[error("no backend \"{id}\"; known: {known}")]
     Unknown { id: InstanceId, known: String },
     #[error("backend \"{id}\" is not eligible: {why}")]
@@ -201,6 +210,18 @@ pub enum SwitchoverError {
     ShuttingDown,
     #[error("this replica is not the controller: send it to the controller (see /status)")]
     NotController,
+    #[error("backend \"{0}\" has no restart command (set backends[].restart.command)")]
+    NoRestartCommand(InstanceId),
+    #[error("\"{0}\" is the active instance: switch over first, or use a rolling restart")]
+    IsActive(InstanceId),
+    #[error("\"{0}\" is being restarted already")]
+    Restarting(InstanceId),
+    #[error("restart of {id} failed: {why}")]
+    Restart { id: InstanceId, why: String },
+    #[error("rolling restart not started: {0}")]
+    RollingRefused(String),
+    #[error("rolling restart stopped: {0}")]
+    RollingFailed(String),
 }
 
 /// Why a promotion failed; the target cools down and the election runs again.
@@ -239,6 +260,13 @@ pub enum Event {
     Leadership(Option<u64>),
     /// Replicas: the active record as stored (watched).
     Record(Record),
+    /// Operator: restart a (non-active) instance with its command. Answered with
+    /// [`Effect::Reply`] once it is back (up, stopped, in step) or the restart failed.
+    Restart { id: InstanceId, ticket: u64 },
+    /// Result of [`Effect::Restart`]: the command's outcome (`Err` carries why it failed).
+    Restarted { id: InstanceId, result: Result<(), String> },
+    /// Operator: restart every instance, standbys first, with one switchover.
+    RollingRestart { ticket: u64 },
 }
 
 /// What the core asks the driver to do, in order.
@@ -261,6 +289,9 @@ pub enum Effect {
         id: InstanceId,
         timeout: Duration,
         purpose: StopFor,
+        /// It was the active until this planned move: its requests still in flight finish
+        /// first (bounded), so none is answered by an instance whose flows are stopping.
+        drain: bool,
         /// The controller epoch the command carries (replicas); fenced at Node-RED.
         epoch: Option<u64>,
     },
@@ -282,13 +313,18 @@ pub enum Effect {
     /// Answer to a [`Event::Switchover`].
     Reply {
         ticket: u64,
-        result: Result<String, SwitchoverError>,
+        result: Result<String, CommandError>,
     },
     /// Replicas: store the active record, guarded by this replica's leadership; a write that
     /// fails because the leadership is gone comes back as `Leadership(None)`.
     Publish(Record),
     /// Replicas: tell the controller that `id` looks failed from here (it probes at once).
     Suspect(InstanceId),
+    /// Run `id`'s restart command. Answered with [`Event::Restarted`].
+    Restart {
+        id: InstanceId,
+        reason: RestartReason,
+    },
     /// Something to log and count.
     Notice(Notice),
 }
@@ -365,4 +401,23 @@ pub enum Notice {
     PromotionAbandoned {
         to: InstanceId,
     },
+    /// A restart command is being run.
+    Restarting {
+        id: InstanceId,
+        reason: RestartReason,
+    },
+    /// A restart ended: `Ok` once the instance was back up, stopped and in step.
+    Restart {
+        id: InstanceId,
+        reason: RestartReason,
+        result: Result<(), String>,
+    },
+    /// It failed again after `restarts` automatic restarts within the window: left down until
+    /// an operator restarts it.
+    RecoveryExhausted {
+        id: InstanceId,
+        restarts: usize,
+    },
+    /// A rolling restart moved on (`Ok`: progress or done) or stopped (`Err`).
+    Rolling(Result<String, String>),
 }

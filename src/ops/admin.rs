@@ -9,6 +9,8 @@
 //! | `GET /healthz` | none | 200 while flowgate runs |
 //! | `GET /ready` | none | 200 while an active instance receives traffic, else 503 |
 //! | `POST /switchover[?to=ID]` | bearer token | planned move of the active role (break-before-make); without `to`, the best standby |
+//! | `POST /restart?id=ID` | bearer token | restarts a non-active instance with its restart command; answers once it is back up, stopped and in step (or the restart failed) |
+//! | `POST /rolling-restart` | bearer token | restarts every instance, standbys first, then one switchover, then the old active; answers when done or at the step that failed |
 //! | `POST /resync?to=ID` | bearer token | marks an instance out of step so it is brought back in step now |
 //! | `POST /reload` | bearer token | re-reads the configuration file; 422 with every problem if it is rejected (the running configuration stays) |
 //! | `GET /auth/token-info` | the token asked about | for Node-RED's `adminAuth.tokens`: 200 `{"username","permissions"}` for an editor token issued through flowgate, else 404 |
@@ -112,6 +114,24 @@ pub(crate) fn query_value<'a>(query: &'a str, key: &str) -> Option<&'a str> {
     query.split('&').find_map(|kv| kv.strip_prefix(key)?.strip_prefix('='))
 }
 
+/// Sends an operator command to the driver and answers with its result: 200, or 409 with
+/// why it was refused or failed.
+async fn command(
+    app: &crate::App,
+    make: impl FnOnce(crate::control::cluster::driver::Reply) -> Command,
+) -> Response<Body> {
+    let (tx, rx) = oneshot::channel();
+    let gone = || json(StatusCode::SERVICE_UNAVAILABLE, serde_json::json!({"error": "shutting down"}));
+    if app.commands().send(make(tx)).await.is_err() {
+        return gone();
+    }
+    match rx.await {
+        Ok(Ok(msg)) => json(StatusCode::OK, serde_json::json!({"result": msg})),
+        Ok(Err(e)) => json(StatusCode::CONFLICT, serde_json::json!({"error": e.to_string()})),
+        Err(_) => gone(),
+    }
+}
+
 pub async fn serve(app: Arc<crate::App>, req: Request<Incoming>) -> Result<Response<Body>, Infallible> {
     let shared = app.shared();
     let resp = match (req.method(), req.uri().path()) {
@@ -183,22 +203,25 @@ pub async fn serve(app: Arc<crate::App>, req: Request<Incoming>) -> Result<Respo
             Err(r) => *r,
             Ok(()) => {
                 let to = query_param(&req, "to").map(BackendId::from);
-                let (tx, rx) = oneshot::channel();
-                if app.commands().send(Command::Switchover { to, reply: tx }).await.is_err() {
-                    json(StatusCode::SERVICE_UNAVAILABLE, serde_json::json!({"error": "shutting down"}))
-                } else {
-                    match rx.await {
-                        Ok(Ok(msg)) => json(StatusCode::OK, serde_json::json!({"result": msg})),
-                        Ok(Err(e)) => json(StatusCode::CONFLICT, serde_json::json!({"error": e.to_string()})),
-                        Err(_) => json(StatusCode::SERVICE_UNAVAILABLE, serde_json::json!({"error": "shutting down"})),
-                    }
-                }
+                command(&app, |reply| Command::Switchover { to, reply }).await
             }
+        },
+        (&Method::POST, "/restart") => match (authorised(&shared, &req), query_param(&req, "id")) {
+            (Err(r), _) => *r,
+            (Ok(()), None) => json(StatusCode::BAD_REQUEST, serde_json::json!({"error": "give ?id=<backend id>"})),
+            (Ok(()), Some(id)) => {
+                let id = BackendId::from(id);
+                command(&app, |reply| Command::Restart { id, reply }).await
+            }
+        },
+        (&Method::POST, "/rolling-restart") => match authorised(&shared, &req) {
+            Err(r) => *r,
+            Ok(()) => command(&app, |reply| Command::RollingRestart { reply }).await,
         },
         (
             _,
             "/" | "/events" | "/resync" | "/metrics" | "/status" | "/healthz" | "/ready" | "/switchover"
-            | "/auth/token-info" | "/reload",
+            | "/auth/token-info" | "/reload" | "/restart" | "/rolling-restart",
         ) => json(StatusCode::METHOD_NOT_ALLOWED, serde_json::json!({"error": "method not allowed"})),
         _ => json(StatusCode::NOT_FOUND, serde_json::json!({"error": "not found"})),
     };

@@ -42,6 +42,8 @@ pub struct Metrics {
     pub resyncs: IntCounterVec,
     pub backend_in_step: IntGaugeVec,
     pub backend_flapping: IntGaugeVec,
+    pub restarts: IntCounterVec,
+    pub backend_gave_up: IntGaugeVec,
     pub backend_revision: IntGaugeVec,
     pub promotions_out_of_step: IntCounter,
     pub cluster_controller: IntGauge,
@@ -256,6 +258,28 @@ impl Metrics {
                 )
                 .unwrap(),
             ),
+            restarts: reg(
+                &registry,
+                IntCounterVec::new(
+                    Opts::new(
+                        "flowgate_restarts_total",
+                        "Restarts of instances by their restart command, by reason (hang, crash, operator, rolling) and result (ok: back up, stopped and in step; failed).",
+                    ),
+                    &["backend", "reason", "result"],
+                )
+                .unwrap(),
+            ),
+            backend_gave_up: reg(
+                &registry,
+                IntGaugeVec::new(
+                    Opts::new(
+                        "flowgate_backend_recovery_gave_up",
+                        "1 while the instance is left down after recovery.max_restarts restarts within recovery.window (crash loop).",
+                    ),
+                    &["backend"],
+                )
+                .unwrap(),
+            ),
             backend_in_step: reg(
                 &registry,
                 IntGaugeVec::new(
@@ -386,6 +410,11 @@ impl Metrics {
         for r in ["ok", "failed"] {
             self.resyncs.with_label_values(&[backend, r]);
         }
+        for reason in ["hang", "crash"] {
+            for r in ["ok", "failed"] {
+                self.restarts.with_label_values(&[backend, reason, r]);
+            }
+        }
         self.stray_starts_stopped.with_label_values(&[backend]);
         self.probe_duration.with_label_values(&[backend]);
     }
@@ -411,6 +440,7 @@ impl Metrics {
         let _ = self.backend_up.remove_label_values(&[backend]);
         let _ = self.backend_in_step.remove_label_values(&[backend]);
         let _ = self.backend_flapping.remove_label_values(&[backend]);
+        let _ = self.backend_gave_up.remove_label_values(&[backend]);
         for r in ROLES {
             let _ = self.backend_role.remove_label_values(&[backend, r]);
         }

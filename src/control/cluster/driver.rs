@@ -15,7 +15,7 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tracing::info;
 
-use super::{Effect, Event, InstanceId, Settings, Spec, State, SwitchoverError, Sync};
+use super::{CommandError, Effect, Event, InstanceId, Settings, Spec, State, Sync};
 use crate::backend::{AdminClient, Backend, BackendId, CallError, FlowState};
 use crate::control::coord::{FromStore, Link, StoreView, ToStore};
 use crate::control::health::Report;
@@ -24,11 +24,18 @@ use crate::state::{Active, FailoverRecord, Shared, View};
 /// Operator commands (admin API, reload).
 pub enum Command {
     /// Planned move of the active role; `to: None` picks the best standby.
-    Switchover { to: Option<BackendId>, reply: oneshot::Sender<Result<String, SwitchoverError>> },
+    Switchover { to: Option<BackendId>, reply: Reply },
+    /// Restart a non-active instance with its command; answered once it is back.
+    Restart { id: BackendId, reply: Reply },
+    /// Restart every instance, standbys first, with one switchover.
+    RollingRestart { reply: Reply },
     /// Config reload: hand the HA state over and stop, once no promotion is in flight. If the
     /// receiver is gone by then, keep going.
     Handover { reply: oneshot::Sender<Seed> },
 }
+
+/// Where an operator command's answer goes.
+pub type Reply = oneshot::Sender<Result<String, CommandError>>;
 
 /// What a reload carries from one driver to the next.
 pub struct Seed {
@@ -57,7 +64,7 @@ pub struct Driver {
     history: VecDeque<FailoverRecord>,
     generation: u64,
     lock: Option<OwnedMutexGuard<()>>,
-    replies: HashMap<u64, oneshot::Sender<Result<String, SwitchoverError>>>,
+    replies: HashMap<u64, Reply>,
     next_ticket: u64,
     reports: mpsc::Receiver<(usize, Report)>,
     commands: mpsc::Receiver<Command>,
@@ -81,7 +88,12 @@ async fn from_store(link: &mut Option<Link>) -> Option<FromStore> {
 
 /// The core's view of an instance from its configured backend.
 pub fn spec(b: &Backend) -> Spec {
-    Spec { id: b.id.clone(), address: format!("{}://{}", b.scheme, b.authority), priority: b.priority }
+    Spec {
+        id: b.id.clone(),
+        address: format!("{}://{}", b.scheme, b.authority),
+        priority: b.priority,
+        restartable: b.restart.is_some(),
+    }
 }
 
 impl Driver {
@@ -187,9 +199,16 @@ impl Driver {
                 }
                 Some(c) = self.commands.recv() => match c {
                     Command::Switchover { to, reply } => {
-                        self.next_ticket += 1;
-                        self.replies.insert(self.next_ticket, reply);
-                        Some(Event::Switchover { to, ticket: self.next_ticket })
+                        let ticket = self.ticket(reply);
+                        Some(Event::Switchover { to, ticket })
+                    }
+                    Command::Restart { id, reply } => {
+                        let ticket = self.ticket(reply);
+                        Some(Event::Restart { id, ticket })
+                    }
+                    Command::RollingRestart { reply } => {
+                        let ticket = self.ticket(reply);
+                        Some(Event::RollingRestart { ticket })
                     }
                     Command::Handover { reply } => {
                         self.handover = Some(reply);
@@ -237,8 +256,14 @@ impl Driver {
         }
         // flowgate's own exit leaves every instance as it is: the active keeps running flows.
         for (_, reply) in self.replies.drain() {
-            let _ = reply.send(Err(SwitchoverError::ShuttingDown));
+            let _ = reply.send(Err(CommandError::ShuttingDown));
         }
+    }
+
+    fn ticket(&mut self, reply: Reply) -> u64 {
+        self.next_ticket += 1;
+        self.replies.insert(self.next_ticket, reply);
+        self.next_ticket
     }
 
     fn apply(&mut self, event: Event, now: Instant) {
@@ -332,12 +357,17 @@ impl Driver {
                 });
             }
             Effect::ReleaseChangeLock => self.lock = None,
-            Effect::StopFlows { id, timeout, purpose, epoch } => {
+            Effect::StopFlows { id, timeout, purpose, drain, epoch } => {
                 if self.deposed(epoch) {
                     return self.spawn(async move { Event::Stopped { id, purpose, result: Err(CallError::Fenced) } });
                 }
-                let b = shared.backend(self.index(&id)).clone();
+                let i = self.index(&id);
+                let b = shared.backend(i).clone();
                 self.spawn(async move {
+                    if drain {
+                        // Held requests wait `failover.hold`: leave them half of it.
+                        shared.instances[i].pool.drained(shared.config.failover.hold / 2).await;
+                    }
                     let result = b.set_flow_state(&client, FlowState::Stop, epoch, timeout).await;
                     if result == Err(crate::backend::CallError::Fenced) {
                         shared.metrics.cluster_fenced.inc();
@@ -392,6 +422,16 @@ impl Driver {
                 if let Some(l) = &self.link {
                     let _ = l.to_store.send(ToStore::Suspect(id));
                 }
+            }
+            Effect::Restart { id, reason } => {
+                let b = shared.backend(self.index(&id)).clone();
+                self.spawn(async move {
+                    let result = match &b.restart {
+                        Some(cmd) => crate::ops::restart::run(cmd, id.as_str(), reason.as_str()).await,
+                        None => Err("no restart command is configured".into()),
+                    };
+                    Event::Restarted { id, result }
+                });
             }
             Effect::Notice(n) => self.notice(n),
         }

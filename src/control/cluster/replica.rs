@@ -16,7 +16,7 @@
 //!   and tells the controller, which probes at once.
 
 use super::state::State;
-use super::{Effect, InstanceId, Mode, Notice, Record, RecordPhase, SwitchoverError};
+use super::{CommandError, Effect, InstanceId, Mode, Notice, Record, RecordPhase};
 use crate::control::health::Health;
 
 impl State {
@@ -56,7 +56,7 @@ impl State {
                 if let Some(p) = self.promotion.take() {
                     fx.push(Effect::ReleaseChangeLock);
                     if let Some(ticket) = p.ticket {
-                        fx.push(Effect::Reply { ticket, result: Err(SwitchoverError::NotController) });
+                        fx.push(Effect::Reply { ticket, result: Err(CommandError::NotController) });
                     }
                     let to = self.members[p.target].spec.id.clone();
                     fx.push(Effect::Notice(Notice::PromotionAbandoned { to }));

@@ -35,7 +35,7 @@ fn a_follower_routes_by_the_record_and_changes_no_flow_state() {
     assert_eq!(actions(&s.send(record(None, 5, RecordPhase::Promoting))), ["release a", "route -"]);
     assert_eq!(actions(&s.send(serving("b", 5))), ["route b"]);
     let fx = s.send(Event::Switchover { to: Some(id("a")), ticket: 1 });
-    assert_eq!(fx, [Effect::Reply { ticket: 1, result: Err(SwitchoverError::NotController) }]);
+    assert_eq!(fx, [Effect::Reply { ticket: 1, result: Err(CommandError::NotController) }]);
 }
 
 #[test]
@@ -87,7 +87,7 @@ fn a_controller_that_loses_the_leadership_abandons_its_promotion() {
     s.send(Event::Switchover { to: Some(id("b")), ticket: 3 });
     assert_eq!(actions(&s.locked()), ["stop a"]);
     let fx = s.send(Event::Leadership(None));
-    assert!(fx.contains(&Effect::Reply { ticket: 3, result: Err(SwitchoverError::NotController) }));
+    assert!(fx.contains(&Effect::Reply { ticket: 3, result: Err(CommandError::NotController) }));
     assert!(notices(&fx).contains(&Notice::PromotionAbandoned { to: id("b") }));
     assert_eq!(actions(&fx)[0], "unlock");
     // The stop's answer arrives late: nothing is started for an abandoned promotion.

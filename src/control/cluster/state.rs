@@ -27,6 +27,7 @@ pub struct Settings {
     pub failback_delay: Duration,
     pub stop_timeout: Duration,
     pub start_timeout: Duration,
+    pub recovery: crate::config::RecoveryConfig,
     /// Several replicas share the decisions: start as a follower. The driver sets it from its
     /// link to the store, not from the file (the session is started once, with flowgate).
     pub replicated: bool,
@@ -44,6 +45,7 @@ impl Settings {
             failback_delay: c.failover.failback_delay,
             stop_timeout: c.failover.stop_timeout,
             start_timeout: c.failover.start_timeout,
+            recovery: c.recovery.clone(),
             replicated: false,
         }
     }
@@ -56,6 +58,8 @@ pub struct Spec {
     /// `scheme://host:port`: with the id, what makes it "the same instance" across a reload.
     pub address: String,
     pub priority: i64,
+    /// It has a restart command.
+    pub restartable: bool,
 }
 
 /// How long a candidate whose promotion failed is passed over while others are eligible.
@@ -96,6 +100,7 @@ pub struct Member {
     pub(super) sync_retry_at: Option<Instant>,
     pub(super) stop_retry_at: Option<Instant>,
     pub sync: Sync,
+    pub recovery: super::Recovery,
 }
 
 impl Member {
@@ -119,6 +124,7 @@ impl Member {
             sync_retry_at: None,
             stop_retry_at: None,
             sync: Sync::Unknown,
+            recovery: super::Recovery::default(),
         }
     }
 
@@ -126,9 +132,12 @@ impl Member {
         self.tracker.health()
     }
 
-    /// Healthy and manageable: may be promoted.
+    /// Healthy and manageable, and not being restarted: may be promoted.
     pub fn eligible(&self) -> bool {
-        self.health() == Health::Up && self.runtime_state == Some(true) && self.flow_state.is_some()
+        self.health() == Health::Up
+            && self.runtime_state == Some(true)
+            && self.flow_state.is_some()
+            && !self.recovery.restarting()
     }
 
     pub(super) fn cooling(&self, now: Instant) -> bool {
@@ -194,6 +203,8 @@ pub(super) struct Promotion {
     pub waiting: Vec<usize>,
     pub stopped: Vec<usize>,
     pub blocker: Option<super::PromotionError>,
+    /// The active this planned move took the role from: drained before its stop.
+    pub drain: Option<usize>,
 }
 
 /// The whole HA state. One writer: whoever calls [`State::step`].
@@ -212,6 +223,9 @@ pub struct State {
     pub(super) mode: Mode,
     /// Replicas: the active record as last seen in the store.
     pub(super) record: Option<Record>,
+    pub(super) rolling: Option<super::rolling::Rolling>,
+    /// How the last rolling restart ended.
+    pub(super) rolling_last: Option<super::RollingView>,
 }
 
 impl State {
@@ -233,6 +247,8 @@ impl State {
             elected_once: false,
             retry_at: None,
             warned_no_candidate: false,
+            rolling: None,
+            rolling_last: None,
         }
     }
 
@@ -263,6 +279,7 @@ impl State {
             new.mode = old.mode;
         }
         new.elected_once = old.elected_once;
+        new.rolling_last = old.rolling_last;
         new.lost = old.lost.map(|l| Lost { from: l.from.filter(|f| new.index_of(f).is_some()), ..l });
         new
     }
@@ -275,9 +292,10 @@ impl State {
         self.active.map(|i| &self.members[i].spec.id)
     }
 
-    /// A promotion is in progress (a reload waits for it to end).
+    /// A promotion, a restart or a rolling restart is in progress (a reload waits for it to
+    /// end).
     pub fn busy(&self) -> bool {
-        self.promotion.is_some()
+        self.promotion.is_some() || self.rolling.is_some() || self.members.iter().any(|m| m.recovery.pins_driver())
     }
 
     pub fn mode(&self) -> &Mode {
@@ -366,6 +384,9 @@ impl State {
         }
         if let Some(p) = self.promoted_at {
             consider(Some(p + self.settings.promotion_grace));
+        }
+        for i in 0..self.members.len() {
+            consider(self.recovery_wake(i));
         }
         wake
     }

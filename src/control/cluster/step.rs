@@ -10,7 +10,7 @@ use tokio::time::Instant;
 
 use super::state::{CANARY_COOLDOWN, Lost, PROMOTION_COOLDOWN, Promotion, RETRY_LATER, RETRY_PAUSE, Stage, State};
 use super::{
-    Effect, Event, InstanceId, Notice, PromotionError, Reason, RecordPhase, StopFor, SwitchoverError, Sync, SyncOutcome,
+    CommandError, Effect, Event, InstanceId, Notice, PromotionError, Reason, RecordPhase, StopFor, Sync, SyncOutcome,
 };
 use crate::backend::{CallError, FlowState};
 use crate::control::election;
@@ -53,8 +53,13 @@ impl State {
             Event::Synced { id, outcome } => self.on_synced(id, outcome, now, &mut fx),
             Event::Leadership(lead) => self.on_leadership(lead, &mut fx),
             Event::Record(record) => self.on_record(record, &mut fx),
+            Event::Restart { id, ticket } => self.on_restart(id, ticket, &mut fx),
+            Event::Restarted { id, result } => self.on_restarted(id, result, now, &mut fx),
+            Event::RollingRestart { ticket } => self.on_rolling_restart(ticket, now, &mut fx),
         }
         self.reconcile(now, &mut fx);
+        self.rolling_check(&mut fx);
+        self.recover(now, &mut fx);
         fx
     }
 
@@ -110,6 +115,8 @@ impl State {
         match transition {
             Some(Transition::BecameUp) => {
                 m.up_since = Some(now);
+                m.recovery.down_since = None;
+                m.recovery.gave_up = false;
                 // Whatever happened while it was away, check its flows again.
                 if m.sync == Sync::InStep {
                     m.sync = Sync::Unknown;
@@ -119,7 +126,11 @@ impl State {
             }
             Some(Transition::BecameDown) => {
                 m.downs.retain(|&t| now.saturating_duration_since(t) < super::state::FLAP_WINDOW);
-                m.downs.push(now);
+                if m.recovery.job.is_none() {
+                    // A restart flowgate ordered is no sign of flapping.
+                    m.downs.push(now);
+                }
+                m.recovery.down_since.get_or_insert(now);
                 if m.flapping(now) && m.downs.len() == super::state::FLAP_DOWNS {
                     fx.push(Effect::Notice(Notice::Flapping { id: id.clone() }));
                 }
@@ -138,21 +149,24 @@ impl State {
     fn on_switchover(&mut self, to: Option<InstanceId>, ticket: u64, now: Instant, fx: &mut Vec<Effect>) {
         let mut reply = |result| fx.push(Effect::Reply { ticket, result });
         if self.following() {
-            return reply(Err(SwitchoverError::NotController));
+            return reply(Err(CommandError::NotController));
+        }
+        if self.rolling.is_some() {
+            return reply(Err(CommandError::Rolling));
         }
         if self.promotion.is_some() {
-            return reply(Err(SwitchoverError::Busy));
+            return reply(Err(CommandError::Busy));
         }
         let target = match to {
             Some(id) => match self.index_of(&id) {
                 None => {
                     let known: Vec<_> = self.members.iter().map(|m| m.spec.id.to_string()).collect();
-                    return reply(Err(SwitchoverError::Unknown { id, known: known.join(", ") }));
+                    return reply(Err(CommandError::Unknown { id, known: known.join(", ") }));
                 }
                 Some(i) if !self.members[i].eligible() => {
                     let m = &self.members[i];
                     let why = m.last_error.as_ref().map_or_else(|| m.health().as_str().to_string(), |e| e.to_string());
-                    return reply(Err(SwitchoverError::NotEligible { id, why }));
+                    return reply(Err(CommandError::NotEligible { id, why }));
                 }
                 Some(i) => i,
             },
@@ -166,7 +180,7 @@ impl State {
                 }
                 match election::elect(None, &cands, &self.policy(), now) {
                     Some(i) => i,
-                    None => return reply(Err(SwitchoverError::NoStandby)),
+                    None => return reply(Err(CommandError::NoStandby)),
                 }
             }
         };
@@ -291,7 +305,7 @@ impl State {
                 continue; // an instance without runtimeState cannot be stopped; reported when seen
             }
             m.stop_in_flight = true;
-            fx.push(Effect::StopFlows { id: m.spec.id.clone(), timeout, purpose: StopFor::Stray, epoch });
+            fx.push(Effect::StopFlows { id: m.spec.id.clone(), timeout, purpose: StopFor::Stray, drain: false, epoch });
         }
     }
 
@@ -322,7 +336,7 @@ impl State {
         fx.push(Effect::Notice(Notice::ActiveLost { id, reason }));
     }
 
-    fn begin_promotion(
+    pub(super) fn begin_promotion(
         &mut self,
         target: usize,
         reason: Reason,
@@ -330,6 +344,7 @@ impl State {
         ticket: Option<u64>,
         fx: &mut Vec<Effect>,
     ) {
+        let drain = self.active;
         if self.active.is_some() {
             // Planned move (switchover, failback): hold new traffic; in-flight requests finish.
             self.lose_active(reason, false, now, fx);
@@ -361,6 +376,7 @@ impl State {
             waiting: Vec::new(),
             stopped: Vec::new(),
             blocker: None,
+            drain,
         });
     }
 
@@ -374,7 +390,8 @@ impl State {
         p.waiting = p.others.iter().map(|(i, _)| *i).collect();
         for &(i, timeout) in &p.others {
             let id = self.members[i].spec.id.clone();
-            fx.push(Effect::StopFlows { id, timeout, purpose: StopFor::Promotion, epoch });
+            let drain = p.drain == Some(i);
+            fx.push(Effect::StopFlows { id, timeout, purpose: StopFor::Promotion, drain, epoch });
         }
         if p.waiting.is_empty() {
             self.after_stops(now, fx);
@@ -475,6 +492,8 @@ impl State {
                 }
             }
         }
+        let ok = result.is_ok();
         fx.push(Effect::Notice(Notice::Promotion { from, to, reason: p.reason, elapsed, result }));
+        self.rolling_promoted(ok, now, fx);
     }
 }

@@ -21,6 +21,15 @@ pub(super) fn settings() -> Settings {
         failback_delay: Duration::from_secs(60),
         stop_timeout: Duration::from_secs(15),
         start_timeout: Duration::from_secs(15),
+        recovery: crate::config::RecoveryConfig {
+            automatic: true,
+            hung_for: Duration::from_secs(5),
+            down_for: Duration::from_secs(30),
+            start_timeout: Duration::from_secs(60),
+            max_restarts: 3,
+            window: Duration::from_secs(600),
+            backoff: Duration::from_secs(10),
+        },
         replicated: false,
     }
 }
@@ -30,7 +39,9 @@ pub(super) fn id(s: &str) -> InstanceId {
 }
 
 pub(super) fn specs(list: &[(&str, i64)]) -> Vec<Spec> {
-    list.iter().map(|&(n, p)| Spec { id: id(n), address: format!("http://{n}:1880"), priority: p }).collect()
+    list.iter()
+        .map(|&(n, p)| Spec { id: id(n), address: format!("http://{n}:1880"), priority: p, restartable: false })
+        .collect()
 }
 
 pub(super) fn report(state: Result<FlowState, CallError>) -> Report {
@@ -64,6 +75,7 @@ pub(super) fn actions(fx: &[Effect]) -> Vec<String> {
                     r.epoch
                 ),
                 Effect::Suspect(id) => format!("suspect {id}"),
+                Effect::Restart { id, .. } => format!("restart {id}"),
                 Effect::Notice(_) | Effect::Recheck(_) => return None,
             })
         })
@@ -93,8 +105,12 @@ impl Script {
     }
 
     pub(super) fn with(list: &[(&str, i64)], s: Settings) -> Self {
+        Self::of(specs(list), s)
+    }
+
+    pub(super) fn of(specs: Vec<Spec>, s: Settings) -> Self {
         let now = Instant::now();
-        Script { core: State::new(specs(list), s, now), now }
+        Script { core: State::new(specs, s, now), now }
     }
 
     pub(super) fn send(&mut self, e: Event) -> Vec<Effect> {
@@ -304,6 +320,10 @@ fn a_switchover_waits_for_the_change_lock_held_by_a_deploy() {
     let fx = s.send(Event::ChangeLockTaken { got: false });
     assert!(notices(&fx).contains(&Notice::LockBusy));
     assert_eq!(actions(&fx), ["stop a"]);
+    assert!(
+        matches!(&fx[..], [.., Effect::StopFlows { drain: true, .. }]),
+        "the old active's requests in flight finish before its flows stop: {fx:?}"
+    );
     assert_eq!(actions(&s.stopped("a", Ok(()))), ["start b"]);
     let fx = s.started("b");
     assert!(fx.contains(&Effect::Reply { ticket: 7, result: Ok("b is active".into()) }));
@@ -318,12 +338,12 @@ fn switchover_to_an_unknown_or_ineligible_instance_is_refused_with_the_reason() 
         other => panic!("{other:?}"),
     };
     let e = reply(s.send(Event::Switchover { to: Some(id("z")), ticket: 1 }));
-    assert_eq!(e, SwitchoverError::Unknown { id: id("z"), known: "a, b".into() });
+    assert_eq!(e, CommandError::Unknown { id: id("z"), known: "a, b".into() });
     assert_eq!(e.to_string(), "no backend \"z\"; known: a, b");
     s.probe("b", Err(CallError::Refused));
     let e = reply(s.send(Event::Switchover { to: Some(id("b")), ticket: 2 }));
-    assert!(matches!(&e, SwitchoverError::NotEligible { why, .. } if why.contains("connection refused")), "{e}");
-    assert_eq!(reply(s.send(Event::Switchover { to: None, ticket: 3 })), SwitchoverError::NoStandby);
+    assert!(matches!(&e, CommandError::NotEligible { why, .. } if why.contains("connection refused")), "{e}");
+    assert_eq!(reply(s.send(Event::Switchover { to: None, ticket: 3 })), CommandError::NoStandby);
 }
 
 #[test]

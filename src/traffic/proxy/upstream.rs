@@ -142,6 +142,7 @@ pub struct Pool<B: SendBody> {
     idle: Box<[IdleList<B>]>,
     /// One permit per request in flight.
     slots: Arc<Semaphore>,
+    total: usize,
     queue_timeout: Duration,
     /// During slow start, the slots held back, and until when.
     reserve: Mutex<Option<(OwnedSemaphorePermit, Instant)>>,
@@ -170,6 +171,7 @@ impl<B: SendBody> Pool<B> {
             backend,
             idle: (0..workers.max(1)).map(|_| Mutex::new(VecDeque::new())).collect(),
             slots: Arc::new(Semaphore::new(slots.max(1))),
+            total: slots.max(1),
             queue_timeout,
             reserve: Mutex::new(None),
             ramping: std::sync::atomic::AtomicBool::new(false),
@@ -277,6 +279,14 @@ impl<B: SendBody> Pool<B> {
             *reserve = None;
             self.ramping.store(false, std::sync::atomic::Ordering::Release);
         }
+    }
+
+    /// Waits until no request is in flight here (at most `limit`). Nothing new is routed to
+    /// it meanwhile (a released active), so this only waits for what was sent.
+    pub async fn drained(&self, limit: Duration) {
+        let held = self.reserve.lock().unwrap_or_else(|e| e.into_inner()).as_ref().map_or(0, |(p, _)| p.num_permits());
+        let all = (self.total - held) as u32;
+        let _ = tokio::time::timeout(limit, self.slots.acquire_many(all)).await;
     }
 
     /// Slots free now (for tests and metrics).

@@ -10,7 +10,7 @@ use super::Driver;
 use crate::backend::FlowState;
 use crate::control::cluster::{InstanceId, Mode, Notice, PromotionError, Reason};
 use crate::control::health::Health;
-use crate::state::{BackendStatus, ClusterStatus, FailoverRecord, Status};
+use crate::state::{BackendStatus, ClusterStatus, FailoverRecord, LastRestart, RecoveryStatus, Status};
 
 const HISTORY: usize = 50;
 
@@ -78,6 +78,22 @@ impl Driver {
             Notice::PromotionAbandoned { to } => {
                 warn!(backend = %to, "promotion abandoned: the leadership was lost before it completed");
             }
+            Notice::Restarting { id, reason } => {
+                warn!(backend = %id, reason = reason.as_str(), "restarting the instance with its restart command");
+            }
+            Notice::Restart { id, reason, result } => {
+                let r = if result.is_ok() { "ok" } else { "failed" };
+                m.restarts.with_label_values(&[id.as_str(), reason.as_str(), r]).inc();
+                match result {
+                    Ok(()) => info!(backend = %id, reason = reason.as_str(), "restarted: up, flows stopped, in step"),
+                    Err(why) => error!(backend = %id, reason = reason.as_str(), error = %why, "restart failed"),
+                }
+            }
+            Notice::RecoveryExhausted { id, restarts } => {
+                error!(backend = %id, restarts, "still failing after the most restarts recovery.max_restarts allows within recovery.window: left down until an operator restarts it (flowgate ctl restart)");
+            }
+            Notice::Rolling(Ok(step)) => info!(step = %step, "rolling restart"),
+            Notice::Rolling(Err(why)) => error!(error = %why, "rolling restart stopped"),
             Notice::Resynced { id, result: Err(why) } => {
                 m.resyncs.with_label_values(&[id.as_str(), "failed"]).inc();
                 warn!(backend = %id, error = %why, "could not bring the instance in step; retrying");
@@ -156,6 +172,7 @@ impl Driver {
                 let is_active = active == Some(&b.id);
                 let flapping = m.flapping(tokio::time::Instant::now());
                 metrics.backend_flapping.with_label_values(&[b.id.as_str()]).set(i64::from(flapping));
+                metrics.backend_gave_up.with_label_values(&[b.id.as_str()]).set(i64::from(m.recovery.gave_up));
                 BackendStatus {
                     id: b.id.to_string(),
                     url: format!("http://{}", b.authority),
@@ -174,6 +191,17 @@ impl Driver {
                     revision,
                     step,
                     flapping,
+                    recovery: RecoveryStatus {
+                        restartable: b.restart.is_some(),
+                        state: m.recovery.state(),
+                        restarts: m.recovery.total,
+                        recent: m.recovery.recent(self.shared.config.recovery.window, tokio::time::Instant::now()),
+                        last: m.recovery.last.as_ref().map(|(reason, r)| LastRestart {
+                            reason: reason.as_str(),
+                            result: if r.is_ok() { "ok" } else { "failed" },
+                            error: r.as_ref().err().cloned(),
+                        }),
+                    },
                 }
             })
             .collect();
@@ -193,6 +221,7 @@ impl Driver {
                 store: self.store.clone().unwrap_or_default(),
             }),
             backends,
+            rolling_restart: self.core.rolling_view(),
             failovers: self.history.iter().cloned().collect(),
         }));
     }

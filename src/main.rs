@@ -29,6 +29,21 @@ enum Cmd {
         #[arg(long)]
         connect: bool,
     },
+    /// Talk to a running flowgate's admin API: status, switchover, restart, rolling-restart,
+    /// resync, reload.
+    Ctl {
+        /// The config file: the admin address and token are read from it.
+        #[arg(long, short)]
+        config: Option<PathBuf>,
+        /// The admin API, e.g. http://127.0.0.1:9901 (default: from the config, else that).
+        #[arg(long)]
+        url: Option<String>,
+        /// The admin token (default: FLOWGATE_ADMIN_TOKEN, else admin.token from the config).
+        #[arg(long, env = "FLOWGATE_ADMIN_TOKEN", hide_env_values = true)]
+        token: Option<String>,
+        #[command(subcommand)]
+        action: CtlCmd,
+    },
     /// Make a Node-RED user directory boot with its flows stopped (use as ExecStartPre).
     PrepareStandby {
         #[arg(long)]
@@ -45,6 +60,64 @@ enum Cmd {
         #[arg(long, default_value = "self-signed")]
         file: String,
     },
+}
+
+#[derive(Subcommand)]
+enum CtlCmd {
+    /// A table of the instances: role, health, flows, revision, in step, last probe, recovery.
+    Status,
+    /// Move the active role (break-before-make); without --to, to the best standby.
+    Switchover {
+        #[arg(long)]
+        to: Option<String>,
+    },
+    /// Restart a non-active instance with its restart command; waits until it is back.
+    Restart { id: String },
+    /// Restart every instance: standbys first, one switchover, then the old active.
+    RollingRestart,
+    /// Bring an instance back in step with the target flows now.
+    Resync { id: String },
+    /// Re-read flowgate's config file.
+    Reload,
+}
+
+fn ctl(config: Option<PathBuf>, url: Option<String>, token: Option<String>, action: CtlCmd) -> ExitCode {
+    use flowgate::ops::ctl::{Action, Target};
+    let mut target = match &config {
+        Some(path) => match flowgate::config::load(path) {
+            Ok(c) => Target::from_config(&c),
+            Err(e) => {
+                eprintln!("{e}");
+                return ExitCode::from(EXIT_CONFIG);
+            }
+        },
+        None => Target { url: format!("http://{}", flowgate::config::DEFAULT_ADMIN_ADDR), token: None },
+    };
+    if let Some(u) = url {
+        target.url = u;
+    }
+    if token.is_some() {
+        target.token = token;
+    }
+    let action = match action {
+        CtlCmd::Status => Action::Status,
+        CtlCmd::Switchover { to } => Action::Switchover { to },
+        CtlCmd::Restart { id } => Action::Restart { id },
+        CtlCmd::RollingRestart => Action::RollingRestart,
+        CtlCmd::Resync { id } => Action::Resync { id },
+        CtlCmd::Reload => Action::Reload,
+    };
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("a runtime");
+    match rt.block_on(flowgate::ops::ctl::run(&target, &action)) {
+        Ok(out) => {
+            println!("{}", out.trim_end());
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("flowgate ctl: {e}");
+            ExitCode::from(e.exit_code())
+        }
+    }
 }
 
 /// Exit code for a bad config (EX_USAGE).
@@ -93,6 +166,7 @@ fn main() -> ExitCode {
                 ExitCode::from(EXIT_CONFIG)
             }
         },
+        Cmd::Ctl { config, url, token, action } => ctl(config, url, token, action),
         Cmd::PrepareStandby { user_dir } => match flowgate::ops::standby::prepare_standby(&user_dir) {
             Ok(()) => {
                 println!("{}: runtimeFlowState set to stop", user_dir.display());

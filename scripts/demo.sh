@@ -37,6 +37,8 @@ FLOWGATE=$ROOT/target/release/flowgate
 mkdir -p "$DIR"
 PIDS=()
 cleanup() {
+  # The instances' current PIDs too: flowgate may have restarted them (demo-restart.sh).
+  for f in "$DIR"/nr-a/node-red.pid "$DIR"/nr-b/node-red.pid; do [ -f "$f" ] && PIDS+=("$(cat "$f")"); done
   for pid in "${PIDS[@]}"; do kill "$pid" 2>/dev/null || true; done
   sleep 1
   for pid in "${PIDS[@]}"; do kill -9 "$pid" 2>/dev/null || true; done
@@ -73,9 +75,16 @@ tls: { certs: certs }
 admin: { token: { env: FLOWGATE_ADMIN_TOKEN } }
 state: { dir: state }
 backends:
-  - { id: nr-a, url: "http://127.0.0.1:$NR_A_PORT", priority: 200 }
-  - { id: nr-b, url: "http://127.0.0.1:$NR_B_PORT", priority: 100 }
+  - id: nr-a
+    url: "http://127.0.0.1:$NR_A_PORT"
+    priority: 200
+    restart: { command: [bash, "$ROOT/scripts/demo-restart.sh", "$DIR", nr-a, "$NR_A_PORT", "$NR_HOME", "$FLOWGATE"] }
+  - id: nr-b
+    url: "http://127.0.0.1:$NR_B_PORT"
+    priority: 100
+    restart: { command: [bash, "$ROOT/scripts/demo-restart.sh", "$DIR", nr-b, "$NR_B_PORT", "$NR_HOME", "$FLOWGATE"] }
 health: { canary: /flowgate/canary }
+recovery: { hung_for: 3s, down_for: 5s }
 YAML
 if [ $REPLICAS = 1 ]; then
   ETCD_URL=http://127.0.0.1:$ETCD_PORT
@@ -117,8 +126,12 @@ cat <<INFO
 
   Watch a failover:    while sleep 0.2; do curl -s http://127.0.0.1:$PROXY_PORT/hello; echo; done
                        kill -9 \$(cat $DIR/nr-a/node-red.pid)
-  Watch a hang:        curl -m1 http://127.0.0.1:$NR_A_PORT/spin   (a while(true) in a function node)
-  Planned switchover:  curl -X POST -H "Authorization: Bearer $ADMIN_TOKEN" http://127.0.0.1:$ADMIN_PORT/switchover
+  Watch a hang:        curl -m1 http://127.0.0.1:$NR_A_PORT/spin   (a while(true) in a function node);
+                       flowgate fails over, then restarts the hung instance (scripts/demo-restart.sh)
+  Operate it:          export FLOWGATE_ADMIN_TOKEN=$ADMIN_TOKEN
+                       $FLOWGATE ctl -c $DIR/flowgate.yaml status
+                       $FLOWGATE ctl -c $DIR/flowgate.yaml switchover
+                       $FLOWGATE ctl -c $DIR/flowgate.yaml rolling-restart
   Reload the config:   kill -HUP <flowgate pid>, or edit $DIR/flowgate.yaml
   Ctrl-C stops flowgate and both instances.
 

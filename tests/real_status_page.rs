@@ -1,6 +1,7 @@
 //! The status page in a real browser (headless Debian Chromium via playwright-core) in front
 //! of real Node-RED: it shows the active instance, and after a kill -9 of the active it shows
-//! the new active and the failover without a reload. Keeps a screenshot in
+//! the new active and the failover without a reload, then nr-a restarted by its restart
+//! command (recovery), again without a reload. Keeps a screenshot in
 //! `target/artifacts/status-page.png`.
 
 mod support;
@@ -21,8 +22,9 @@ async fn the_status_page_follows_a_failover_live() {
     let mut b = NodeRed::create("nr-b", "");
     tokio::join!(a.boot(true), b.boot(true));
     let y = format!(
-        "backends:\n  - {{ id: nr-a, url: \"{}\", priority: 200 }}\n  - {{ id: nr-b, url: \"{}\", priority: 100 }}\nhealth: {{ canary: /flowgate/canary }}\n",
+        "backends:\n  - {{ id: nr-a, url: \"{}\", priority: 200, restart: {} }}\n  - {{ id: nr-b, url: \"{}\", priority: 100 }}\nhealth: {{ canary: /flowgate/canary }}\nrecovery: {{ down_for: 1s }}\n",
         a.url(),
+        a.restart_yaml(false),
         b.url()
     );
     let h = start_flowgate(&y, Secrets(vec![])).await;

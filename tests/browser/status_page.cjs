@@ -2,7 +2,8 @@
 // Usage: node status_page.cjs PLAYWRIGHT_CORE_DIR ADMIN_URL SCREENSHOT.png
 // Talks to the Rust test over stdio: prints READY once the page shows the first active,
 // waits for a KILLED line on stdin, then checks the page shows the new active and a failover
-// entry without having been reloaded, saves a screenshot and prints OK (or FAIL reason).
+// entry without having been reloaded, then nr-a's card reporting its restart (recovery),
+// saves a screenshot and prints OK (or FAIL reason).
 const [pwDir, adminUrl, shot] = process.argv.slice(2);
 const { launch } = require("./chromium.cjs");
 const readline = require("readline");
@@ -29,6 +30,13 @@ const nextLine = () => new Promise((resolve) => lines.once("line", resolve));
     const highlighted = await page.locator(".card.active .id").textContent();
     if (highlighted !== "nr-b") throw new Error("after the failover the highlighted card is " + highlighted);
     const downRole = await page.locator('.card[data-id="nr-a"] .role').textContent();
+    await page.waitForFunction(() => {
+      const card = document.querySelector('.card[data-id="nr-a"]');
+      return card.querySelector(".role").textContent === "standby"
+        && card.querySelector(".recovery").textContent === "1 restart, last: crash ok";
+    }, null, { timeout: 30000 });
+    const other = await page.locator('.card[data-id="nr-b"] .recovery').textContent();
+    if (other !== "no restart command") throw new Error("nr-b's recovery reads " + other);
     await page.screenshot({ path: shot, fullPage: true });
     console.log("OK highlighted=" + highlighted + " nr-a=" + downRole);
   } catch (e) {

@@ -106,6 +106,7 @@ impl NodeRed {
             .stderr(log)
             .spawn()
             .expect("spawn node");
+        std::fs::write(self.user_dir.join("pid"), child.id().to_string()).unwrap();
         self.child = Some(child);
         let url = format!("{}/auth/login", self.url());
         let c = super::client();
@@ -124,12 +125,59 @@ impl NodeRed {
         }
     }
 
-    /// `kill -9`.
+    /// `kill -9`, of the process booted here and of one its restart command started since.
     pub fn kill9(&mut self) {
+        if let Some(pid) = self.current_pid().filter(|&p| Some(p) != self.pid()) {
+            let _ = Command::new("kill").args(["-KILL", &pid.to_string()]).status();
+        }
         if let Some(mut c) = self.child.take() {
             let _ = c.kill();
             let _ = c.wait();
         }
+    }
+
+    /// The process serving now: the one booted here, or the one its restart command started.
+    pub fn current_pid(&self) -> Option<u32> {
+        std::fs::read_to_string(self.user_dir.join("pid")).ok()?.trim().parse().ok()
+    }
+
+    /// Writes `restart.sh` and returns flowgate's `restart:` YAML for it. The script stops the
+    /// running process (SIGTERM, SIGKILL after 1 s: a blocked event loop ignores SIGTERM), runs
+    /// `flowgate prepare-standby` and boots a new process in its own session, as a service
+    /// manager would. `broken`: the new process exits at once (a crash loop).
+    pub fn restart_yaml(&self, broken: bool) -> String {
+        let settings = if broken {
+            "/nonexistent/settings.js".to_string()
+        } else {
+            self.user_dir.join("settings.js").display().to_string()
+        };
+        let dir = self.user_dir.display();
+        let env: String = self.env.iter().map(|(k, v)| format!("export {k}='{v}'\n")).collect();
+        let script = format!(
+            r#"#!/bin/sh
+# Restart Node-RED "{name}" in {dir}.
+gone() {{ [ ! -e /proc/$1 ] || grep -q '^State:[[:space:]]*Z' /proc/$1/status 2>/dev/null; }}
+old=$(cat '{dir}/pid' 2>/dev/null)
+if [ -n "$old" ]; then
+  kill -TERM "$old" 2>/dev/null
+  i=0
+  while ! gone "$old" && [ $i -lt 20 ]; do sleep 0.05; i=$((i+1)); done
+  gone "$old" || kill -KILL "$old" 2>/dev/null
+  while ! gone "$old"; do sleep 0.02; done
+fi
+'{flowgate}' prepare-standby --user-dir '{dir}' >/dev/null || exit 1
+export FG_NAME='{name}' FG_PORT='{port}'
+{env}setsid node '{red}' -u '{dir}' -p {port} -s '{settings}' </dev/null >>'{dir}/node-red.log' 2>&1 &
+echo $! > '{dir}/pid'
+"#,
+            name = self.name,
+            port = self.port,
+            flowgate = env!("CARGO_BIN_EXE_flowgate"),
+            red = red_js().display(),
+        );
+        let path = self.user_dir.join("restart.sh");
+        std::fs::write(&path, script).unwrap();
+        format!("{{ command: [/bin/sh, \"{}\"], timeout: 20s }}", path.display())
     }
 
     pub fn log_tail(&self) -> String {

@@ -23,6 +23,11 @@ pub struct RequestStream {
 
 impl RequestStream {
     pub fn start(url: String, every: Duration) -> Self {
+        Self::start_for(url, every, Duration::from_secs(20))
+    }
+
+    /// As [`RequestStream::start`], sending for at most `limit`.
+    pub fn start_for(url: String, every: Duration, limit: Duration) -> Self {
         let samples = Arc::new(Mutex::new(Vec::new()));
         let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
         let (s, st) = (samples.clone(), stop.clone());
@@ -30,8 +35,8 @@ impl RequestStream {
             let c = client();
             let mut tick = tokio::time::interval(every);
             let mut inflight = tokio::task::JoinSet::new();
-            // Bounded: at most 20 s of requests.
-            let end = Instant::now() + Duration::from_secs(20);
+            // Bounded in time.
+            let end = Instant::now() + limit;
             while !st.load(std::sync::atomic::Ordering::SeqCst) && Instant::now() < end {
                 tick.tick().await;
                 let (c, url, s) = (c.clone(), url.clone(), s.clone());

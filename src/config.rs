@@ -237,4 +237,19 @@ failover:
         find("recovery.window");
         find("recovery.hung_for");
     }
+
+    #[test]
+    fn readiness_ignore_takes_only_known_kinds() {
+        let base = "backends: [{id: a, url: \"http://127.0.0.1:1\"}]\n";
+        let c = parse_with(&format!("{base}readiness: {{ ignore: [memory_context] }}\n"), &[]).unwrap();
+        assert_eq!(c.readiness_ignore, ["memory_context"]);
+        let p = problems(&format!("{base}readiness:\n  ignore: [memory_context, contexts]\n"));
+        assert_eq!(p.len(), 1);
+        assert_eq!((p[0].field.as_str(), p[0].line), ("readiness.ignore[1]", Some(3)));
+        assert!(
+            p[0].message.starts_with("\"contexts\" is no hazard kind; kinds: memory_context, mqtt_qos0"),
+            "{}",
+            p[0]
+        );
+    }
 }

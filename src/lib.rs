@@ -51,6 +51,7 @@
 //!   in-step table and resyncs, remembered logins.
 //! - [`ops`]: admin API and status page, metrics, `prepare-standby`, restart commands,
 //!   `flowgate ctl`.
+//! - [`readiness`]: pure: which nodes of a flow do not survive a HA mode, and the fix.
 //! - [`state`]: what one configuration shares between the planes.
 //! - [`app`], `reload`, `shutdown`: composition and lifecycle.
 //! - [`crypto`], [`files`]: sealing at rest, private atomic files.
@@ -68,6 +69,7 @@ pub mod files;
 #[doc(hidden)]
 pub mod fuzzing;
 pub mod ops;
+pub mod readiness;
 pub mod reload;
 mod shutdown;
 pub mod state;

@@ -20,10 +20,21 @@ enum Cmd {
         #[arg(long, short)]
         config: PathBuf,
     },
-    /// Validate a config file, list every problem, exit non-zero if there is any.
+    /// Validate a config file, list every problem, exit non-zero if there is any; and/or
+    /// check a flows file for nodes that do not survive a HA mode (advice).
     Check {
-        #[arg(long, short)]
-        config: PathBuf,
+        #[arg(long, short, required_unless_present = "flows")]
+        config: Option<PathBuf>,
+        /// A flows file (Node-RED's export, or flows.json): report, per HA mode, the nodes that
+        /// do not survive it and the fix. With --config, its readiness.ignore applies.
+        #[arg(long)]
+        flows: Option<PathBuf>,
+        /// Only this mode: hot-spare or load-balanced (default: both).
+        #[arg(long, requires = "flows")]
+        mode: Option<String>,
+        /// Exit 1 when the flows have findings.
+        #[arg(long, requires = "flows")]
+        strict: bool,
         /// Also connect to etcd (with `cluster:`) and show the controller and the replicas;
         /// exit 69 when it cannot be reached.
         #[arg(long)]
@@ -120,6 +131,38 @@ fn ctl(config: Option<PathBuf>, url: Option<String>, token: Option<String>, acti
     }
 }
 
+/// `flowgate check --flows`: the readiness findings of a flows file.
+fn check_flows(path: &std::path::Path, mode: Option<&str>, strict: bool, ignore: &[String]) -> ExitCode {
+    use flowgate::readiness::{Mode, nodes, report};
+    let modes: Vec<Mode> = match mode {
+        None => Mode::ALL.to_vec(),
+        Some(m) => match Mode::ALL.into_iter().find(|x| x.as_str() == m) {
+            Some(x) => vec![x],
+            None => {
+                eprintln!("--mode {m}: give hot-spare or load-balanced");
+                return ExitCode::from(EXIT_CONFIG);
+            }
+        },
+    };
+    let doc: serde_json::Value = match std::fs::read(path)
+        .map_err(|e| e.to_string())
+        .and_then(|b| serde_json::from_slice(&b).map_err(|e| format!("not JSON: {e}")))
+    {
+        Ok(d) => d,
+        Err(e) => {
+            eprintln!("{}: {e}", path.display());
+            return ExitCode::from(EXIT_CONFIG);
+        }
+    };
+    if nodes(&doc).is_none() {
+        eprintln!("{}: not a flows file (an array of nodes, or {{\"flows\": [...]}})", path.display());
+        return ExitCode::from(EXIT_CONFIG);
+    }
+    let (text, found) = report(&doc, &modes, ignore);
+    println!("{}: HA readiness (advice; silence a kind with readiness.ignore)\n{}", path.display(), text.trim_end());
+    if strict && found > 0 { ExitCode::FAILURE } else { ExitCode::SUCCESS }
+}
+
 /// Exit code for a bad config (EX_USAGE).
 const EXIT_CONFIG: u8 = 64;
 /// Exit code for an unreachable etcd (EX_UNAVAILABLE).
@@ -149,23 +192,36 @@ fn check_etcd(cluster: &flowgate::config::ClusterConfig) -> ExitCode {
 
 fn main() -> ExitCode {
     match Cli::parse().command {
-        Cmd::Check { config, connect } => match flowgate::config::load(&config) {
-            Ok(c) => {
-                println!("{}: ok ({} backends)", config.display(), c.backends.len());
-                match (&c.cluster, connect) {
-                    (Some(cluster), true) => check_etcd(cluster),
-                    (None, true) => {
-                        println!("no cluster: section: nothing to connect to");
-                        ExitCode::SUCCESS
+        Cmd::Check { config, connect, flows, mode, strict } => {
+            let mut ignore = Vec::new();
+            if let Some(config) = config {
+                match flowgate::config::load(&config) {
+                    Ok(c) => {
+                        println!("{}: ok ({} backends)", config.display(), c.backends.len());
+                        let code = match (&c.cluster, connect) {
+                            (Some(cluster), true) => check_etcd(cluster),
+                            (None, true) => {
+                                println!("no cluster: section: nothing to connect to");
+                                ExitCode::SUCCESS
+                            }
+                            _ => ExitCode::SUCCESS,
+                        };
+                        if code != ExitCode::SUCCESS {
+                            return code;
+                        }
+                        ignore = c.readiness_ignore;
                     }
-                    _ => ExitCode::SUCCESS,
+                    Err(e) => {
+                        eprintln!("{e}");
+                        return ExitCode::from(EXIT_CONFIG);
+                    }
                 }
             }
-            Err(e) => {
-                eprintln!("{e}");
-                ExitCode::from(EXIT_CONFIG)
+            match flows {
+                Some(f) => check_flows(&f, mode.as_deref(), strict, &ignore),
+                None => ExitCode::SUCCESS,
             }
-        },
+        }
         Cmd::Ctl { config, url, token, action } => ctl(config, url, token, action),
         Cmd::PrepareStandby { user_dir } => match flowgate::ops::standby::prepare_standby(&user_dir) {
             Ok(()) => {

@@ -51,10 +51,23 @@ pub struct Status {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub cluster: Option<ClusterStatus>,
     pub backends: Vec<BackendStatus>,
+    /// What the deployed flows risk in each HA mode (null until flows are known).
+    pub readiness: Option<std::sync::Arc<Readiness>>,
     /// The rolling restart in progress, else how the last one ended.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub rolling_restart: Option<crate::control::cluster::RollingView>,
     pub failovers: Vec<FailoverRecord>,
+}
+
+/// The readiness findings of the target flows, per mode.
+#[derive(Debug, Clone, Serialize)]
+pub struct Readiness {
+    /// The revision they were found in.
+    pub rev: Option<String>,
+    /// The mode flowgate runs in.
+    pub mode: &'static str,
+    pub hot_spare: Vec<crate::readiness::Finding>,
+    pub load_balanced: Vec<crate::readiness::Finding>,
 }
 
 /// How an instance is restarted and how its restarts went.

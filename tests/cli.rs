@@ -127,3 +127,49 @@ fn values_that_used_to_panic_are_refused_with_exit_64_and_no_secret_is_echoed() 
         }
     }
 }
+
+#[test]
+fn check_flows_names_every_hazard_per_mode_and_none_for_a_clean_flow() {
+    let fixture = |f: &str| format!("{}/tests/fixtures/{f}", env!("CARGO_MANIFEST_DIR"));
+    let out = flowgate().args(["check", "--flows", &fixture("ha-hazards.json")]).output().unwrap();
+    let text = String::from_utf8_lossy(&out.stdout).to_string();
+    println!("{text}");
+    assert!(out.status.success(), "advice only: {text}");
+    let (hot, lb) = text.split_once("load-balanced:").expect("both modes reported");
+    assert!(hot.contains("hot-spare: 6 finding(s)") && lb.starts_with(" 10 finding(s)"), "{text}");
+    for (kind, node) in [
+        ("memory_context", "ctx"),
+        ("inject_once", "once"),
+        ("mqtt_qos0", "q0"),
+        ("mqtt_session", "b1"),
+        ("local_files", "file"),
+    ] {
+        assert!(hot.contains(&format!("{kind:<15} {node} ")), "{kind} {node} missing for hot-spare: {hot}");
+    }
+    for (kind, node) in [
+        ("inject_repeat", "tick"),
+        ("mqtt_unshared", "q0"),
+        ("mqtt_client_id", "b2"),
+        ("stateful", "join"),
+        ("stateful", "rate"),
+    ] {
+        assert!(lb.contains(&format!("{kind:<15} {node} ")), "{kind} {node} missing for load-balanced: {lb}");
+        assert!(!hot.contains(&format!("{kind:<15} {node} ")), "{kind} is no hazard for hot-spare");
+    }
+    let strict = flowgate()
+        .args(["check", "--flows", &fixture("ha-hazards.json"), "--mode", "hot-spare", "--strict"])
+        .output()
+        .unwrap();
+    assert_eq!(strict.status.code(), Some(1));
+    assert!(!String::from_utf8_lossy(&strict.stdout).contains("load-balanced"));
+
+    let out = flowgate().args(["check", "--flows", &fixture("ha-clean.json"), "--strict"]).output().unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{text}");
+    assert!(text.contains("hot-spare: no findings") && text.contains("load-balanced: no findings"), "{text}");
+
+    let bad = temp("notflows.json", "{\"nodes\": 1}");
+    let out = flowgate().args(["check", "--flows", bad.to_str().unwrap()]).output().unwrap();
+    assert_eq!(out.status.code(), Some(64));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("not a flows file"));
+}

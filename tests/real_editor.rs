@@ -414,3 +414,50 @@ async fn a_deploy_to_flows_in_capitals_reaches_every_instance_and_survives_a_fai
     let flows = request("GET", &format!("{base}/flows"), &[], String::new()).await;
     assert!(flows.body.contains("\"capitals\""), "the deploy survived the failover: {}", flows.body);
 }
+
+/// HA readiness: the active's flows are checked at start (the test flows' "tick" inject fires
+/// once when flows start: again at every failover), and a deploy through flowgate of a flow
+/// with a hazard succeeds, reaches both instances, and its finding shows in `/status` and the
+/// metric.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn readiness_findings_of_the_active_flows_and_of_a_deploy_show_in_status() {
+    let _serial = serial().await;
+    let ([a, b], h) = support::node_red::pair(None, "").await;
+    let hazard = |kind: &'static str, node: &'static str| {
+        let h = &h;
+        move || async move {
+            let s = status(h).await;
+            s["readiness"]["hot_spare"]
+                .as_array()
+                .is_some_and(|f| f.iter().any(|x| x["kind"] == kind && x["node"] == node))
+        }
+    };
+    eventually(Duration::from_secs(10), "the start-up finding", hazard("inject_once", "fg_tick")).await;
+    let mut flows = fixture_flows();
+    flows.as_array_mut().unwrap().push(json!({
+        "id": "fg_remember", "type": "change", "z": "fg_tab", "name": "remember",
+        "rules": [{"t": "set", "p": "last", "pt": "flow", "to": "payload", "tot": "msg"}], "x": 300, "y": 400, "wires": [[]]
+    }));
+    let base = format!("http://{}", h.proxy_addr);
+    let mut hd = vec![("node-red-api-version", "v2")];
+    let current = request("GET", &format!("{base}/flows"), &hd, String::new()).await;
+    let rev = serde_json::from_str::<Value>(&current.body).unwrap()["rev"].as_str().unwrap().to_string();
+    hd.push(("content-type", "application/json"));
+    hd.push(("node-red-deployment-type", "full"));
+    let r = request("POST", &format!("{base}/flows"), &hd, json!({"flows": flows, "rev": rev}).to_string()).await;
+    assert_eq!(r.status, 200, "a flow with a hazard deploys: {}", r.body);
+    let new_rev = serde_json::from_str::<Value>(&r.body).unwrap()["rev"].as_str().unwrap().to_string();
+    eventually(Duration::from_secs(10), "the deploy's finding", hazard("memory_context", "fg_remember")).await;
+    let s = status(&h).await;
+    assert_eq!(s["readiness"]["rev"], json!(new_rev));
+    let f =
+        s["readiness"]["hot_spare"].as_array().unwrap().iter().find(|x| x["node"] == "fg_remember").unwrap().clone();
+    println!("finding after the deploy: {f}");
+    assert_eq!((f["name"].as_str(), f["tab"].as_str()), (Some("remember"), Some("flowgate test")));
+    let m = metrics(&h).await;
+    assert_eq!(sample(&m, "flowgate_flow_hazards{kind=\"memory_context\",mode=\"hot-spare\"}"), Some(1.0), "{m}");
+    for n in [&a, &b] {
+        let (_, body) = n.direct("/flows").await.unwrap();
+        assert!(body.contains("fg_remember"), "{} has the deploy", n.name);
+    }
+}

@@ -57,6 +57,8 @@ pub struct Config {
     pub health: HealthConfig,
     pub failover: FailoverConfig,
     pub recovery: RecoveryConfig,
+    /// Hazard kinds of the readiness checks not to report.
+    pub readiness_ignore: Vec<String>,
     pub trusted_proxies: Vec<Cidr>,
     pub editor: EditorConfig,
     pub deploy: DeployConfig,

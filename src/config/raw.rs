@@ -29,6 +29,9 @@ pub struct RawConfig {
     /// Restarting failed instances.
     #[serde(default)]
     pub recovery: RawRecovery,
+    /// HA readiness checks of the flows.
+    #[serde(default)]
+    pub readiness: RawReadiness,
     /// Proxy behaviour towards clients.
     #[serde(default)]
     pub proxy: RawProxy,
@@ -219,6 +222,13 @@ pub struct RawRestart {
     pub command: Vec<String>,
     /// The command is killed and the restart counted failed after this long (default 60s).
     pub timeout: Option<String>,
+}
+
+#[derive(Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct RawReadiness {
+    /// Hazard kinds not to report (e.g. [memory_context] when a shared context store is used).
+    pub ignore: Option<Vec<String>>,
 }
 
 #[derive(Debug, Deserialize, Default)]

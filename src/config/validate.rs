@@ -357,6 +357,16 @@ pub fn validate(raw: RawConfig, secrets: &dyn SecretSource, base: &std::path::Pa
         backoff: p.duration("recovery.backoff", &r.backoff, DEFAULT_RESTART_BACKOFF),
     };
 
+    let readiness_ignore = raw.readiness.ignore.clone().unwrap_or_default();
+    for (i, k) in readiness_ignore.iter().enumerate() {
+        if !crate::readiness::KINDS.contains(&k.as_str()) {
+            p.add(
+                format!("readiness.ignore[{i}]"),
+                format!("\"{k}\" is no hazard kind; kinds: {}", crate::readiness::KINDS.join(", ")),
+            );
+        }
+    }
+
     let mut trusted_proxies = Vec::new();
     for (i, t) in raw.proxy.trusted_proxies.iter().flatten().enumerate() {
         match t.parse::<Cidr>() {
@@ -437,6 +447,7 @@ pub fn validate(raw: RawConfig, secrets: &dyn SecretSource, base: &std::path::Pa
             health,
             failover,
             recovery,
+            readiness_ignore,
             trusted_proxies,
             editor,
             deploy,

@@ -52,6 +52,7 @@ pub struct Metrics {
     pub cluster_store_errors: IntCounter,
     pub cluster_fenced: IntCounter,
     pub config_reloads: IntCounterVec,
+    pub flow_hazards: IntGaugeVec,
     pub tls_reload_errors: IntCounter,
     pub tls_not_after: IntGaugeVec,
     /// The rev label currently set per backend, so a change replaces the series.
@@ -335,6 +336,17 @@ impl Metrics {
                 )
                 .unwrap(),
             ),
+            flow_hazards: reg(
+                &registry,
+                IntGaugeVec::new(
+                    Opts::new(
+                        "flowgate_flow_hazards",
+                        "Nodes of the deployed flows that do not survive a HA mode, by mode (hot-spare, load-balanced) and hazard kind (see flowgate check --flows).",
+                    ),
+                    &["mode", "kind"],
+                )
+                .unwrap(),
+            ),
             config_reloads: reg(
                 &registry,
                 IntCounterVec::new(
@@ -396,6 +408,11 @@ impl Metrics {
         }
         for r in ["ok", "rejected"] {
             self.config_reloads.with_label_values(&[r]);
+        }
+        for mode in crate::readiness::Mode::ALL {
+            for kind in crate::readiness::KINDS {
+                self.flow_hazards.with_label_values(&[mode.as_str(), kind]);
+            }
         }
     }
 

@@ -35,6 +35,9 @@ const nextLine = () => new Promise((resolve) => lines.once("line", resolve));
       return card.querySelector(".role").textContent === "standby"
         && card.querySelector(".recovery").textContent === "1 restart, last: crash ok";
     }, null, { timeout: 30000 });
+    // The test flows' "tick" inject fires once at start: a hot-spare finding, shown live.
+    await page.waitForFunction(() => [...document.querySelectorAll("#readiness tr.finding")]
+      .some((r) => r.textContent.includes("inject_once") && r.textContent.includes("fg_tick")), null, { timeout: 15000 });
     const other = await page.locator('.card[data-id="nr-b"] .recovery').textContent();
     if (other !== "no restart command") throw new Error("nr-b's recovery reads " + other);
     await page.screenshot({ path: shot, fullPage: true });

@@ -76,6 +76,8 @@ pub struct Driver {
     store: Option<StoreView>,
     /// Shared with the probers: the epoch they carry.
     epoch: Arc<std::sync::atomic::AtomicU64>,
+    /// Readiness findings of the target flows, and the revision they are for.
+    readiness: Option<Arc<crate::state::Readiness>>,
 }
 
 /// The next message from the store, or never without one.
@@ -131,6 +133,7 @@ impl Driver {
             link,
             store: None,
             epoch,
+            readiness: None,
         };
         if let Some(seed) = seed {
             d.core = State::reconfigured(seed.core, specs, settings, now);
@@ -189,6 +192,7 @@ impl Driver {
                 info!("supervision handed over to the reloaded configuration");
                 return;
             }
+            self.refresh_readiness();
             self.publish_status();
             let wake = self.core.next_wake(now).unwrap_or(now + Duration::from_secs(3600));
             let event = tokio::select! {

@@ -146,6 +146,38 @@ impl Driver {
         self.history.truncate(HISTORY);
     }
 
+    /// Checks the target flows for HA hazards when their revision changed (a deploy, the
+    /// active's flows adopted at start): `/status`, the metric, one log line.
+    pub(super) fn refresh_readiness(&mut self) {
+        use crate::readiness::{Mode, check, counts};
+        let (rev, flows) = {
+            let t = self.shared.sync.lock().unwrap_or_else(|e| e.into_inner());
+            if t.flows.is_none() || self.readiness.as_ref().is_some_and(|r| r.rev == t.rev) {
+                return;
+            }
+            (t.rev.clone(), t.flows.clone().expect("checked"))
+        };
+        let ignore = &self.shared.config.readiness_ignore;
+        let (hot_spare, load_balanced) =
+            (check(&flows, Mode::HotSpare, ignore), check(&flows, Mode::LoadBalanced, ignore));
+        for (mode, found) in [(Mode::HotSpare, &hot_spare), (Mode::LoadBalanced, &load_balanced)] {
+            for (kind, n) in counts(found) {
+                self.shared.metrics.flow_hazards.with_label_values(&[mode.as_str(), kind]).set(n as i64);
+            }
+        }
+        if !hot_spare.is_empty() {
+            let list: Vec<String> = hot_spare.iter().map(|f| format!("{} {} ({})", f.kind, f.node, f.tab)).collect();
+            warn!(
+                rev = rev.as_deref().unwrap_or("-"),
+                hazards = hot_spare.len(),
+                "the flows have nodes that do not survive a failover (advice; details in /status): {}",
+                list.join(", ")
+            );
+        }
+        self.readiness =
+            Some(Arc::new(crate::state::Readiness { rev, mode: Mode::HotSpare.as_str(), hot_spare, load_balanced }));
+    }
+
     pub(super) fn publish_status(&self) {
         let metrics = &self.shared.metrics;
         let mut running = 0;
@@ -221,6 +253,7 @@ impl Driver {
                 store: self.store.clone().unwrap_or_default(),
             }),
             backends,
+            readiness: self.readiness.clone(),
             rolling_restart: self.core.rolling_view(),
             failovers: self.history.iter().cloned().collect(),
         }));

@@ -214,6 +214,19 @@ failover:
         let fields: Vec<String> =
             problems(&format!("{base}cluster: {{ id: a, etcd: [] }}\n")).into_iter().map(|p| p.field).collect();
         assert_eq!(fields, ["cluster.etcd"]);
+        let fields =
+            |y: &str| -> Vec<String> { problems(&format!("{base}{y}")).into_iter().map(|p| p.field).collect() };
+        assert_eq!(fields("cluster: { id: a, etcd: [\"https://127.0.0.1:2379\"] }\n"), ["cluster.tls"]);
+        assert_eq!(
+            fields("cluster: { id: a, etcd: [\"http://127.0.0.1:2379\"], tls: { ca: x.pem } }\n"),
+            ["cluster.tls"]
+        );
+        assert_eq!(
+            fields(
+                "cluster: { id: a, etcd: [\"https://127.0.0.1:2379\"], tls: { ca: /nonexistent/ca.pem, cert: c.pem } }\n"
+            ),
+            ["cluster.tls.ca", "cluster.tls.cert"]
+        );
     }
 
     #[test]

@@ -271,3 +271,65 @@ async fn the_status_page_lists_the_replicas_and_the_controller() {
     let said = String::from_utf8_lossy(&out.stdout);
     assert!(said.starts_with("OK"), "{said}{}", String::from_utf8_lossy(&out.stderr));
 }
+
+/// TLS to etcd: over https:// with a client certificate (etcd `--client-cert-auth`) a replica
+/// connects and becomes controller, and `flowgate check --connect` reaches etcd; without the
+/// client certificate, or trusting another CA, it cannot, and says so (exit 69).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replicas_reach_etcd_over_tls_with_a_client_certificate() {
+    let _serial = serial().await;
+    let (etcd, pki) = Etcd::start_tls().await;
+    assert!(etcd.url.starts_with("https://"));
+    let other = support::etcd::Pki::create(&pki.dir, "other");
+    let config = |ca: &str, client: bool| {
+        let identity = if client {
+            format!(", cert: \"{}\", key: \"{}\"", pki.path("client.pem"), pki.path("client-key.pem"))
+        } else {
+            String::new()
+        };
+        let path = pki.dir.join(format!("check-{}-{client}.yaml", ca.len()));
+        std::fs::write(
+            &path,
+            format!(
+                "backends: [{{ id: a, url: \"http://127.0.0.1:9\" }}]\ncluster: {{ id: fg-1, etcd: [\"{}\"], tls: {{ ca: \"{ca}\"{identity} }} }}\n",
+                etcd.url
+            ),
+        )
+        .unwrap();
+        path
+    };
+    let check = |path: std::path::PathBuf| async move {
+        let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_flowgate"))
+            .args(["check", "--connect", "-c", path.to_str().unwrap()])
+            .output()
+            .await
+            .unwrap();
+        (out.status.code(), format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr)))
+    };
+    let good = config(&pki.path("ca.pem"), true);
+    eventually(Duration::from_secs(20), "check --connect over TLS", || async {
+        check(good.clone()).await.0 == Some(0)
+    })
+    .await;
+    let (_, said) = check(good).await;
+    println!("{}", said.trim());
+    assert!(said.contains(": ok; controller: none"), "{said}");
+    let (code, said) = check(config(&pki.path("ca.pem"), false)).await;
+    assert_eq!(code, Some(69), "no client certificate: {said}");
+    let (code, said) = check(config(&other.path("ca.pem"), true)).await;
+    assert_eq!(code, Some(69), "etcd's certificate is not from the trusted CA: {said}");
+    println!("trusting another CA: {}", said.trim());
+
+    let tls = format!(
+        ", tls: {{ ca: \"{}\", cert: \"{}\", key: \"{}\" }}",
+        pki.path("ca.pem"),
+        pki.path("client.pem"),
+        pki.path("client-key.pem")
+    );
+    let r = Replica::start_with("fg-1", &etcd.url, &tls, "backends: [{ id: a, url: \"http://127.0.0.1:9\" }]\n").await;
+    eventually(Duration::from_secs(15), "the replica is controller over TLS", || async {
+        let s = r.status().await;
+        r.role().await == "controller" && s["cluster"]["store"]["connected"] == true
+    })
+    .await;
+}

@@ -93,6 +93,15 @@ pub struct ClusterConfig {
     pub prefix: String,
     pub lease_ttl: Duration,
     pub auth: Option<(String, Secret)>,
+    pub tls: Option<EtcdTls>,
+}
+
+/// TLS to etcd: the CA (PEM, read at load) and an optional client identity.
+#[derive(Debug, Clone)]
+pub struct EtcdTls {
+    pub ca: Vec<u8>,
+    /// Certificate chain and key (PEM).
+    pub identity: Option<(Vec<u8>, Secret)>,
 }
 
 #[derive(Debug, Clone)]

@@ -131,6 +131,19 @@ pub struct RawCluster {
     /// etcd user (with `password`), when etcd has authentication on.
     pub user: Option<String>,
     pub password: Option<RawSecret>,
+    /// TLS to etcd (for `https://` endpoints).
+    pub tls: Option<RawEtcdTls>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawEtcdTls {
+    /// PEM of the CA that signed etcd's certificates.
+    pub ca: String,
+    /// This replica's client certificate and key (PEM), when etcd checks clients
+    /// (`--client-cert-auth`).
+    pub cert: Option<String>,
+    pub key: Option<String>,
 }
 
 #[derive(Debug, Deserialize, Default)]

@@ -396,7 +396,7 @@ pub fn validate(raw: RawConfig, secrets: &dyn SecretSource, base: &std::path::Pa
     let state =
         StateConfig { dir: raw.state.dir.as_deref().map(at), key: p.secret("state.key", &raw.state.key, secrets) };
 
-    let cluster = raw.cluster.as_ref().map(|c| cluster(&mut p, c, secrets));
+    let cluster = raw.cluster.as_ref().map(|c| cluster(&mut p, c, secrets, &at));
 
     let l = &raw.limits;
     let max_header_bytes = match l.max_header_bytes.as_deref().map(parse_size) {
@@ -481,7 +481,12 @@ impl std::str::FromStr for Cidr {
     }
 }
 
-fn cluster(p: &mut Problems, c: &super::raw::RawCluster, secrets: &dyn SecretSource) -> ClusterConfig {
+fn cluster(
+    p: &mut Problems,
+    c: &super::raw::RawCluster,
+    secrets: &dyn SecretSource,
+    at: &dyn Fn(&str) -> std::path::PathBuf,
+) -> ClusterConfig {
     if c.id.is_empty() || !c.id.bytes().all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b)) {
         p.add("cluster.id", format!("\"{}\" must be letters, digits, ., - and _", c.id));
     }
@@ -515,5 +520,46 @@ fn cluster(p: &mut Problems, c: &super::raw::RawCluster, secrets: &dyn SecretSou
             None
         }
     };
-    ClusterConfig { id: c.id.clone(), etcd: c.etcd.clone(), prefix, lease_ttl, auth }
+    let https = c.etcd.iter().any(|e| e.starts_with("https://"));
+    let tls = match &c.tls {
+        None if https => {
+            p.add(
+                "cluster.tls",
+                "https:// endpoints need `tls: { ca: PATH }` (the PEM of the CA that signed etcd's certificate)",
+            );
+            None
+        }
+        None => None,
+        Some(_) if !https => {
+            p.add("cluster.tls", "TLS is configured but the endpoints are http://: write https://HOST:PORT");
+            None
+        }
+        Some(t) => {
+            let mut read = |field: &str, path: &str| match std::fs::read(at(path)) {
+                Ok(b) if String::from_utf8_lossy(&b).contains("-----BEGIN") => Some(b),
+                Ok(_) => {
+                    p.add(format!("cluster.tls.{field}"), format!("{path} is not PEM"));
+                    None
+                }
+                Err(e) => {
+                    p.add(format!("cluster.tls.{field}"), format!("cannot read {path}: {e}"));
+                    None
+                }
+            };
+            let ca = read("ca", &t.ca);
+            let identity = match (&t.cert, &t.key) {
+                (Some(cert), Some(key)) => match (read("cert", cert), read("key", key)) {
+                    (Some(c), Some(k)) => Some((c, Secret::new(String::from_utf8_lossy(&k).into_owned()))),
+                    _ => None,
+                },
+                (None, None) => None,
+                _ => {
+                    p.add("cluster.tls.cert", "give both `cert` and `key`, or neither");
+                    None
+                }
+            };
+            ca.map(|ca| super::model::EtcdTls { ca, identity })
+        }
+    };
+    ClusterConfig { id: c.id.clone(), etcd: c.etcd.clone(), prefix, lease_ttl, auth, tls }
 }

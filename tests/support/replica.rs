@@ -17,10 +17,15 @@ pub struct Replica {
 impl Replica {
     /// Starts `flowgate run` with `yaml` (listen addresses and the cluster id are added).
     pub async fn start(id: &str, etcd: &str, yaml: &str) -> Self {
+        Self::start_with(id, etcd, "", yaml).await
+    }
+
+    /// As [`Replica::start`], with `cluster_extra` inside the cluster section (e.g. `tls: {...}`).
+    pub async fn start_with(id: &str, etcd: &str, cluster_extra: &str, yaml: &str) -> Self {
         let dir = temp_dir(id);
         let (proxy, admin) = (free_port(), free_port());
         let config = format!(
-            "listen: {{ proxy: \"127.0.0.1:{proxy}\", admin: \"127.0.0.1:{admin}\" }}\ncluster: {{ id: {id}, etcd: [\"{etcd}\"], prefix: /t/ }}\n{yaml}"
+            "listen: {{ proxy: \"127.0.0.1:{proxy}\", admin: \"127.0.0.1:{admin}\" }}\ncluster: {{ id: {id}, etcd: [\"{etcd}\"], prefix: /t/{cluster_extra} }}\n{yaml}"
         );
         std::fs::write(dir.join("flowgate.yaml"), config).unwrap();
         let log = std::fs::File::create(dir.join("flowgate.log")).unwrap();

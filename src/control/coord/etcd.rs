@@ -17,7 +17,8 @@
 use std::time::Duration;
 
 use etcd_client::{
-    Client, Compare, CompareOp, ConnectOptions, EventType, GetOptions, LeaderKey, PutOptions, Txn, TxnOp, WatchOptions,
+    Certificate, Client, Compare, CompareOp, ConnectOptions, EventType, GetOptions, Identity, LeaderKey, PutOptions,
+    TlsOptions, Txn, TxnOp, WatchOptions,
 };
 use tokio::time::{Instant, timeout};
 use tokio_util::sync::CancellationToken;
@@ -88,10 +89,7 @@ async fn session(
     let keys = Keys::new(cfg);
     // No client-wide request timeout: the campaign blocks until this replica wins. Every other
     // call is bounded here, one by one.
-    let mut opts = ConnectOptions::new().with_connect_timeout(op);
-    if let Some((user, password)) = &cfg.auth {
-        opts = opts.with_user(user.clone(), password.expose().to_string());
-    }
+    let opts = options(cfg, op);
     let setup = async {
         let mut client = Client::connect(&cfg.etcd, Some(opts)).await?;
         let lease = client.lease_grant(ttl.as_secs() as i64, None).await?.id();
@@ -245,12 +243,26 @@ async fn refresh(
     let _ = to_driver.send(FromStore::View(view.clone()));
 }
 
-/// For `flowgate check --connect`: connects, reads the controller and the registered replicas.
-pub async fn probe(cfg: &ClusterConfig) -> Result<StoreView, String> {
-    let mut opts = ConnectOptions::new().with_connect_timeout(Duration::from_secs(3));
+/// How to connect: the connect timeout, etcd authentication, TLS (the CA, and the client's
+/// identity when etcd checks clients).
+fn options(cfg: &ClusterConfig, connect_timeout: Duration) -> ConnectOptions {
+    let mut opts = ConnectOptions::new().with_connect_timeout(connect_timeout);
     if let Some((user, password)) = &cfg.auth {
         opts = opts.with_user(user.clone(), password.expose().to_string());
     }
+    if let Some(tls) = &cfg.tls {
+        let mut t = TlsOptions::new().ca_certificate(Certificate::from_pem(&tls.ca));
+        if let Some((cert, key)) = &tls.identity {
+            t = t.identity(Identity::from_pem(cert, key.expose()));
+        }
+        opts = opts.with_tls(t);
+    }
+    opts
+}
+
+/// For `flowgate check --connect`: connects, reads the controller and the registered replicas.
+pub async fn probe(cfg: &ClusterConfig) -> Result<StoreView, String> {
+    let opts = options(cfg, Duration::from_secs(3));
     let work = async {
         let mut client = Client::connect(&cfg.etcd, Some(opts)).await.map_err(|e| e.to_string())?;
         // A real call: the connection is made lazily.

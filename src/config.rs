@@ -198,12 +198,20 @@ failover:
 
     #[test]
     fn the_cluster_section_is_checked_field_by_field() {
-        let base = "backends: [{id: a, url: \"http://127.0.0.1:1\"}]\n";
+        let base = "listen: { proxy: \"10.0.0.5:1880\" }\nbackends: [{id: a, url: \"http://127.0.0.1:1\"}]\n";
         let c = parse_with(&format!("{base}cluster: {{ id: fg-1, etcd: [\"http://127.0.0.1:2379\"] }}\n"), &[])
             .unwrap()
             .cluster
             .expect("cluster");
         assert_eq!((c.prefix.as_str(), c.lease_ttl), ("/flowgate/", Duration::from_secs(2)));
+        assert_eq!(c.advertise, "http://10.0.0.5:1880", "from listen.proxy");
+        let open = "backends: [{id: a, url: \"http://127.0.0.1:1\"}]\ncluster: { id: fg-1, etcd: [\"http://127.0.0.1:2379\"] }\n";
+        let p = problems(open);
+        assert_eq!(p.len(), 1);
+        assert_eq!(p[0].field, "cluster.advertise");
+        assert!(p[0].message.starts_with("listen.proxy is 0.0.0.0:1880: give the http://HOST:PORT"), "{}", p[0]);
+        let c = parse_with(&open.replace("] }", "], advertise: \"http://fg-1.plant:1880/\" }"), &[]).unwrap();
+        assert_eq!(c.cluster.unwrap().advertise, "http://fg-1.plant:1880");
         let bad = format!(
             "{base}cluster: {{ id: \"fg 1\", etcd: [\"127.0.0.1:2379\"], prefix: x, lease_ttl: 1500ms, user: u }}\n"
         );

@@ -8,10 +8,12 @@
 //!   step; [`resync`] brings the others back.
 //! - [`changes`]: the change lock that keeps writes, resyncs and promotions apart.
 //! - [`logins`]: editor tokens remembered so every instance accepts them.
+//! - [`forward`]: replicas: a follower forwards editor writes to the controller.
 
 pub mod changes;
 pub mod cookie;
 pub mod fanout;
+pub mod forward;
 pub mod logins;
 pub mod resync;
 pub mod sync;

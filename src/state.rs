@@ -99,6 +99,9 @@ pub struct ClusterStatus {
     /// The active record every replica routes by.
     pub record: Option<crate::control::cluster::Record>,
     pub store: crate::control::coord::StoreView,
+    /// Where editor writes that change flows are carried out: "here", "forwarded to URL",
+    /// or "refused: no controller".
+    pub editor_writes: String,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -184,6 +187,20 @@ pub struct Shared {
     pub write_bodies: Arc<tokio::sync::Semaphore>,
     /// Taken by whoever saves the sync table, in turn (`editor/fanout.rs` `save`).
     pub saving: Mutex<()>,
+    /// Where editor writes are carried out (replicas: only on the controller). Written by the
+    /// cluster driver.
+    pub writes_to: ArcSwap<WriteRoute>,
+}
+
+/// Where an editor write that reaches this flowgate is carried out.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum WriteRoute {
+    /// Here: flowgate runs alone, or this replica is the controller.
+    Here,
+    /// A follower: forwarded to the controller's proxy listener (`cluster.advertise`).
+    Forward(String),
+    /// A follower that knows no controller (etcd unreachable, an election running): refused.
+    NoController,
 }
 
 /// Editor write bodies buffered at once: deploys are serialised anyway, so a few cover real
@@ -201,6 +218,7 @@ impl Shared {
         connector: &Connector,
         workers: usize,
     ) -> Self {
+        let writes_to = if config.cluster.is_some() { WriteRoute::NoController } else { WriteRoute::Here };
         let instances = config
             .backends
             .iter()
@@ -234,6 +252,7 @@ impl Shared {
             metrics: services.metrics.clone(),
             write_bodies: Arc::new(tokio::sync::Semaphore::new(MAX_BUFFERED_WRITES)),
             saving: Mutex::new(()),
+            writes_to: ArcSwap::from_pointee(writes_to),
         }
     }
 

@@ -291,7 +291,7 @@ async fn replicas_reach_etcd_over_tls_with_a_client_certificate() {
         std::fs::write(
             &path,
             format!(
-                "backends: [{{ id: a, url: \"http://127.0.0.1:9\" }}]\ncluster: {{ id: fg-1, etcd: [\"{}\"], tls: {{ ca: \"{ca}\"{identity} }} }}\n",
+                "listen: {{ proxy: \"127.0.0.1:1\" }}\nbackends: [{{ id: a, url: \"http://127.0.0.1:9\" }}]\ncluster: {{ id: fg-1, etcd: [\"{}\"], tls: {{ ca: \"{ca}\"{identity} }} }}\n",
                 etcd.url
             ),
         )
@@ -330,6 +330,84 @@ async fn replicas_reach_etcd_over_tls_with_a_client_certificate() {
     eventually(Duration::from_secs(15), "the replica is controller over TLS", || async {
         let s = r.status().await;
         r.role().await == "controller" && s["cluster"]["store"]["connected"] == true
+    })
+    .await;
+}
+
+/// The rev of `base`'s flows (a flowgate or an instance), with API v2.
+async fn flows_rev(base: &str) -> Option<String> {
+    let r = send_with(&client(), "GET", &format!("{base}/flows"), "", &[("node-red-api-version", "v2")]).await.ok()?;
+    serde_json::from_str::<serde_json::Value>(&r.body).ok()?["rev"].as_str().map(str::to_string)
+}
+
+/// A full deploy of the test flows with the tab labelled `label`, through `base`.
+async fn deploy_label(base: &str, label: &str) -> Result<Reply, String> {
+    let rev = flows_rev(base).await.ok_or("no rev")?;
+    let text = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/flows.json")).unwrap();
+    let mut flows: serde_json::Value = serde_json::from_str(&text).unwrap();
+    for n in flows.as_array_mut().unwrap() {
+        if n["id"] == "fg_tab" {
+            n["label"] = serde_json::json!(label);
+        }
+    }
+    let body = serde_json::json!({"flows": flows, "rev": rev}).to_string();
+    let h =
+        [("node-red-api-version", "v2"), ("content-type", "application/json"), ("node-red-deployment-type", "full")];
+    send_with(&client(), "POST", &format!("{base}/flows"), &body, &h).await
+}
+
+/// (e) Deploys through a follower are carried out by the controller (serialised with its
+/// promotions, seen by its in-step table); while the controller changes they are refused
+/// until a controller is known again, and every instance ends on one revision.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_deploy_through_the_follower_is_carried_out_by_the_controller_even_while_it_changes() {
+    let _serial = serial().await;
+    let (_etcd, a, b, r1, r2) = cluster().await;
+    let (mut ctl, follower) = controller_first(r1, r2).await;
+    eventually(Duration::from_secs(10), "the follower forwards to the controller", || async {
+        let s = follower.status().await;
+        s["cluster"]["store"]["forward"][&ctl.id].as_str() == Some(ctl.proxy.as_str())
+    })
+    .await;
+    let r = deploy_label(&follower.proxy, "through the follower").await.unwrap();
+    assert_eq!(r.status, 200, "{}", r.body);
+    let rev1 = serde_json::from_str::<serde_json::Value>(&r.body).unwrap()["rev"].as_str().unwrap().to_string();
+    for n in [&a, &b] {
+        assert_eq!(flows_rev(&n.url()).await.as_deref(), Some(rev1.as_str()), "{} took the deploy", n.name);
+    }
+    let deploys = |m: String| sample(&m, "flowgate_deploys_total{result=\"ok\"}");
+    assert_eq!(deploys(ctl.metrics().await), Some(1.0), "carried out by the controller");
+    assert_eq!(deploys(follower.metrics().await), Some(0.0), "not by the follower");
+
+    // The controller dies; deploys through the follower meanwhile.
+    ctl.kill9();
+    let t0 = Instant::now();
+    let mut refused = Vec::new();
+    let rev2 = loop {
+        assert!(t0.elapsed() < Duration::from_secs(20), "no deploy succeeded; refusals: {refused:?}");
+        match deploy_label(&follower.proxy, "while the controller changes").await {
+            Ok(r) if r.status == 200 => {
+                break serde_json::from_str::<serde_json::Value>(&r.body).unwrap()["rev"].as_str().unwrap().to_string();
+            }
+            Ok(r) => refused.push(format!(
+                "{} {}",
+                r.status,
+                r.headers.get("x-flowgate-error").map_or("", |v| v.to_str().unwrap())
+            )),
+            Err(e) => refused.push(e),
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    println!(
+        "deploy through the follower while the controller changed: accepted after {:.1} s, {} refused before: {:?}",
+        t0.elapsed().as_secs_f64(),
+        refused.len(),
+        refused.iter().collect::<std::collections::BTreeSet<_>>()
+    );
+    assert_eq!(follower.role().await, "controller", "the follower took over and carried it out");
+    eventually(Duration::from_secs(15), "every instance on one revision", || async {
+        let (ra, rb) = (flows_rev(&a.url()).await, flows_rev(&b.url()).await);
+        ra.is_some() && ra == rb && ra.as_deref() == Some(rev2.as_str())
     })
     .await;
 }

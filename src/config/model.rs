@@ -94,6 +94,8 @@ pub struct ClusterConfig {
     pub lease_ttl: Duration,
     pub auth: Option<(String, Secret)>,
     pub tls: Option<EtcdTls>,
+    /// `http://host:port` of this replica's proxy listener for the other replicas.
+    pub advertise: String,
 }
 
 /// TLS to etcd: the CA (PEM, read at load) and an optional client identity.

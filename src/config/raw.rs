@@ -133,6 +133,10 @@ pub struct RawCluster {
     pub password: Option<RawSecret>,
     /// TLS to etcd (for `https://` endpoints).
     pub tls: Option<RawEtcdTls>,
+    /// `http://HOST:PORT` at which the other replicas reach this one's proxy listener: editor
+    /// writes that reach a follower are forwarded to the controller there (default: from
+    /// `listen.proxy` when it is a specific address).
+    pub advertise: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]

@@ -396,7 +396,7 @@ pub fn validate(raw: RawConfig, secrets: &dyn SecretSource, base: &std::path::Pa
     let state =
         StateConfig { dir: raw.state.dir.as_deref().map(at), key: p.secret("state.key", &raw.state.key, secrets) };
 
-    let cluster = raw.cluster.as_ref().map(|c| cluster(&mut p, c, secrets, &at));
+    let cluster = raw.cluster.as_ref().map(|c| cluster(&mut p, c, secrets, &at, listen.proxy));
 
     let l = &raw.limits;
     let max_header_bytes = match l.max_header_bytes.as_deref().map(parse_size) {
@@ -486,6 +486,7 @@ fn cluster(
     c: &super::raw::RawCluster,
     secrets: &dyn SecretSource,
     at: &dyn Fn(&str) -> std::path::PathBuf,
+    proxy: Option<SocketAddr>,
 ) -> ClusterConfig {
     if c.id.is_empty() || !c.id.bytes().all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b)) {
         p.add("cluster.id", format!("\"{}\" must be letters, digits, ., - and _", c.id));
@@ -561,5 +562,33 @@ fn cluster(
             ca.map(|ca| super::model::EtcdTls { ca, identity })
         }
     };
-    ClusterConfig { id: c.id.clone(), etcd: c.etcd.clone(), prefix, lease_ttl, auth, tls }
+    let advertise = match (&c.advertise, proxy) {
+        (Some(a), _) => {
+            let ok = a.parse::<http::Uri>().is_ok_and(|u| {
+                u.scheme_str() == Some("http")
+                    && u.authority().is_some_and(|x| x.port().is_some())
+                    && u.path_and_query().is_none_or(|pq| pq.as_str() == "/")
+            });
+            if !ok {
+                p.add(
+                    "cluster.advertise",
+                    format!("\"{a}\" is not http://HOST:PORT (this replica's plain-HTTP proxy listener)"),
+                );
+            }
+            a.trim_end_matches('/').to_string()
+        }
+        (None, Some(addr)) if !addr.ip().is_unspecified() => format!("http://{addr}"),
+        (None, Some(addr)) => {
+            p.add(
+                "cluster.advertise",
+                format!("listen.proxy is {addr}: give the http://HOST:PORT the other replicas reach this one at (a follower forwards editor writes to the controller)"),
+            );
+            String::new()
+        }
+        (None, None) => {
+            p.add("cluster.advertise", "a follower forwards editor writes to the controller's plain-HTTP listener: set listen.proxy (a management address will do) and cluster.advertise");
+            String::new()
+        }
+    };
+    ClusterConfig { id: c.id.clone(), etcd: c.etcd.clone(), prefix, lease_ttl, auth, tls, advertise }
 }

@@ -54,6 +54,9 @@ pub struct StoreView {
     pub epoch: Option<u64>,
     /// Every replica registered under a live lease.
     pub replicas: Vec<String>,
+    /// Where each replica takes editor writes forwarded by followers (`cluster.advertise`).
+    #[serde(default)]
+    pub forward: std::collections::BTreeMap<String, String>,
     /// The last error talking to the store.
     pub error: Option<String>,
 }

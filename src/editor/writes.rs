@@ -284,7 +284,7 @@ pub async fn deploy(
 /// `failover.hold`, 503). An instance that does not answer the check leaves the decision to
 /// the write itself. An instance found to need no login at all (no adminAuth: anyone may
 /// write) is not asked again for a minute.
-async fn admit(
+pub(crate) async fn admit(
     shared: &Shared,
     client: &AdminClient,
     parts: &Parts,

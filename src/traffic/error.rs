@@ -39,6 +39,12 @@ pub enum ProxyError {
         "flowgate owns the flow state of every instance; use POST /switchover on flowgate's admin API to move the active role"
     )]
     FlowStateOwned,
+    #[error(
+        "no flowgate replica is the controller right now (etcd unreachable or an election running); nothing was applied, retry shortly"
+    )]
+    NoController,
+    #[error("the controller replica could not be reached; nothing is known to be applied, retry shortly")]
+    ControllerUnreachable,
 }
 
 impl ProxyError {
@@ -57,6 +63,8 @@ impl ProxyError {
             ProxyError::BadDeploy(_) => StatusCode::BAD_REQUEST,
             ProxyError::ChangeInProgress => StatusCode::SERVICE_UNAVAILABLE,
             ProxyError::FlowStateOwned => StatusCode::FORBIDDEN,
+            ProxyError::NoController => StatusCode::SERVICE_UNAVAILABLE,
+            ProxyError::ControllerUnreachable => StatusCode::BAD_GATEWAY,
         }
     }
 
@@ -75,6 +83,8 @@ impl ProxyError {
             ProxyError::BadDeploy(_) => "bad-deploy",
             ProxyError::ChangeInProgress => "change-in-progress",
             ProxyError::FlowStateOwned => "flow-state-owned-by-flowgate",
+            ProxyError::NoController => "no-controller",
+            ProxyError::ControllerUnreachable => "controller-unreachable",
         }
     }
 
@@ -90,6 +100,7 @@ impl ProxyError {
                 | ProxyError::ChangeInProgress
                 | ProxyError::UpstreamBusy
                 | ProxyError::TooManyConnections
+                | ProxyError::NoController
         ) {
             h.insert(RETRY_AFTER, HeaderValue::from_static("1"));
         }
@@ -113,6 +124,8 @@ mod tests {
             (ProxyError::BadDeploy("x"), 400),
             (ProxyError::ChangeInProgress, 503),
             (ProxyError::FlowStateOwned, 403),
+            (ProxyError::NoController, 503),
+            (ProxyError::ControllerUnreachable, 502),
         ];
         for (e, status) in table {
             let r = e.response();

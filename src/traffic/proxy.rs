@@ -154,7 +154,23 @@ impl Proxy {
             match action {
                 Action::Forward => self.forward(parts, body, active).await,
                 Action::FlowState => Err(ProxyError::FlowStateOwned),
-                Action::Write(write) => self.write(write, parts, body, active).await,
+                Action::Write(write) => {
+                    use crate::editor::cookie::EditorWrite as W;
+                    use crate::state::WriteRoute;
+                    let forwarded = parts.headers.contains_key(crate::editor::forward::FORWARDED);
+                    // Logins change no flows: the replica the editor uses keeps its tokens.
+                    let local = matches!(write, W::Login | W::Logout);
+                    match &**self.shared.writes_to.load() {
+                        _ if local => self.write(write, parts, body, active).await,
+                        WriteRoute::Here => self.write(write, parts, body, active).await,
+                        WriteRoute::Forward(_) | WriteRoute::NoController if forwarded => Err(ProxyError::NoController),
+                        WriteRoute::NoController => Err(ProxyError::NoController),
+                        WriteRoute::Forward(url) => {
+                            let (s, c) = (&self.shared, &self.tunnels.client);
+                            crate::editor::forward::to_controller(s, c, url, parts, body, active).await
+                        }
+                    }
+                }
             }
         };
         let mut resp = result?;

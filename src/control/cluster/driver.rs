@@ -193,6 +193,7 @@ impl Driver {
                 return;
             }
             self.refresh_readiness();
+            self.route_writes();
             self.publish_status();
             let wake = self.core.next_wake(now).unwrap_or(now + Duration::from_secs(3600));
             let event = tokio::select! {
@@ -261,6 +262,26 @@ impl Driver {
         // flowgate's own exit leaves every instance as it is: the active keeps running flows.
         for (_, reply) in self.replies.drain() {
             let _ = reply.send(Err(CommandError::ShuttingDown));
+        }
+    }
+
+    /// Replicas: editor writes are carried out on the controller only; a follower forwards
+    /// them there.
+    fn route_writes(&self) {
+        use crate::state::WriteRoute;
+        let route = match self.core.mode() {
+            super::Mode::Alone | super::Mode::Controller { .. } => WriteRoute::Here,
+            super::Mode::Follower => match self.store.as_ref().and_then(|s| {
+                let me = self.shared.config.cluster.as_ref().map(|c| c.id.as_str());
+                s.controller.as_deref().filter(|c| Some(*c) != me).and_then(|c| s.forward.get(c))
+            }) {
+                Some(url) if !url.is_empty() => WriteRoute::Forward(url.clone()),
+                _ => WriteRoute::NoController,
+            },
+        };
+        if **self.shared.writes_to.load() != route {
+            info!(route = ?route, "editor writes are carried out here or forwarded");
+            self.shared.writes_to.store(Arc::new(route));
         }
     }
 

@@ -7,6 +7,8 @@
 //!   leader key's create revision, so a deposed controller's write fails.
 //! - `replicas/<id>`: one key per replica under its lease (`/status` lists them).
 //! - `suspect/<instance>`: a replica saw `instance` fail; under the writer's lease.
+//! - `forward/<id>`: where the replica takes editor writes forwarded by followers
+//!   (`cluster.advertise`); under its lease.
 //!
 //! Timing: the lease is renewed every third of its TTL. A controller that has not had a renewal
 //! confirmed for half the TTL steps down (tells the driver `Leadership(None)`) before the lease
@@ -57,6 +59,7 @@ struct Keys {
     record: String,
     replicas: String,
     suspect: String,
+    forward: String,
     me: String,
 }
 
@@ -68,6 +71,7 @@ impl Keys {
             record: format!("{p}record"),
             replicas: format!("{p}replicas/"),
             suspect: format!("{p}suspect/"),
+            forward: format!("{p}forward/"),
             me: format!("{p}replicas/{}", cfg.id),
         }
     }
@@ -95,6 +99,8 @@ async fn session(
         let lease = client.lease_grant(ttl.as_secs() as i64, None).await?.id();
         let (keeper, acks) = client.lease_keep_alive(lease).await?;
         client.put(keys.me.as_str(), cfg.id.as_str(), Some(PutOptions::new().with_lease(lease))).await?;
+        let forward = format!("{}{}", keys.forward, cfg.id);
+        client.put(forward, cfg.advertise.as_str(), Some(PutOptions::new().with_lease(lease))).await?;
         if let Some(kv) = client.get(keys.record.as_str(), None).await?.kvs().first()
             && let Ok(r) = serde_json::from_slice::<Record>(kv.value())
         {
@@ -232,6 +238,16 @@ async fn refresh(
     if let Ok(r) = c.get(keys.replicas.as_str(), Some(GetOptions::new().with_prefix())).await {
         view.replicas = r.kvs().iter().map(|kv| String::from_utf8_lossy(kv.value()).into_owned()).collect();
         view.replicas.sort();
+    }
+    if let Ok(r) = c.get(keys.forward.as_str(), Some(GetOptions::new().with_prefix())).await {
+        view.forward = r
+            .kvs()
+            .iter()
+            .filter_map(|kv| {
+                let id = String::from_utf8_lossy(kv.key()).strip_prefix(&keys.forward)?.to_string();
+                Some((id, String::from_utf8_lossy(kv.value()).into_owned()))
+            })
+            .collect();
     }
     match c.leader(keys.election.as_str()).await.ok().and_then(|r| r.kv().cloned()) {
         Some(kv) => {

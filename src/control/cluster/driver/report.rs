@@ -251,6 +251,11 @@ impl Driver {
                 },
                 record: self.core.record().cloned(),
                 store: self.store.clone().unwrap_or_default(),
+                editor_writes: match &**self.shared.writes_to.load() {
+                    crate::state::WriteRoute::Here => "here".into(),
+                    crate::state::WriteRoute::Forward(url) => format!("forwarded to {url}"),
+                    crate::state::WriteRoute::NoController => "refused: no controller".into(),
+                },
             }),
             backends,
             readiness: self.readiness.clone(),

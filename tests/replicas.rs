@@ -35,11 +35,16 @@ fn yaml(a: &NodeRed, b: &NodeRed) -> String {
 /// etcd, two stopped instances behind the fence, two replicas; waits until one replica is
 /// controller and both route to `nr-a`.
 async fn cluster() -> (Etcd, NodeRed, NodeRed, Replica, Replica) {
+    cluster_with("").await
+}
+
+/// As [`cluster`], with `extra` YAML in both replicas' configuration.
+async fn cluster_with(extra: &str) -> (Etcd, NodeRed, NodeRed, Replica, Replica) {
     let etcd = Etcd::start().await;
     let mut a = fenced_node_red("nr-a");
     let mut b = fenced_node_red("nr-b");
     tokio::join!(a.boot(true), b.boot(true));
-    let y = yaml(&a, &b);
+    let y = format!("{}{extra}", yaml(&a, &b));
     let (r1, r2) = tokio::join!(Replica::start("fg-1", &etcd.url, &y), Replica::start("fg-2", &etcd.url, &y));
     eventually(BOOT, "a controller, and both replicas routing to nr-a", || async {
         let roles = [r1.role().await, r2.role().await];
@@ -410,4 +415,67 @@ async fn a_deploy_through_the_follower_is_carried_out_by_the_controller_even_whi
         ra.is_some() && ra == rb && ra.as_deref() == Some(rev2.as_str())
     })
     .await;
+}
+
+/// Item 6: the remembered credentials survive a change of controller. A deploy with a new
+/// password while the standby is down; the controller replica dies; the new controller takes
+/// the credentials its predecessor shared through etcd (sealed with `state.key`) and repairs
+/// the standby when it is back: switched over to it, its flow uses the new password.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_next_controller_repairs_an_instance_with_the_credentials_shared_through_etcd() {
+    let _serial = serial().await;
+    let keyfile = support::node_red::temp_dir("state-key").join("key");
+    std::fs::write(&keyfile, "a-state-key-shared-by-both-replicas").unwrap();
+    let tokenfile = keyfile.with_file_name("admin-token");
+    std::fs::write(&tokenfile, "replica-admin-token-0123").unwrap();
+    let extra = format!(
+        "state: {{ key: {{ file: \"{}\" }} }}\nadmin: {{ token: {{ file: \"{}\" }} }}\n",
+        keyfile.display(),
+        tokenfile.display()
+    );
+    let (_etcd, a, mut b, r1, r2) = cluster_with(&extra).await;
+    let (mut ctl, next) = controller_first(r1, r2).await;
+    b.kill9();
+    eventually(Duration::from_secs(10), "nr-b down", || async {
+        next.status().await["backends"].as_array().unwrap().iter().any(|x| x["id"] == "nr-b" && x["health"] == "down")
+    })
+    .await;
+    let rev = flows_rev(&ctl.proxy).await.unwrap();
+    let text = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/flows.json")).unwrap();
+    let mut flows: serde_json::Value = serde_json::from_str(&text).unwrap();
+    for n in flows.as_array_mut().unwrap() {
+        if n["id"] == "fg_cred_req" {
+            n["credentials"] = serde_json::json!({"user": "u1", "password": "pw-shared"});
+        }
+    }
+    let h =
+        [("node-red-api-version", "v2"), ("content-type", "application/json"), ("node-red-deployment-type", "full")];
+    let body = serde_json::json!({"flows": flows, "rev": rev}).to_string();
+    let r = send_with(&client(), "POST", &format!("{}/flows", next.proxy), &body, &h).await.unwrap();
+    assert_eq!(r.status, 200, "{}", r.body);
+    let expected = "Basic dTE6cHctc2hhcmVk"; // u1:pw-shared
+    let cred = |base: String| async move {
+        get(&client(), &format!("{base}/credcheck")).await.map(|r| r.body).unwrap_or_default()
+    };
+    eventually(Duration::from_secs(5), "the active uses the new password", || async {
+        cred(a.url()).await == expected
+    })
+    .await;
+
+    ctl.kill9();
+    eventually(Duration::from_secs(10), "the other replica is controller", || async {
+        next.role().await == "controller"
+    })
+    .await;
+    b.boot(true).await;
+    eventually(Duration::from_secs(30), "nr-b back in step", || async {
+        next.status().await["backends"].as_array().unwrap().iter().any(|x| x["id"] == "nr-b" && x["step"] == "in_step")
+    })
+    .await;
+    let auth = [("authorization", "Bearer replica-admin-token-0123")];
+    let r = send_with(&client(), "POST", &format!("{}/switchover?to=nr-b", next.admin), "", &auth).await.unwrap();
+    assert_eq!(r.status, 200, "{}", r.body);
+    let said = cred(b.url()).await;
+    println!("nr-b after the new controller repaired it: /credcheck says {said:?}");
+    assert_eq!(said, expected, "nr-b was repaired with the credentials shared through etcd");
 }

@@ -31,6 +31,9 @@ pub enum FromStore {
     Suspect(InstanceId),
     /// How the store and the other replicas look, for `/status`.
     View(StoreView),
+    /// Sent just before `Leadership(Some(_))`: the remembered credentials the last controller
+    /// shared (sealed with `state.key`), if any.
+    Credentials(Vec<u8>),
 }
 
 /// What the driver asks of the store.
@@ -38,6 +41,8 @@ pub enum FromStore {
 pub enum ToStore {
     /// Write the record, only while this replica holds the leadership.
     Publish(Record),
+    /// Share the remembered credentials (sealed), only while this replica holds the leadership.
+    Credentials(Vec<u8>),
     Suspect(InstanceId),
     /// The driver stepped down on its own (its lease renewal was not fresh when it was about
     /// to act): end the session, so that the election runs again.

@@ -54,6 +54,7 @@ enum Done {
     Locked(Option<OwnedMutexGuard<()>>),
 }
 
+mod replicas;
 mod report;
 
 pub struct Driver {
@@ -78,6 +79,8 @@ pub struct Driver {
     epoch: Arc<std::sync::atomic::AtomicU64>,
     /// Readiness findings of the target flows, and the revision they are for.
     readiness: Option<Arc<crate::state::Readiness>>,
+    /// Replicas: the credential generation last shared through the store.
+    shared_cred_gen: Option<u64>,
 }
 
 /// The next message from the store, or never without one.
@@ -134,6 +137,7 @@ impl Driver {
             store: None,
             epoch,
             readiness: None,
+            shared_cred_gen: None,
         };
         if let Some(seed) = seed {
             d.core = State::reconfigured(seed.core, specs, settings, now);
@@ -194,6 +198,7 @@ impl Driver {
             }
             self.refresh_readiness();
             self.route_writes();
+            self.share_credentials();
             self.publish_status();
             let wake = self.core.next_wake(now).unwrap_or(now + Duration::from_secs(3600));
             let event = tokio::select! {
@@ -240,6 +245,10 @@ impl Driver {
                         }
                         None
                     }
+                    FromStore::Credentials(sealed) => {
+                        self.adopt_credentials(&sealed);
+                        None
+                    }
                     FromStore::View(v) => {
                         if !v.connected {
                             self.shared.metrics.cluster_store_errors.inc();
@@ -262,26 +271,6 @@ impl Driver {
         // flowgate's own exit leaves every instance as it is: the active keeps running flows.
         for (_, reply) in self.replies.drain() {
             let _ = reply.send(Err(CommandError::ShuttingDown));
-        }
-    }
-
-    /// Replicas: editor writes are carried out on the controller only; a follower forwards
-    /// them there.
-    fn route_writes(&self) {
-        use crate::state::WriteRoute;
-        let route = match self.core.mode() {
-            super::Mode::Alone | super::Mode::Controller { .. } => WriteRoute::Here,
-            super::Mode::Follower => match self.store.as_ref().and_then(|s| {
-                let me = self.shared.config.cluster.as_ref().map(|c| c.id.as_str());
-                s.controller.as_deref().filter(|c| Some(*c) != me).and_then(|c| s.forward.get(c))
-            }) {
-                Some(url) if !url.is_empty() => WriteRoute::Forward(url.clone()),
-                _ => WriteRoute::NoController,
-            },
-        };
-        if **self.shared.writes_to.load() != route {
-            info!(route = ?route, "editor writes are carried out here or forwarded");
-            self.shared.writes_to.store(Arc::new(route));
         }
     }
 

@@ -9,6 +9,8 @@
 //! - `suspect/<instance>`: a replica saw `instance` fail; under the writer's lease.
 //! - `forward/<id>`: where the replica takes editor writes forwarded by followers
 //!   (`cluster.advertise`); under its lease.
+//! - `state/credentials`: the remembered credentials, sealed with `state.key`, written by the
+//!   controller (guarded like the record) and read by each new controller.
 //!
 //! Timing: the lease is renewed every third of its TTL. A controller that has not had a renewal
 //! confirmed for half the TTL steps down (tells the driver `Leadership(None)`) before the lease
@@ -60,6 +62,7 @@ struct Keys {
     replicas: String,
     suspect: String,
     forward: String,
+    credentials: String,
     me: String,
 }
 
@@ -72,6 +75,7 @@ impl Keys {
             replicas: format!("{p}replicas/"),
             suspect: format!("{p}suspect/"),
             forward: format!("{p}forward/"),
+            credentials: format!("{p}state/credentials"),
             me: format!("{p}replicas/{}", cfg.id),
         }
     }
@@ -160,6 +164,16 @@ async fn session(
                     info!(replica = %cfg.id, epoch, "this replica is the controller");
                     leader = Some(key);
                     *leading = true;
+                    let mut c = client.clone();
+                    match timeout(op, c.get(keys.credentials.as_str(), None)).await {
+                        Ok(Ok(r)) => {
+                            if let Some(kv) = r.kvs().first() {
+                                let _ = to_driver.send(FromStore::Credentials(kv.value().to_vec()));
+                            }
+                        }
+                        Ok(Err(e)) => return format!("reading the shared credentials: {e}"),
+                        Err(_) => return "reading the shared credentials timed out".into(),
+                    }
                     let _ = to_driver.send(FromStore::Leadership(Some(epoch)));
                     refresh(&client, &keys, view, to_driver).await;
                 }
@@ -196,16 +210,16 @@ async fn session(
                 let Some(cmd) = cmd else { return "flowgate is shutting down".into() };
                 let mut c = client.clone();
                 match cmd {
+                    ToStore::Publish(_) | ToStore::Credentials(_) if leader.is_none() => {}
                     ToStore::Publish(record) => {
-                        let Some(key) = &leader else { continue };
                         let value = serde_json::to_vec(&record).expect("a record serialises");
-                        let guard = Compare::create_revision(key.key(), CompareOp::Equal, key.rev());
-                        let txn = Txn::new().when([guard]).and_then([TxnOp::put(keys.record.as_str(), value, None)]);
-                        match timeout(op, c.txn(txn)).await {
-                            Ok(Ok(r)) if r.succeeded() => {}
-                            Ok(Ok(_)) => return "the leadership is gone: the record write was fenced".into(),
-                            Ok(Err(e)) => return format!("record write: {e}"),
-                            Err(_) => return "record write timed out".into(),
+                        if let Err(e) = guarded_put(&mut c, leader.as_ref(), &keys.record, value, op).await {
+                            return format!("record write: {e}");
+                        }
+                    }
+                    ToStore::Credentials(sealed) => {
+                        if let Err(e) = guarded_put(&mut c, leader.as_ref(), &keys.credentials, sealed, op).await {
+                            return format!("credentials write: {e}");
                         }
                     }
                     ToStore::Resign => {
@@ -224,6 +238,26 @@ async fn session(
                 }
             }
         }
+    }
+}
+
+/// Writes `key` only while `leader` still holds the leadership (a deposed controller's write
+/// fails).
+async fn guarded_put(
+    c: &mut Client,
+    leader: Option<&LeaderKey>,
+    key: &str,
+    value: Vec<u8>,
+    op: Duration,
+) -> Result<(), String> {
+    let leader = leader.ok_or("not the controller")?;
+    let guard = Compare::create_revision(leader.key(), CompareOp::Equal, leader.rev());
+    let txn = Txn::new().when([guard]).and_then([TxnOp::put(key, value, None)]);
+    match timeout(op, c.txn(txn)).await {
+        Ok(Ok(r)) if r.succeeded() => Ok(()),
+        Ok(Ok(_)) => Err("the leadership is gone: the write was fenced".into()),
+        Ok(Err(e)) => Err(e.to_string()),
+        Err(_) => Err("timed out".into()),
     }
 }
 

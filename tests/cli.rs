@@ -87,7 +87,7 @@ fn check_connect_says_when_etcd_cannot_be_reached() {
     let p = temp(
         "cluster.yaml",
         &format!(
-            "backends: [{{id: a, url: \"http://127.0.0.1:1\"}}]\ncluster: {{ id: fg-1, etcd: [\"http://127.0.0.1:{port}\"] }}\n"
+            "listen: {{ proxy: \"127.0.0.1:1\" }}\nbackends: [{{id: a, url: \"http://127.0.0.1:1\"}}]\ncluster: {{ id: fg-1, etcd: [\"http://127.0.0.1:{port}\"] }}\n"
         ),
     );
     let out = flowgate().args(["check", "--connect", "--config", p.to_str().unwrap()]).output().unwrap();

@@ -285,6 +285,7 @@ pub fn start_on(
     };
     if let Some(cluster) = &config.cluster {
         let (link, ends) = coord::link(cluster.lease_ttl / 2);
+        rt.services.tokens.share_through(link.to_store.clone());
         *rt.link.lock().unwrap_or_else(|e| e.into_inner()) = Some(link);
         rt.tasks.spawn(coord::etcd::run(cluster.clone(), ends, shutdown.child_token()));
     }

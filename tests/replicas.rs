@@ -479,3 +479,68 @@ async fn the_next_controller_repairs_an_instance_with_the_credentials_shared_thr
     println!("nr-b after the new controller repaired it: /credcheck says {said:?}");
     assert_eq!(said, expected, "nr-b was repaired with the credentials shared through etcd");
 }
+
+/// Item 6: editor logins are shared. A login through one replica is known to the other (its
+/// `/auth/token-info`, which the instances' token hook asks); a logout through the other is
+/// forgotten by both.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_editor_login_through_one_replica_is_known_to_every_replica() {
+    let _serial = serial().await;
+    let etcd = Etcd::start().await;
+    let fence = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("contrib/node-red/flowgate-fence.js");
+    let settings = format!(
+        r#"    httpAdminMiddleware: require({:?}),
+    adminAuth: {{
+        type: "credentials",
+        users: [{{ username: "admin", password: "$2b$08$H4JdQ3ULo.JJMunRsKzxh.gv9d6U13p/82tWO3XMtKXH6qCOarCVy", permissions: "*" }}],
+        tokens: async (token) => token === process.env.FLOWGATE_TOKEN ? {{ username: "flowgate", permissions: "*" }} : null,
+    }},"#,
+        fence.to_str().unwrap()
+    );
+    let mut a = NodeRed::create("nr-a", &settings);
+    let mut b = NodeRed::create("nr-b", &settings);
+    for n in [&mut a, &mut b] {
+        n.env.push(("FLOWGATE_TOKEN".into(), "flowgate-static-token".into()));
+    }
+    tokio::join!(a.boot(true), b.boot(true));
+    let tokfile = support::node_red::temp_dir("tok").join("token");
+    std::fs::write(&tokfile, "flowgate-static-token").unwrap();
+    let y = format!(
+        "backends:\n  - {{ id: nr-a, url: \"{}\", priority: 200, token: {{ file: \"{t}\" }} }}\n  - {{ id: nr-b, url: \"{}\", priority: 100, token: {{ file: \"{t}\" }} }}\n",
+        a.url(),
+        b.url(),
+        t = tokfile.display()
+    );
+    let (r1, r2) = tokio::join!(Replica::start("fg-1", &etcd.url, &y), Replica::start("fg-2", &etcd.url, &y));
+    eventually(BOOT, "both replicas route to nr-a", || async {
+        r1.active().await.as_deref() == Some("nr-a") && r2.active().await.as_deref() == Some("nr-a")
+    })
+    .await;
+    let form = [("content-type", "application/x-www-form-urlencoded")];
+    let body = "client_id=node-red-editor&grant_type=password&scope=*&username=admin&password=password";
+    let login = send_with(&client(), "POST", &format!("{}/auth/token", r2.proxy), body, &form).await.unwrap();
+    assert_eq!(login.status, 200, "{}", login.body);
+    let token =
+        serde_json::from_str::<serde_json::Value>(&login.body).unwrap()["access_token"].as_str().unwrap().to_string();
+    let bearer = format!("Bearer {token}");
+    let info = |r: &Replica| {
+        let (url, bearer) = (format!("{}/auth/token-info", r.admin), bearer.clone());
+        async move {
+            send_with(&client(), "GET", &url, "", &[("authorization", &bearer)]).await.map(|r| r.status).unwrap_or(0)
+        }
+    };
+    let t0 = Instant::now();
+    eventually(Duration::from_secs(5), "fg-1 knows the login made through fg-2", || async { info(&r1).await == 200 })
+        .await;
+    println!("a login through fg-2 was known to fg-1 after {:.0} ms", t0.elapsed().as_secs_f64() * 1e3);
+    assert_eq!(info(&r2).await, 200);
+    let revoke = [("authorization", bearer.as_str()), ("content-type", "application/x-www-form-urlencoded")];
+    let out = send_with(&client(), "POST", &format!("{}/auth/revoke", r1.proxy), &format!("token={token}"), &revoke)
+        .await
+        .unwrap();
+    assert_eq!(out.status, 200, "{}", out.body);
+    eventually(Duration::from_secs(5), "both replicas forgot the login", || async {
+        info(&r1).await == 404 && info(&r2).await == 404
+    })
+    .await;
+}

@@ -34,6 +34,8 @@ pub enum FromStore {
     /// Sent just before `Leadership(Some(_))`: the remembered credentials the last controller
     /// shared (sealed with `state.key`), if any.
     Credentials(Vec<u8>),
+    /// An editor login (by its hash) as the store holds it; `None`: logged out or expired.
+    Token { hash: String, info: Option<crate::editor::logins::TokenInfo> },
 }
 
 /// What the driver asks of the store.
@@ -43,6 +45,11 @@ pub enum ToStore {
     Publish(Record),
     /// Share the remembered credentials (sealed), only while this replica holds the leadership.
     Credentials(Vec<u8>),
+    /// Share an editor login (`Some`) or its logout (`None`); any replica may.
+    Token {
+        hash: String,
+        info: Option<crate::editor::logins::TokenInfo>,
+    },
     Suspect(InstanceId),
     /// The driver stepped down on its own (its lease renewal was not fresh when it was about
     /// to act): end the session, so that the election runs again.

@@ -11,6 +11,10 @@
 //!
 //! Only SHA-256 hashes of tokens are kept (memory and `state.dir/tokens.json`), with their
 //! expiry; a logout (`POST <admin>/auth/revoke`) removes the token.
+//!
+//! Replicas share them through etcd (`tokens/<hash>`): a login or logout through any replica
+//! is sent to the store, and every replica mirrors what the store holds, so each answers
+//! `GET /auth/token-info` for every login.
 
 use std::collections::HashMap;
 use std::path::PathBuf;
@@ -32,6 +36,8 @@ pub struct TokenInfo {
 pub struct TokenStore {
     tokens: Mutex<HashMap<String, TokenInfo>>,
     path: Option<PathBuf>,
+    /// Replicas: logins and logouts are shared through the store.
+    share: Mutex<Option<tokio::sync::mpsc::UnboundedSender<crate::control::coord::ToStore>>>,
 }
 
 fn now() -> u64 {
@@ -81,7 +87,31 @@ impl TokenStore {
         let mut tokens: HashMap<String, TokenInfo> = path.as_deref().map(load).unwrap_or_default();
         let t = now();
         tokens.retain(|_, i| i.expires_unix > t);
-        TokenStore { tokens: Mutex::new(tokens), path }
+        TokenStore { tokens: Mutex::new(tokens), path, share: Mutex::new(None) }
+    }
+
+    /// Replicas: share every login and logout through the store from now on.
+    pub fn share_through(&self, to_store: tokio::sync::mpsc::UnboundedSender<crate::control::coord::ToStore>) {
+        *self.share.lock().unwrap_or_else(|e| e.into_inner()) = Some(to_store);
+    }
+
+    fn shared(&self, msg: crate::control::coord::ToStore) {
+        if let Some(tx) = &*self.share.lock().unwrap_or_else(|e| e.into_inner()) {
+            let _ = tx.send(msg);
+        }
+    }
+
+    /// Replicas: what the store holds for `hash` (a login through another replica, or its
+    /// logout); not shared again.
+    pub fn mirror(&self, hash: &str, info: Option<TokenInfo>) {
+        let mut m = self.tokens.lock().unwrap_or_else(|e| e.into_inner());
+        let changed = match info {
+            Some(i) if i.expires_unix > now() => m.insert(hash.to_string(), i.clone()).as_ref() != Some(&i),
+            _ => m.remove(hash).is_some(),
+        };
+        if changed {
+            self.save(&m);
+        }
     }
 
     fn save(&self, tokens: &HashMap<String, TokenInfo>) {
@@ -96,15 +126,21 @@ impl TokenStore {
         let mut m = self.tokens.lock().unwrap_or_else(|e| e.into_inner());
         let t = now();
         m.retain(|_, i| i.expires_unix > t);
-        m.insert(hash(token), TokenInfo { username, permissions, expires_unix: t.saturating_add(expires_in) });
+        let (h, info) = (hash(token), TokenInfo { username, permissions, expires_unix: t.saturating_add(expires_in) });
+        m.insert(h.clone(), info.clone());
         self.save(&m);
+        drop(m);
+        self.shared(crate::control::coord::ToStore::Token { hash: h, info: Some(info) });
     }
 
     pub fn remove(&self, token: &str) {
+        let h = hash(token);
         let mut m = self.tokens.lock().unwrap_or_else(|e| e.into_inner());
-        if m.remove(&hash(token)).is_some() {
+        if m.remove(&h).is_some() {
             self.save(&m);
         }
+        drop(m);
+        self.shared(crate::control::coord::ToStore::Token { hash: h, info: None });
     }
 
     pub fn lookup(&self, token: &str) -> Option<TokenInfo> {
@@ -210,5 +246,27 @@ mod tests {
             Some(serde_json::json!(["flows.read", "nodes.read"]))
         );
         assert_eq!(requested_scope(b"scope=&username=a"), None);
+    }
+
+    #[test]
+    fn replicas_share_logins_and_logouts_and_mirror_what_the_store_holds() {
+        use crate::control::coord::ToStore;
+        let store = TokenStore::default();
+        let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+        store.share_through(tx);
+        store.insert("tok-1", "admin".into(), serde_json::json!("*"), 60);
+        let Ok(ToStore::Token { hash: h, info: Some(i) }) = rx.try_recv() else { panic!("the login is shared") };
+        assert_eq!((h.as_str(), i.username.as_str()), (hash("tok-1").as_str(), "admin"));
+        assert_ne!(h, "tok-1", "only its hash leaves this replica");
+        store.remove("tok-1");
+        assert!(matches!(rx.try_recv(), Ok(ToStore::Token { info: None, .. })), "the logout too");
+
+        let other = TokenStore::default();
+        other.mirror(&h, Some(i.clone()));
+        assert_eq!(other.lookup("tok-1").map(|i| i.username), Some("admin".into()));
+        other.mirror(&h, None);
+        assert!(other.lookup("tok-1").is_none());
+        other.mirror(&h, Some(TokenInfo { expires_unix: 1, ..i }));
+        assert!(other.lookup("tok-1").is_none(), "an expired login is not taken");
     }
 }

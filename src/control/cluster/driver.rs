@@ -249,6 +249,10 @@ impl Driver {
                         self.adopt_credentials(&sealed);
                         None
                     }
+                    FromStore::Token { hash, info } => {
+                        self.shared.tokens.mirror(&hash, info);
+                        None
+                    }
                     FromStore::View(v) => {
                         if !v.connected {
                             self.shared.metrics.cluster_store_errors.inc();

@@ -9,6 +9,9 @@
 //! - `suspect/<instance>`: a replica saw `instance` fail; under the writer's lease.
 //! - `forward/<id>`: where the replica takes editor writes forwarded by followers
 //!   (`cluster.advertise`); under its lease.
+//! - `tokens/<sha256 of a token>`: an editor login (user, permissions, expiry), written by the
+//!   replica it went through, mirrored by every replica; expired ones are swept by each new
+//!   controller.
 //! - `state/credentials`: the remembered credentials, sealed with `state.key`, written by the
 //!   controller (guarded like the record) and read by each new controller.
 //!
@@ -63,6 +66,7 @@ struct Keys {
     suspect: String,
     forward: String,
     credentials: String,
+    tokens: String,
     me: String,
 }
 
@@ -76,6 +80,7 @@ impl Keys {
             suspect: format!("{p}suspect/"),
             forward: format!("{p}forward/"),
             credentials: format!("{p}state/credentials"),
+            tokens: format!("{p}tokens/"),
             me: format!("{p}replicas/{}", cfg.id),
         }
     }
@@ -124,6 +129,18 @@ async fn session(
     info!(replica = %cfg.id, "etcd session started");
     *view = StoreView { connected: true, error: None, ..Default::default() };
     refresh(&client, &keys, view, to_driver).await;
+    let mut c = client.clone();
+    match timeout(ttl, c.get(keys.tokens.as_str(), Some(GetOptions::new().with_prefix()))).await {
+        Ok(Ok(r)) => {
+            for kv in r.kvs() {
+                if let Some(msg) = token_message(&keys, kv.key(), Some(kv.value())) {
+                    let _ = to_driver.send(msg);
+                }
+            }
+        }
+        Ok(Err(e)) => return format!("reading the editor logins: {e}"),
+        Err(_) => return "reading the editor logins timed out".into(),
+    }
 
     let mut campaign = Box::pin({
         let (mut c, name, id) = (client.clone(), keys.election.clone(), cfg.id.clone());
@@ -175,6 +192,7 @@ async fn session(
                         Err(_) => return "reading the shared credentials timed out".into(),
                     }
                     let _ = to_driver.send(FromStore::Leadership(Some(epoch)));
+                    sweep_tokens(&client, &keys, op).await;
                     refresh(&client, &keys, view, to_driver).await;
                 }
                 Err(e) => return format!("campaign: {e}"),
@@ -193,6 +211,11 @@ async fn session(
                         match serde_json::from_slice::<Record>(kv.value()) {
                             Ok(r) => drop(to_driver.send(FromStore::Record(r))),
                             Err(e) => warn!(error = %e, "ignoring an unreadable active record"),
+                        }
+                    } else if key.starts_with(&keys.tokens) {
+                        let value = (ev.event_type() == EventType::Put).then(|| kv.value());
+                        if let Some(msg) = token_message(&keys, kv.key(), value) {
+                            let _ = to_driver.send(msg);
                         }
                     } else if let Some(id) = key.strip_prefix(&keys.suspect) {
                         if ev.event_type() == EventType::Put {
@@ -217,6 +240,18 @@ async fn session(
                             return format!("record write: {e}");
                         }
                     }
+                    ToStore::Token { hash, info } => {
+                        let key = format!("{}{hash}", keys.tokens);
+                        let done = match info {
+                            Some(i) => timeout(op, c.put(key, serde_json::to_vec(&i).expect("serialises"), None)).await.map(|r| r.map(drop)),
+                            None => timeout(op, c.delete(key, None)).await.map(|r| r.map(drop)),
+                        };
+                        match done {
+                            Ok(Ok(())) => {}
+                            Ok(Err(e)) => return format!("editor login write: {e}"),
+                            Err(_) => return "editor login write timed out".into(),
+                        }
+                    }
                     ToStore::Credentials(sealed) => {
                         if let Err(e) = guarded_put(&mut c, leader.as_ref(), &keys.credentials, sealed, op).await {
                             return format!("credentials write: {e}");
@@ -237,6 +272,32 @@ async fn session(
                     }
                 }
             }
+        }
+    }
+}
+
+/// The driver's message for one `tokens/<hash>` key (`value` None: deleted).
+fn token_message(keys: &Keys, key: &[u8], value: Option<&[u8]>) -> Option<FromStore> {
+    let hash = String::from_utf8_lossy(key).strip_prefix(&keys.tokens)?.to_string();
+    let info = match value {
+        Some(v) => Some(serde_json::from_slice(v).ok()?),
+        None => None,
+    };
+    Some(FromStore::Token { hash, info })
+}
+
+/// A new controller deletes the logins that expired (each replica forgets them by itself).
+async fn sweep_tokens(client: &Client, keys: &Keys, op: Duration) {
+    let mut c = client.clone();
+    let Ok(Ok(r)) = timeout(op, c.get(keys.tokens.as_str(), Some(GetOptions::new().with_prefix()))).await else {
+        return;
+    };
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs());
+    for kv in r.kvs() {
+        let expired = serde_json::from_slice::<crate::editor::logins::TokenInfo>(kv.value())
+            .map_or(true, |i| i.expires_unix <= now);
+        if expired {
+            let _ = timeout(op, c.delete(kv.key(), None)).await;
         }
     }
 }

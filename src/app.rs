@@ -150,6 +150,7 @@ impl Runtime {
                 wants: wants.clone(),
                 reports: reports_tx.clone(),
                 epoch: self.services.epoch.clone(),
+                replicated: config.cluster.is_some(),
             };
             self.tasks.spawn(prober.run(cancel.clone()));
             let addr = instance.backend.authority.as_str().to_string();

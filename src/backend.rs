@@ -259,6 +259,18 @@ const MAX_ADMIN_BODY: usize = 1 << 20;
 /// `contrib/node-red/flowgate-fence.js`.
 pub const EPOCH_HEADER: &str = "x-flowgate-epoch";
 
+/// A heartbeat for the instances' dead-man switch (`contrib/node-red/flowgate-fence.js`):
+/// sent with the probes of the routed active and with a start of flows, by a single flowgate
+/// or the controller of replicas.
+pub const HEARTBEAT_HEADER: &str = "x-flowgate-heartbeat";
+
+/// The fencing headers of one call: the controller's epoch and a heartbeat.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Fence {
+    pub epoch: Option<u64>,
+    pub heartbeat: bool,
+}
+
 impl Backend {
     pub fn new(cfg: &BackendConfig, paths: &NodeRedPaths, canary: Option<&str>) -> Self {
         let uri = |path: &str| -> Uri {
@@ -361,7 +373,7 @@ impl Backend {
         method: Method,
         uri: &Uri,
         body: Option<&'static str>,
-        epoch: Option<u64>,
+        fence: Fence,
         timeout: Duration,
     ) -> Result<(StatusCode, Bytes), CallError> {
         let mut req = Request::new(Full::new(body.map_or_else(Bytes::new, |b| Bytes::from_static(b.as_bytes()))));
@@ -373,8 +385,11 @@ impl Backend {
         if body.is_some() {
             req.headers_mut().insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
         }
-        if let Some(e) = epoch {
+        if let Some(e) = fence.epoch {
             req.headers_mut().insert(EPOCH_HEADER, HeaderValue::from(e));
+        }
+        if fence.heartbeat {
+            req.headers_mut().insert(HEARTBEAT_HEADER, HeaderValue::from_static("1"));
         }
         let (status, _, bytes) = buffered(client, req, MAX_ADMIN_BODY, timeout).await?;
         Ok((status, bytes))
@@ -385,10 +400,10 @@ impl Backend {
     pub async fn flow_state(
         &self,
         client: &AdminClient,
-        epoch: Option<u64>,
+        fence: Fence,
         timeout: Duration,
     ) -> Result<FlowState, CallError> {
-        let (status, body) = self.call(client, Method::GET, &self.flows_state, None, epoch, timeout).await?;
+        let (status, body) = self.call(client, Method::GET, &self.flows_state, None, fence, timeout).await?;
         match status {
             StatusCode::OK => FlowState::parse(&body),
             StatusCode::UNAUTHORIZED | StatusCode::FORBIDDEN => Err(CallError::Unauthorized),
@@ -410,7 +425,9 @@ impl Backend {
             _ => r#"{"state":"stop"}"#,
         };
         let _serial = self.control.lock().await;
-        let (status, bytes) = self.call(client, Method::POST, &self.flows_state, Some(body), epoch, timeout).await?;
+        // Starting flows makes it the active: its dead-man switch counts from now.
+        let fence = Fence { epoch, heartbeat: want == FlowState::Start };
+        let (status, bytes) = self.call(client, Method::POST, &self.flows_state, Some(body), fence, timeout).await?;
         match status {
             StatusCode::OK => {
                 let got = FlowState::parse(&bytes)?;
@@ -433,7 +450,7 @@ impl Backend {
 
     /// Whether `GET <admin>/settings` reports `runtimeState.enabled: true`.
     pub async fn runtime_state_enabled(&self, client: &AdminClient, timeout: Duration) -> Result<bool, CallError> {
-        let (status, body) = self.call(client, Method::GET, &self.settings, None, None, timeout).await?;
+        let (status, body) = self.call(client, Method::GET, &self.settings, None, Fence::default(), timeout).await?;
         match status {
             StatusCode::OK => {
                 let v: serde_json::Value =
@@ -450,7 +467,7 @@ impl Backend {
         let Some(uri) = &self.canary else {
             return Ok(());
         };
-        let (status, body) = self.call(client, Method::GET, uri, None, None, timeout).await?;
+        let (status, body) = self.call(client, Method::GET, uri, None, Fence::default(), timeout).await?;
         if status == StatusCode::OK { Ok(()) } else { Err(CallError::Status(status.as_u16(), snippet(&body))) }
     }
 }

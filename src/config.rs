@@ -273,4 +273,22 @@ failover:
             p[0]
         );
     }
+
+    #[test]
+    fn the_deadman_bound_must_cover_heartbeats_a_takeover_and_the_hold() {
+        let base = "listen: { proxy: \"10.0.0.5:1880\" }\nbackends: [{id: a, url: \"http://127.0.0.1:1\"}]\n";
+        let c = parse_with(&format!("{base}failover: {{ deadman: 4s, hold: 6s }}\n"), &[]).unwrap();
+        assert_eq!(c.failover.deadman, Some(Duration::from_secs(4)));
+        assert_eq!(parse_with(base, &[]).unwrap().failover.deadman, None, "off by default");
+        let fields =
+            |y: &str| -> Vec<String> { problems(&format!("{base}{y}")).into_iter().map(|p| p.field).collect() };
+        assert_eq!(fields("failover: { deadman: 1s }\n"), ["failover.deadman"]);
+        assert_eq!(fields("failover: { deadman: 4s }\n"), ["failover.hold"], "the default hold (5s) is too short");
+        let replicas = "cluster: { id: a, etcd: [\"http://127.0.0.1:2379\"], lease_ttl: 3s }\n";
+        assert_eq!(
+            fields(&format!("failover: {{ deadman: 4s, hold: 6s }}\n{replicas}")),
+            ["failover.deadman"],
+            "a takeover must fit"
+        );
+    }
 }

@@ -10,6 +10,7 @@ use std::time::Duration;
 
 use support::etcd::Etcd;
 use support::node_red::{NodeRed, serial};
+use support::relay::Relay;
 use support::replica::Replica;
 use support::stream::{RequestStream, failures, gap};
 use support::*;
@@ -543,4 +544,76 @@ async fn an_editor_login_through_one_replica_is_known_to_every_replica() {
         info(&r1).await == 404 && info(&r2).await == 404
     })
     .await;
+}
+
+/// (f) Partition: the controller replica loses the active instance while the follower still
+/// reaches it (each replica reaches each instance through its own relay; the controller's
+/// relay to nr-a is cut). With the dead-man switch (fence middleware, FLOWGATE_DEADMAN_MS =
+/// failover.deadman), nr-a hears no heartbeat and stops its own flows, and the controller
+/// starts nr-b only after that bound: never two instances running flows (canaries read
+/// directly every 20 ms), and requests through the follower keep being served.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_partition_between_the_controller_and_the_active_never_leaves_two_running() {
+    let _serial = serial().await;
+    let etcd = Etcd::start().await;
+    let mut a = fenced_node_red("nr-a");
+    let mut b = fenced_node_red("nr-b");
+    for n in [&mut a, &mut b] {
+        n.env.push(("FLOWGATE_DEADMAN_MS".into(), "4000".into()));
+    }
+    tokio::join!(a.boot(true), b.boot(true));
+    let addr = |n: &NodeRed| format!("127.0.0.1:{}", n.port).parse().unwrap();
+    let relays = [
+        [Relay::start(addr(&a)).await, Relay::start(addr(&b)).await],
+        [Relay::start(addr(&a)).await, Relay::start(addr(&b)).await],
+    ];
+    let y = |r: &[Relay; 2]| {
+        format!(
+            "backends:\n  - {{ id: nr-a, url: \"{}\", priority: 200 }}\n  - {{ id: nr-b, url: \"{}\", priority: 100 }}\nfailover: {{ deadman: 4s, hold: 6s }}\n",
+            r[0].url(),
+            r[1].url()
+        )
+    };
+    let (y1, y2) = (y(&relays[0]), y(&relays[1]));
+    let (r1, r2) = tokio::join!(Replica::start("fg-1", &etcd.url, &y1), Replica::start("fg-2", &etcd.url, &y2));
+    eventually(BOOT, "a controller, both routing to nr-a", || async {
+        [r1.role().await, r2.role().await].iter().filter(|r| *r == "controller").count() == 1
+            && r1.active().await.as_deref() == Some("nr-a")
+            && r2.active().await.as_deref() == Some("nr-a")
+    })
+    .await;
+    let controller_is_r1 = r1.role().await == "controller";
+    let (ctl, follower, cut) = if controller_is_r1 { (&r1, &r2, &relays[0][0]) } else { (&r2, &r1, &relays[1][0]) };
+    let (both, samples, canaries) = watch_canaries(&a, &b);
+    let stream = RequestStream::start(format!("{}/hello", follower.proxy), Duration::from_millis(20));
+    stream.wait_for("hello from nr-a", Instant::now(), 10).await;
+
+    cut.cut();
+    let t0 = Instant::now();
+    eventually(Duration::from_secs(15), "nr-a stopped its own flows", || async {
+        a.direct("/flows/state").await.is_some_and(|(_, b)| b.contains("stop"))
+    })
+    .await;
+    let stopped_itself = t0.elapsed();
+    eventually(Duration::from_secs(10), "both replicas route to nr-b", || async {
+        ctl.active().await.as_deref() == Some("nr-b") && follower.active().await.as_deref() == Some("nr-b")
+    })
+    .await;
+    let switched = t0.elapsed();
+    stream.wait_for("hello from nr-b", Instant::now(), 10).await;
+    let results = stream.finish().await;
+    canaries.abort();
+    let failed = failures(&results);
+    println!(
+        "partition (controller cut from nr-a): nr-a stopped its own flows after {:.0} ms, both replicas on nr-b after {:.0} ms; {} requests through the follower, {} failed; {} canary samples, {} with both running",
+        stopped_itself.as_secs_f64() * 1e3,
+        switched.as_secs_f64() * 1e3,
+        results.len(),
+        failed.len(),
+        samples.load(Ordering::SeqCst),
+        both.load(Ordering::SeqCst)
+    );
+    assert_eq!(both.load(Ordering::SeqCst), 0, "two instances ran flows");
+    assert!(failed.is_empty(), "{failed:?}");
+    assert!(b.runs_flows().await && !a.runs_flows().await);
 }

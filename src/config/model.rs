@@ -191,6 +191,7 @@ pub struct FailoverConfig {
     pub hold: Duration,
     pub stop_timeout: Duration,
     pub start_timeout: Duration,
+    pub deadman: Option<Duration>,
 }
 
 #[derive(Debug, Clone)]

@@ -311,6 +311,10 @@ pub struct RawFailover {
     pub stop_timeout: Option<String>,
     /// Limit for `POST /flows/state {"state":"start"}` (default 15s).
     pub start_timeout: Option<String>,
+    /// The instances' dead-man switch (`FLOWGATE_DEADMAN_MS` of flowgate-fence.js): a promotion
+    /// that cannot confirm another instance stopped waits this long after its last answer.
+    /// Default: off.
+    pub deadman: Option<String>,
 }
 
 #[derive(Debug, Deserialize, Default)]

@@ -344,6 +344,7 @@ pub fn validate(raw: RawConfig, secrets: &dyn SecretSource, base: &std::path::Pa
         hold: p.duration("failover.hold", &f.hold, DEFAULT_HOLD),
         stop_timeout: p.duration("failover.stop_timeout", &f.stop_timeout, DEFAULT_STOP_TIMEOUT),
         start_timeout: p.duration("failover.start_timeout", &f.start_timeout, DEFAULT_START_TIMEOUT),
+        deadman: f.deadman.as_ref().map(|_| p.duration("failover.deadman", &f.deadman, Duration::ZERO)),
     };
 
     let r = &raw.recovery;
@@ -397,6 +398,20 @@ pub fn validate(raw: RawConfig, secrets: &dyn SecretSource, base: &std::path::Pa
         StateConfig { dir: raw.state.dir.as_deref().map(at), key: p.secret("state.key", &raw.state.key, secrets) };
 
     let cluster = raw.cluster.as_ref().map(|c| cluster(&mut p, c, secrets, &at, listen.proxy));
+    if let Some(d) = failover.deadman {
+        // Heartbeats come with the probes: several must fit in the bound, and with replicas a
+        // new controller must take over (lease) before the instances stop themselves.
+        let lease = cluster.as_ref().map_or(Duration::ZERO, |c| c.lease_ttl);
+        let least = health.interval * 3 + health.timeout + lease;
+        if d < least {
+            p.add("failover.deadman", format!("must be at least {least:?} (3 probe intervals + the probe timeout, + a lease with replicas) or the instances stop their flows between heartbeats"));
+        }
+        // A hang or partition then fails over after the bound: held requests must outlast it.
+        let hold = d + health.timeout + Duration::from_secs(1);
+        if failover.hold < hold {
+            p.add("failover.hold", format!("must be at least {hold:?} with failover.deadman {d:?}: a hang or partition fails over after the dead-man bound, and held requests would get 503 first"));
+        }
+    }
 
     let l = &raw.limits;
     let max_header_bytes = match l.max_header_bytes.as_deref().map(parse_size) {

@@ -22,6 +22,7 @@
 //! - **Strays** (a non-active instance reporting flows started) are stopped at once.
 //! - Out-of-step instances are resynced, and promoted only when nothing in step is eligible.
 
+mod deadman;
 pub mod driver;
 #[cfg(test)]
 mod model_tests;
@@ -363,6 +364,11 @@ pub enum Notice {
     /// An instance did not answer a promotion's stop: it stays fenced until it does.
     StopUnanswered {
         id: InstanceId,
+    },
+    /// The promotion waits for the dead-man switch of instances it could not stop.
+    AwaitingDeadman {
+        ids: Vec<InstanceId>,
+        wait: Duration,
     },
     ResyncedBeforePromotion {
         id: InstanceId,

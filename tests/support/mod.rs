@@ -6,6 +6,7 @@ pub mod etcd;
 pub mod fake_node_red;
 pub mod mosquitto;
 pub mod node_red;
+pub mod relay;
 pub mod replica;
 pub mod stream;
 

@@ -28,6 +28,10 @@ pub struct Settings {
     pub stop_timeout: Duration,
     pub start_timeout: Duration,
     pub recovery: crate::config::RecoveryConfig,
+    /// The instances stop their own flows after this long without a heartbeat from flowgate
+    /// (the dead-man switch of `contrib/node-red/flowgate-fence.js`): a promotion that could
+    /// not confirm another instance stopped waits this long after that instance's last answer.
+    pub deadman: Option<Duration>,
     /// Several replicas share the decisions: start as a follower. The driver sets it from its
     /// link to the store, not from the file (the session is started once, with flowgate).
     pub replicated: bool,
@@ -46,6 +50,7 @@ impl Settings {
             stop_timeout: c.failover.stop_timeout,
             start_timeout: c.failover.start_timeout,
             recovery: c.recovery.clone(),
+            deadman: c.failover.deadman,
             replicated: false,
         }
     }
@@ -94,6 +99,8 @@ pub struct Member {
     pub(super) downs: Vec<Instant>,
     pub(super) stop_in_flight: bool,
     pub last_probe: Option<(SystemTime, Duration)>,
+    /// When it stopped being the active (and so stopped getting heartbeats).
+    pub(super) active_until: Option<Instant>,
     pub last_error: Option<CallError>,
     pub(super) warned_unmanageable: bool,
     pub(super) sync_in_flight: bool,
@@ -118,6 +125,7 @@ impl Member {
             downs: Vec::new(),
             stop_in_flight: false,
             last_probe: None,
+            active_until: None,
             last_error: None,
             warned_unmanageable: false,
             sync_in_flight: false,
@@ -184,6 +192,8 @@ pub(super) enum Stage {
     Locking,
     Stopping,
     Resyncing,
+    /// Waiting for the dead-man switch of an instance that did not confirm its stop.
+    Waiting,
     Starting,
 }
 
@@ -205,6 +215,10 @@ pub(super) struct Promotion {
     pub blocker: Option<super::PromotionError>,
     /// The active this planned move took the role from: drained before its stop.
     pub drain: Option<usize>,
+    /// Others whose stop went unanswered (unreachable, timed out).
+    pub unanswered: Vec<usize>,
+    /// Stage `Waiting`: until when.
+    pub wait_until: Option<Instant>,
 }
 
 /// The whole HA state. One writer: whoever calls [`State::step`].
@@ -226,6 +240,9 @@ pub struct State {
     pub(super) rolling: Option<super::rolling::Rolling>,
     /// How the last rolling restart ended.
     pub(super) rolling_last: Option<super::RollingView>,
+    /// When this state was created: what the dead-man switch counts from for an instance that
+    /// never answered.
+    pub(super) created: Instant,
 }
 
 impl State {
@@ -249,6 +266,7 @@ impl State {
             warned_no_candidate: false,
             rolling: None,
             rolling_last: None,
+            created: now,
         }
     }
 
@@ -388,6 +406,7 @@ impl State {
         for i in 0..self.members.len() {
             consider(self.recovery_wake(i));
         }
+        consider(self.promotion.as_ref().and_then(|p| p.wait_until));
         wake
     }
 }

@@ -57,6 +57,7 @@ impl State {
             Event::Restarted { id, result } => self.on_restarted(id, result, now, &mut fx),
             Event::RollingRestart { ticket } => self.on_rolling_restart(ticket, now, &mut fx),
         }
+        self.deadman_due(now, &mut fx);
         self.reconcile(now, &mut fx);
         self.rolling_check(&mut fx);
         self.recover(now, &mut fx);
@@ -327,6 +328,7 @@ impl State {
 
     fn lose_active(&mut self, reason: Reason, failed: bool, now: Instant, fx: &mut Vec<Effect>) {
         let Some(a) = self.active.take() else { return };
+        self.members[a].active_until = Some(now);
         let id = self.members[a].spec.id.clone();
         self.promoted_at = None;
         self.lost = Some(Lost { at: now, from: Some(id.clone()), reason });
@@ -377,6 +379,8 @@ impl State {
             stopped: Vec::new(),
             blocker: None,
             drain,
+            unanswered: Vec::new(),
+            wait_until: None,
         });
     }
 
@@ -412,7 +416,10 @@ impl State {
                 | CallError::Timeout(_)
                 | CallError::Unanswered(_)
                 | CallError::Transport(_),
-            ) => fx.push(Effect::Notice(Notice::StopUnanswered { id })),
+            ) => {
+                p.unanswered.push(i);
+                fx.push(Effect::Notice(Notice::StopUnanswered { id }))
+            }
             // It was known to be stopped: whatever it answered, it runs nothing.
             Err(_) if p.known_stopped.contains(&i) => {}
             // Refused, or not sent at all (Local: flowgate out of descriptors, the instance
@@ -434,6 +441,16 @@ impl State {
         if let Some(b) = p.blocker.take() {
             return self.finish_promotion(Err(b), now, fx);
         }
+        if self.deadman_wait(now, fx) {
+            return;
+        }
+        self.after_fencing(now, fx);
+    }
+
+    /// Every other instance is stopped or fenced: start the target (after a resync when only
+    /// out-of-step candidates were eligible).
+    pub(super) fn after_fencing(&mut self, now: Instant, fx: &mut Vec<Effect>) {
+        let Some(p) = self.promotion.as_mut() else { return };
         let target = p.target;
         if self.members[target].sync == Sync::OutOfStep {
             p.stage = Stage::Resyncing;

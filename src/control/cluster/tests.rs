@@ -30,6 +30,7 @@ pub(super) fn settings() -> Settings {
             window: Duration::from_secs(600),
             backoff: Duration::from_secs(10),
         },
+        deadman: None,
         replicated: false,
     }
 }

@@ -40,11 +40,17 @@ pub struct Prober {
     /// The controller epoch this replica holds (0: none); probes carry it so that every
     /// instance learns a new controller's epoch within one interval (replicas).
     pub epoch: Arc<AtomicU64>,
+    /// Replicas: only the controller's probes carry an epoch and heartbeats.
+    pub replicated: bool,
 }
 
 impl Prober {
-    fn epoch(&self) -> Option<u64> {
-        Some(self.epoch.load(Ordering::Relaxed)).filter(|&e| e > 0)
+    /// The epoch (the controller's), and a heartbeat for the routed active's dead-man switch
+    /// when this flowgate decides (alone, or the controller).
+    fn fence(&self) -> crate::backend::Fence {
+        let epoch = Some(self.epoch.load(Ordering::Relaxed)).filter(|&e| e > 0);
+        let decides = !self.replicated || epoch.is_some();
+        crate::backend::Fence { epoch, heartbeat: decides && self.wants.canary_wanted(&self.backend) }
     }
 
     pub async fn run(self, cancel: CancellationToken) {
@@ -76,7 +82,7 @@ impl Prober {
             }
             let started = Instant::now();
             let timeout = self.health.timeout;
-            let probe = self.backend.flow_state(&self.client, self.epoch(), timeout);
+            let probe = self.backend.flow_state(&self.client, self.fence(), timeout);
             let mut probe = std::pin::pin!(probe);
             let state = loop {
                 tokio::select! {

@@ -43,6 +43,10 @@ impl Driver {
             }
             Notice::LockBusy => warn!("the change lock stayed busy; promoting without it"),
             Notice::StopUnanswered { id } => warn!(backend = %id, "did not answer the stop; fenced until it does"),
+            Notice::AwaitingDeadman { ids, wait } => {
+                let ids: Vec<String> = ids.iter().map(|i| i.to_string()).collect();
+                warn!(unconfirmed = %ids.join(", "), wait_ms = wait.as_millis() as u64, "promotion waits for the dead-man switch of instances it could not stop");
+            }
             Notice::ResyncedBeforePromotion { id, error: None } => info!(backend = %id, "resynced before promotion"),
             Notice::ResyncedBeforePromotion { id, error: Some(why) } => {
                 m.promotions_out_of_step.inc();

@@ -120,6 +120,7 @@ async fn killing_the_controller_replica_hands_control_over_without_a_failover() 
 async fn killing_the_active_under_two_replicas_promotes_once() {
     let _serial = serial().await;
     let (_etcd, mut a, b, r1, r2) = cluster().await;
+    let roles = [r1.role().await, r2.role().await];
     let (both, samples, canaries) = watch_canaries(&a, &b);
     let s1 = RequestStream::start(format!("{}/hello", r1.proxy), Duration::from_millis(5));
     let s2 = RequestStream::start(format!("{}/hello", r2.proxy), Duration::from_millis(5));
@@ -129,9 +130,9 @@ async fn killing_the_active_under_two_replicas_promotes_once() {
     a.kill9();
     tokio::join!(s1.wait_for("hello from nr-b", killed, 20), s2.wait_for("hello from nr-b", killed, 20));
     let (x1, x2) = (s1.finish().await, s2.finish().await);
-    for (r, x) in [(&r1, &x1), (&r2, &x2)] {
+    for ((r, x), role) in [(&r1, &x1), (&r2, &x2)].into_iter().zip(&roles) {
         println!(
-            "kill -9 nr-a -> first success from nr-b through {} after {:.1} ms ({} requests, {} failed)",
+            "kill -9 nr-a -> first success from nr-b through {} ({role}) after {:.1} ms ({} requests, {} failed)",
             r.id,
             gap(x, killed, "nr-b").as_secs_f64() * 1e3,
             x.len(),

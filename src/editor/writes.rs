@@ -305,7 +305,10 @@ pub(crate) async fn admit(
         match check.await {
             Ok((StatusCode::UNAUTHORIZED | StatusCode::FORBIDDEN, _, _)) => return Err(ProxyError::Unauthorized),
             Ok((StatusCode::OK, _, _)) if auth.is_none() => open.store(now + 60_000, Relaxed),
-            _ => {}
+            Ok(_) => {}
+            // Fail closed: a check that could not be made admits nothing (under a flood of
+            // such requests it would otherwise let every body in).
+            Err(_) => return Err(ProxyError::CredentialsUnchecked),
         }
     }
     let wait = shared.config.failover.hold;

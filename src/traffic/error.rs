@@ -23,6 +23,10 @@ pub enum ProxyError {
     UpstreamBusy,
     #[error("the active Node-RED instance refused these credentials; nothing was read or sent")]
     Unauthorized,
+    #[error(
+        "these credentials could not be checked with the active Node-RED instance in time; nothing was read or sent, retry shortly"
+    )]
+    CredentialsUnchecked,
     #[error("too many open connections; retry soon")]
     TooManyConnections,
     #[error("the request body stopped arriving")]
@@ -58,6 +62,7 @@ impl ProxyError {
             ProxyError::BodyTimeout => StatusCode::REQUEST_TIMEOUT,
             ProxyError::TooManyConnections => StatusCode::SERVICE_UNAVAILABLE,
             ProxyError::Unauthorized => StatusCode::UNAUTHORIZED,
+            ProxyError::CredentialsUnchecked => StatusCode::SERVICE_UNAVAILABLE,
             ProxyError::BadRequest => StatusCode::BAD_REQUEST,
             ProxyError::PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
             ProxyError::BadDeploy(_) => StatusCode::BAD_REQUEST,
@@ -78,6 +83,7 @@ impl ProxyError {
             ProxyError::BodyTimeout => "body-timeout",
             ProxyError::TooManyConnections => "too-many-connections",
             ProxyError::Unauthorized => "unauthorized",
+            ProxyError::CredentialsUnchecked => "credentials-unchecked",
             ProxyError::BadRequest => "bad-request",
             ProxyError::PayloadTooLarge => "payload-too-large",
             ProxyError::BadDeploy(_) => "bad-deploy",
@@ -101,6 +107,7 @@ impl ProxyError {
                 | ProxyError::UpstreamBusy
                 | ProxyError::TooManyConnections
                 | ProxyError::NoController
+                | ProxyError::CredentialsUnchecked
         ) {
             h.insert(RETRY_AFTER, HeaderValue::from_static("1"));
         }
@@ -125,6 +132,7 @@ mod tests {
             (ProxyError::ChangeInProgress, 503),
             (ProxyError::FlowStateOwned, 403),
             (ProxyError::NoController, 503),
+            (ProxyError::CredentialsUnchecked, 503),
             (ProxyError::ControllerUnreachable, 502),
         ];
         for (e, status) in table {

@@ -52,6 +52,7 @@ impl fmt::Debug for BackendId {
 pub struct Config {
     pub listen: Listen,
     pub admin_token: Option<Secret>,
+    pub admin_read_token: Option<Secret>,
     pub backends: Vec<BackendConfig>,
     pub node_red: NodeRedPaths,
     pub health: HealthConfig,

@@ -179,6 +179,10 @@ pub struct RawListen {
 pub struct RawAdmin {
     /// Bearer token that mutating admin endpoints require. Without it they answer 403.
     pub token: Option<RawSecret>,
+    /// Bearer token that the read endpoints (`/status`, `/metrics`, `/events`) then require
+    /// (the admin token is accepted too). Without it they are open to whoever reaches the
+    /// admin listener.
+    pub read_token: Option<RawSecret>,
 }
 
 /// A secret read from an environment variable or a file; never written in the YAML itself.

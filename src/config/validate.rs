@@ -228,6 +228,13 @@ pub fn validate(raw: RawConfig, secrets: &dyn SecretSource, base: &std::path::Pa
         p.add("listen.https", "needs tls.certs (a folder of certificates)");
     }
     let admin_token = p.secret("admin.token", &raw.admin.token, secrets);
+    let admin_read_token = p.secret("admin.read_token", &raw.admin.read_token, secrets);
+    if admin_read_token.as_ref().is_some_and(|t| t.expose().len() < MIN_ADMIN_TOKEN) {
+        p.add(
+            "admin.read_token",
+            format!("must be at least {MIN_ADMIN_TOKEN} characters (for example: openssl rand -hex 24)"),
+        );
+    }
     if admin_token.as_ref().is_some_and(|t| t.expose().len() < MIN_ADMIN_TOKEN) {
         p.add(
             "admin.token",
@@ -457,6 +464,7 @@ pub fn validate(raw: RawConfig, secrets: &dyn SecretSource, base: &std::path::Pa
         Ok(Config {
             listen,
             admin_token,
+            admin_read_token,
             backends,
             node_red,
             health,

@@ -16,7 +16,10 @@
 //! | `GET /auth/token-info` | the token asked about | for Node-RED's `adminAuth.tokens`: 200 `{"username","permissions"}` for an editor token issued through flowgate, else 404 |
 //!
 //! Mutating endpoints need `Authorization: Bearer <admin.token>`, compared in constant time.
-//! Without a configured token they answer 403.
+//! Without a configured token they answer 403. With `admin.read_token`, `/status`,
+//! `/metrics` and `/events` need it (or the admin token), as a bearer token or, for
+//! `/events` (a browser's EventSource cannot send headers), as `?token=`; `/`, `/healthz`
+//! and `/ready` stay open (the page holds no data; load balancers check the others).
 
 use std::convert::Infallible;
 use std::sync::Arc;
@@ -62,6 +65,27 @@ fn authorised(shared: &Shared, req: &Request<Incoming>) -> Result<(), Box<Respon
         r.headers_mut().insert("www-authenticate", HeaderValue::from_static("Bearer realm=\"flowgate\""));
         Err(Box::new(r))
     }
+}
+
+/// The read endpoints with `admin.read_token` set: its token or the admin token, as a bearer
+/// token or `?token=`.
+fn may_read(shared: &Shared, req: &Request<Incoming>) -> Result<(), Box<Response<Body>>> {
+    let Some(read) = &shared.config.admin_read_token else { return Ok(()) };
+    let bearer = req.headers().get(AUTHORIZATION).and_then(|v| v.to_str().ok()).and_then(|v| v.strip_prefix("Bearer "));
+    let query = query_param(req, "token").map(|t| {
+        form_urlencoded::parse(format!("t={t}").as_bytes()).next().map(|(_, v)| v.into_owned()).unwrap_or_default()
+    });
+    let given = bearer.map(str::to_string).or(query).unwrap_or_default();
+    let matches = |s: &crate::config::Secret| crate::crypto::constant_time_eq(given.as_bytes(), s.expose().as_bytes());
+    if matches(read) || shared.config.admin_token.as_ref().is_some_and(matches) {
+        return Ok(());
+    }
+    let mut r = json(
+        StatusCode::UNAUTHORIZED,
+        serde_json::json!({"error": "this endpoint needs admin.read_token (or the admin token)"}),
+    );
+    r.headers_mut().insert("www-authenticate", HeaderValue::from_static("Bearer realm=\"flowgate\""));
+    Err(Box::new(r))
 }
 
 const STATUS_PAGE: &str = include_str!("admin/status.html");
@@ -134,6 +158,12 @@ async fn command(
 
 pub async fn serve(app: Arc<crate::App>, req: Request<Incoming>) -> Result<Response<Body>, Infallible> {
     let shared = app.shared();
+    if req.method() == Method::GET
+        && matches!(req.uri().path(), "/events" | "/status" | "/metrics")
+        && let Err(r) = may_read(&shared, &req)
+    {
+        return Ok(*r);
+    }
     let resp = match (req.method(), req.uri().path()) {
         (&Method::GET, "/") => {
             let mut r = reply(StatusCode::OK, "text/html; charset=utf-8", STATUS_PAGE);

@@ -707,15 +707,18 @@ async fn half_sent_bodies_do_not_hold_connection_slots() {
     })
     .await;
     println!("a new client was served {:?} after 60 half-sent bodies", t.elapsed());
-    // Each stalled one got its answer and was closed.
+    // Each stalled one got its answer and was closed: most by the body deadline (408); the
+    // ten beyond the limit found no slot (503); under load a deploy whose credentials check
+    // could not be made in time is refused before its body is read (503).
     let mut timeouts = 0;
     for mut s in stalled {
         let mut out = Vec::new();
         let _ = tokio::time::timeout(SECS, s.read_to_end(&mut out)).await.expect("closed by flowgate");
         let text = String::from_utf8_lossy(&out);
+        assert!(text.starts_with("HTTP/1.1 408") || text.starts_with("HTTP/1.1 503"), "{text}");
         timeouts += usize::from(text.starts_with("HTTP/1.1 408"));
     }
-    assert!(timeouts >= 50, "{timeouts} of 60 half-sent bodies got 408 (the rest found no slot: 503)");
+    assert!(timeouts >= 30, "{timeouts} of 60 half-sent bodies got 408");
 }
 
 /// An HTTP/2 (h2c) connection with nothing in flight is closed after the idle limit

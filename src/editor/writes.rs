@@ -301,7 +301,9 @@ pub(crate) async fn admit(
         }
         let b = &active.backend;
         let path = format!("{}flows/state", b.admin_root);
-        let check = b.exchange(client, Method::GET, &path, h, Bytes::new(), shared.config.health.timeout * 2);
+        // Generous: a check that cannot be made refuses the write (fail closed).
+        let limit = (shared.config.health.timeout * 2).max(std::time::Duration::from_secs(2));
+        let check = b.exchange(client, Method::GET, &path, h, Bytes::new(), limit);
         match check.await {
             Ok((StatusCode::UNAUTHORIZED | StatusCode::FORBIDDEN, _, _)) => return Err(ProxyError::Unauthorized),
             Ok((StatusCode::OK, _, _)) if auth.is_none() => open.store(now + 60_000, Relaxed),

@@ -157,7 +157,7 @@ impl super::State {
     }
 
     /// A promotion ended; the rolling restart's switchover goes on to the old active.
-    pub(super) fn rolling_promoted(&mut self, ok: bool, now: Instant, fx: &mut Vec<Effect>) {
+    pub(super) fn rolling_promoted(&mut self, ok: bool, fx: &mut Vec<Effect>) {
         let Some(r) = self.rolling.as_mut() else { return };
         let Stage::Switching(t) = r.stage else { return };
         if !ok || self.active != Some(t) {
@@ -167,7 +167,6 @@ impl super::State {
         r.stage = Stage::OldActive;
         let id = self.members[old].spec.id.clone();
         fx.push(Effect::Notice(Notice::Rolling(Ok(format!("restarting the old active {id}")))));
-        let _ = now;
         self.start_restart(old, RestartReason::Rolling, None, fx);
     }
 

@@ -511,6 +511,6 @@ impl State {
         }
         let ok = result.is_ok();
         fx.push(Effect::Notice(Notice::Promotion { from, to, reason: p.reason, elapsed, result }));
-        self.rolling_promoted(ok, now, fx);
+        self.rolling_promoted(ok, fx);
     }
 }

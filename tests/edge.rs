@@ -710,15 +710,25 @@ async fn half_sent_bodies_do_not_hold_connection_slots() {
     // Each stalled one got its answer and was closed: most by the body deadline (408); the
     // ten beyond the limit found no slot (503); under load a deploy whose credentials check
     // could not be made in time is refused before its body is read (503).
-    let mut timeouts = 0;
+    let mut answers = std::collections::BTreeMap::new();
     for mut s in stalled {
         let mut out = Vec::new();
         let _ = tokio::time::timeout(SECS, s.read_to_end(&mut out)).await.expect("closed by flowgate");
         let text = String::from_utf8_lossy(&out);
-        assert!(text.starts_with("HTTP/1.1 408") || text.starts_with("HTTP/1.1 503"), "{text}");
-        timeouts += usize::from(text.starts_with("HTTP/1.1 408"));
+        let kind = if text.starts_with("HTTP/1.1 408") {
+            "408".to_string()
+        } else {
+            let code = text.lines().find_map(|l| l.strip_prefix("x-flowgate-error: ")).unwrap_or("?");
+            format!("{} {code}", text.get(9..12).unwrap_or("?"))
+        };
+        *answers.entry(kind).or_insert(0usize) += 1;
     }
-    assert!(timeouts >= 30, "{timeouts} of 60 half-sent bodies got 408");
+    let count = |k: &str| answers.get(k).copied().unwrap_or(0);
+    let (cut, no_slot, unchecked) =
+        (count("408"), count("503 too-many-connections"), count("503 credentials-unchecked"));
+    assert_eq!(cut + no_slot + unchecked, 60, "every one answered by flowgate: {answers:?}");
+    assert!(no_slot <= 10, "only those beyond the 50 slots found none: {answers:?}");
+    assert!(cut >= 30, "most were cut by the body deadline: {answers:?}");
 }
 
 /// An HTTP/2 (h2c) connection with nothing in flight is closed after the idle limit

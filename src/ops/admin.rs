@@ -72,9 +72,10 @@ fn authorised(shared: &Shared, req: &Request<Incoming>) -> Result<(), Box<Respon
 fn may_read(shared: &Shared, req: &Request<Incoming>) -> Result<(), Box<Response<Body>>> {
     let Some(read) = &shared.config.admin_read_token else { return Ok(()) };
     let bearer = req.headers().get(AUTHORIZATION).and_then(|v| v.to_str().ok()).and_then(|v| v.strip_prefix("Bearer "));
-    let query = query_param(req, "token").map(|t| {
-        form_urlencoded::parse(format!("t={t}").as_bytes()).next().map(|(_, v)| v.into_owned()).unwrap_or_default()
-    });
+    let query = req
+        .uri()
+        .query()
+        .and_then(|q| form_urlencoded::parse(q.as_bytes()).find(|(k, _)| k == "token").map(|(_, v)| v.into_owned()));
     let given = bearer.map(str::to_string).or(query).unwrap_or_default();
     let matches = |s: &crate::config::Secret| crate::crypto::constant_time_eq(given.as_bytes(), s.expose().as_bytes());
     if matches(read) || shared.config.admin_token.as_ref().is_some_and(matches) {

@@ -163,8 +163,9 @@ impl Proxy {
                     match &**self.shared.writes_to.load() {
                         _ if local => self.write(write, parts, body, active).await,
                         WriteRoute::Here => self.write(write, parts, body, active).await,
-                        WriteRoute::Forward(_) | WriteRoute::NoController if forwarded => Err(ProxyError::NoController),
+                        // A forwarded write is never forwarded again.
                         WriteRoute::NoController => Err(ProxyError::NoController),
+                        WriteRoute::Forward(_) if forwarded => Err(ProxyError::NoController),
                         WriteRoute::Forward(url) => {
                             let (s, c) = (&self.shared, &self.tunnels.client);
                             crate::editor::forward::to_controller(s, c, url, parts, body, active).await

@@ -377,6 +377,32 @@ where
     }
 }
 
+/// How long a closing connection that carried a request body keeps reading what the client
+/// still sends, in all and per read.
+const LINGER: Duration = Duration::from_secs(5);
+const LINGER_READ: Duration = Duration::from_secs(1);
+
+/// Closes a connection whose request body may be unread (answered early: a refused upload)
+/// without resetting it. Closing a socket with unread bytes sends a reset, and a client still
+/// sending its body then fails with a broken pipe before it reads the answer. So: end the
+/// sending side, then read and drop what comes, until the client closes, goes quiet for
+/// [`LINGER_READ`], or [`LINGER`] has passed (as nginx's lingering close).
+async fn linger<I: ClientIo>(mut io: I) {
+    use tokio::io::AsyncWriteExt;
+    let deadline = Instant::now() + LINGER;
+    if tokio::time::timeout_at(deadline, io.shutdown()).await.is_err() {
+        return;
+    }
+    let mut buf = vec![0u8; 4096];
+    while let Ok(Ok(Ok(n))) =
+        tokio::time::timeout_at(deadline, tokio::time::timeout(LINGER_READ, io.read(&mut buf))).await
+    {
+        if n == 0 {
+            break;
+        }
+    }
+}
+
 /// Waits, holding nothing but the socket, until it is readable: true. False when the idle
 /// limit passed or shutdown began.
 async fn park<I: ClientIo>(io: &I, http: &Http, wake: &Arc<Wake>, cancel: &CancellationToken) -> bool {
@@ -499,6 +525,9 @@ where
     if !parked {
         if let Err(e) = result {
             debug!(peer = %peer.addr, error = %e, "connection ended with an error");
+        }
+        if state.pinned.load(Ordering::Relaxed) && !cancel.is_cancelled() {
+            linger(io).await;
         }
         return None;
     }

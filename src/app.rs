@@ -113,7 +113,9 @@ struct SharedView(Arc<Shared>);
 
 impl CanaryWanted for SharedView {
     fn canary_wanted(&self, backend: &Backend) -> bool {
-        self.0.view.load().active.as_ref().is_some_and(|a| std::ptr::eq(&*a.backend, backend))
+        let view = self.0.view.load();
+        let routed = |a: &Arc<crate::state::Active>| std::ptr::eq(&*a.backend, backend);
+        view.active.as_ref().is_some_and(routed) || view.rotation.iter().any(routed)
     }
 }
 

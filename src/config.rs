@@ -260,6 +260,22 @@ failover:
     }
 
     #[test]
+    fn mode_is_hot_spare_or_load_balanced_and_load_balanced_runs_alone() {
+        let base = "backends: [{id: a, url: \"http://127.0.0.1:1\"}]\n";
+        assert_eq!(parse_with(base, &[]).unwrap().mode, crate::readiness::Mode::HotSpare);
+        let c = parse_with(&format!("{base}mode: load-balanced\n"), &[]).unwrap();
+        assert_eq!(c.mode, crate::readiness::Mode::LoadBalanced);
+        let p = problems(&format!("{base}mode: balanced\n"));
+        assert_eq!((p[0].field.as_str(), p[0].line), ("mode", Some(2)));
+        assert!(p[0].message.contains("\"hot-spare\" or \"load-balanced\""), "{}", p[0]);
+        let p = problems(&format!(
+            "{base}mode: load-balanced\nlisten: {{ proxy: \"127.0.0.1:8080\" }}\ncluster: {{ id: r1, etcd: [\"http://127.0.0.1:2379\"] }}\n"
+        ));
+        assert_eq!(p.len(), 1, "{p:?}");
+        assert!(p[0].field == "mode" && p[0].message.contains("remove cluster:"), "{}", p[0]);
+    }
+
+    #[test]
     fn readiness_ignore_takes_only_known_kinds() {
         let base = "backends: [{id: a, url: \"http://127.0.0.1:1\"}]\n";
         let c = parse_with(&format!("{base}readiness: {{ ignore: [memory_context] }}\n"), &[]).unwrap();

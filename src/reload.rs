@@ -28,6 +28,10 @@ pub enum ReloadError {
         "backend {0} is active: it cannot be removed or moved by a reload; move the active role first (POST /switchover)"
     )]
     ActiveRemoved(BackendId),
+    #[error(
+        "mode changed from {0} to {1}: restart flowgate to switch modes (the README gives the sequence); the running configuration stays in force"
+    )]
+    ModeChanged(&'static str, &'static str),
     #[error("state.dir: {0}")]
     State(#[from] StoreError),
     #[error(transparent)]
@@ -75,6 +79,9 @@ impl App {
     async fn swap(&self, config: Config) -> Result<String, ReloadError> {
         let old = self.core.load_full();
         let oc = &old.shared.config;
+        if config.mode != oc.mode {
+            return Err(ReloadError::ModeChanged(oc.mode.as_str(), config.mode.as_str()));
+        }
         let notes = restart_notes(oc, &config);
         let address = |scheme: &http::uri::Scheme, a: &http::uri::Authority| format!("{scheme}://{a}");
         if let Some(a) = &old.shared.view.load().active {

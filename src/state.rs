@@ -34,17 +34,33 @@ pub struct Active {
     pub demoted: CancellationToken,
 }
 
+impl Active {
+    /// Newly routed to, with fresh signals.
+    pub fn new(index: usize, backend: Arc<Backend>) -> Arc<Self> {
+        Arc::new(Active { index, backend, failed: CancellationToken::new(), demoted: CancellationToken::new() })
+    }
+}
+
 /// What the request path reads.
 #[derive(Debug, Default)]
 pub struct View {
     pub generation: u64,
+    /// Hot spare: the active. Load-balanced: the first instance in rotation (the default
+    /// target of editor writes).
     pub active: Option<Arc<Active>>,
+    /// Load-balanced mode: every instance traffic is spread over (empty in hot-spare mode).
+    pub rotation: Vec<Arc<Active>>,
 }
 
 /// The operator-facing status, rebuilt by the cluster driver on every change.
 #[derive(Debug, Default, Clone, Serialize)]
 pub struct Status {
+    /// "hot-spare" or "load-balanced".
+    pub mode: &'static str,
     pub active: Option<String>,
+    /// Load-balanced mode: the instances traffic is spread over.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub rotation: Vec<String>,
     pub target_revision: Option<String>,
     pub phase: &'static str,
     /// Replicas: this replica, the controller, the record, the store.
@@ -190,6 +206,8 @@ pub struct Shared {
     /// Where editor writes are carried out (replicas: only on the controller). Written by the
     /// cluster driver.
     pub writes_to: ArcSwap<WriteRoute>,
+    /// Load-balanced mode: the round-robin position.
+    pub next: std::sync::atomic::AtomicUsize,
 }
 
 /// Where an editor write that reaches this flowgate is carried out.
@@ -253,6 +271,7 @@ impl Shared {
             write_bodies: Arc::new(tokio::sync::Semaphore::new(MAX_BUFFERED_WRITES)),
             saving: Mutex::new(()),
             writes_to: ArcSwap::from_pointee(writes_to),
+            next: std::sync::atomic::AtomicUsize::new(0),
         }
     }
 

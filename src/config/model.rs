@@ -50,6 +50,8 @@ impl fmt::Debug for BackendId {
 /// A validated configuration. Downstream code never re-checks these values.
 #[derive(Debug, Clone)]
 pub struct Config {
+    /// The HA shape: one instance runs flows (hot spare), or every in-step one does.
+    pub mode: crate::readiness::Mode,
     pub listen: Listen,
     pub admin_token: Option<Secret>,
     pub admin_read_token: Option<Secret>,

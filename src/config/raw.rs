@@ -8,6 +8,8 @@ use serde::Deserialize;
 #[derive(Debug, Deserialize, Default)]
 #[serde(deny_unknown_fields)]
 pub struct RawConfig {
+    /// The HA shape: `hot-spare` (one instance runs flows) or `load-balanced` (all do).
+    pub mode: Option<String>,
     /// Where flowgate listens.
     #[serde(default)]
     pub listen: RawListen,

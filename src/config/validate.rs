@@ -422,6 +422,23 @@ pub fn validate(raw: RawConfig, secrets: &dyn SecretSource, base: &std::path::Pa
         }
     }
 
+    let mode = match raw.mode.as_deref() {
+        None | Some("hot-spare") => crate::readiness::Mode::HotSpare,
+        Some("load-balanced") => crate::readiness::Mode::LoadBalanced,
+        Some(other) => {
+            p.add("mode", format!("\"{other}\" is not a mode; use \"hot-spare\" or \"load-balanced\""));
+            crate::readiness::Mode::HotSpare
+        }
+    };
+    if mode == crate::readiness::Mode::LoadBalanced {
+        if cluster.is_some() {
+            p.add("mode", "load-balanced runs with one flowgate: remove cluster: or use mode: hot-spare (replicas keep one active)");
+        }
+        if failover.deadman.is_some() {
+            p.add("failover.deadman", "is for hot-spare replicas: in load-balanced mode every instance runs its flows");
+        }
+    }
+
     let l = &raw.limits;
     let max_header_bytes = match l.max_header_bytes.as_deref().map(parse_size) {
         None => DEFAULT_MAX_HEADER_BYTES,
@@ -464,6 +481,7 @@ pub fn validate(raw: RawConfig, secrets: &dyn SecretSource, base: &std::path::Pa
 
     if p.0.is_empty() {
         Ok(Config {
+            mode,
             listen,
             admin_token,
             admin_read_token,

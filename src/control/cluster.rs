@@ -22,6 +22,9 @@
 //! - **Strays** (a non-active instance reporting flows started) are stopped at once.
 //! - Out-of-step instances are resynced, and promoted only when nothing in step is eligible.
 
+mod balance;
+#[cfg(test)]
+mod balance_tests;
 mod deadman;
 pub mod driver;
 #[cfg(test)]
@@ -215,10 +218,14 @@ pub enum CommandError {
     NoRestartCommand(InstanceId),
     #[error("\"{0}\" is the active instance: switch over first, or use a rolling restart")]
     IsActive(InstanceId),
+    #[error("\"{0}\" is the only instance in rotation: restarting it would stop all traffic")]
+    LastInRotation(InstanceId),
     #[error("\"{0}\" is being restarted already")]
     Restarting(InstanceId),
     #[error("restart of {id} failed: {why}")]
     Restart { id: InstanceId, why: String },
+    #[error("load-balanced mode has no active role to move: every in-step instance runs flows")]
+    Balanced,
     #[error("rolling restart not started: {0}")]
     RollingRefused(String),
     #[error("rolling restart stopped: {0}")]
@@ -281,6 +288,8 @@ pub enum Effect {
     },
     /// Publish the routing view: the active, or none (requests are held).
     Route(Option<InstanceId>),
+    /// Load-balanced mode: publish the rotation (none: requests are held).
+    Rotation(Vec<InstanceId>),
     /// Fence the current holder of the change lock and take it (promotions). Answered with
     /// [`Event::ChangeLockTaken`].
     TakeChangeLock,
@@ -426,4 +435,10 @@ pub enum Notice {
     },
     /// A rolling restart moved on (`Ok`: progress or done) or stopped (`Err`).
     Rolling(Result<String, String>),
+    /// Load-balanced mode: it joined the rotation, or left it (or could not join), and why.
+    Rotation {
+        id: InstanceId,
+        joined: bool,
+        why: String,
+    },
 }

@@ -59,19 +59,27 @@ fn cookies<'a, 'n>(headers: &'a HeaderMap, name: &'n str) -> impl Iterator<Item 
         .map(|(_, v)| v.trim_matches('"'))
 }
 
+/// Load-balanced mode: the cookie that keeps a browser's runtime session (a dashboard's
+/// socket.io requests) on one instance. Path `/`, so it reaches any `httpNodeRoot`.
+pub const AFFINITY_COOKIE: &str = "flowgate_affinity";
+
 /// One instance's editor cookie, built once per configuration.
 pub struct Pin {
-    /// The cookie's value.
+    /// The cookie's value (the same for the editor and the affinity cookie).
     pub value: String,
     /// `Set-Cookie` for plain HTTP and for HTTPS (with `Secure`).
     pub set_cookie: [HeaderValue; 2],
+    /// The same for [`AFFINITY_COOKIE`].
+    pub affinity: [HeaderValue; 2],
 }
 
 impl Pin {
     pub fn new(codec: &CookieCodec, name: &str, id: &str, path: &str) -> Self {
+        let a = AFFINITY_COOKIE;
         Pin {
             value: codec.encode(id),
             set_cookie: [codec.set_cookie(name, id, path, false), codec.set_cookie(name, id, path, true)],
+            affinity: [codec.set_cookie(a, id, "/", false), codec.set_cookie(a, id, "/", true)],
         }
     }
 }

@@ -26,6 +26,7 @@ pub struct Metrics {
     pub backend_flow_state: IntGaugeVec,
     pub instances_running_flows: IntGauge,
     pub active_present: IntGauge,
+    pub load_balanced: IntGauge,
     pub failovers: IntCounterVec,
     pub failover_failures: IntCounterVec,
     pub failover_duration: Histogram,
@@ -132,6 +133,14 @@ impl Metrics {
             active_present: reg(
                 &registry,
                 IntGauge::new("flowgate_active_present", "1 while an active instance receives traffic.").unwrap(),
+            ),
+            load_balanced: reg(
+                &registry,
+                IntGauge::new(
+                    "flowgate_load_balanced",
+                    "1 in load-balanced mode: every in-step instance runs flows; active_present is 1 while the rotation is not empty.",
+                )
+                .unwrap(),
             ),
             failovers: reg(
                 &registry,

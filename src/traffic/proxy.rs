@@ -17,6 +17,7 @@
 //!      never answers), or the connection broke mid-request: idempotent requests without a
 //!      body are retried on the new active; the rest answer 502 at once and are never replayed.
 
+mod balance;
 pub mod forward;
 pub mod route;
 mod upgrade;
@@ -88,18 +89,27 @@ impl Proxy {
         Ok(resp)
     }
 
-    /// The active instance, waiting up to the hold time when there is none. `failed`, when
-    /// given, is an instance this request already failed on: wait for another one, unless it
-    /// is still active and not declared failed after a probe had time to judge it.
-    async fn active(&self, failed: Option<&Arc<Active>>) -> Result<Arc<Active>, ProxyError> {
+    /// The instance for a request: the active (hot spare), or one of the rotation
+    /// (load-balanced; `pin`, the instance its cookie names, while usable). Waits up to the
+    /// hold time when there is none. `failed`, when given, is an instance this request already
+    /// failed on: another one is taken, or waited for, unless it is still routed to and not
+    /// declared failed after a probe had time to judge it.
+    async fn active(&self, pin: Option<usize>, failed: Option<&Arc<Active>>) -> Result<Arc<Active>, ProxyError> {
         let usable = |a: &Arc<Active>, judged: bool| match failed {
             None => true,
             Some(f) => !Arc::ptr_eq(a, f) || (judged && !f.failed.is_cancelled()),
         };
-        if failed.is_none()
-            && let Some(a) = &self.shared.view.load().active
-        {
-            return Ok(a.clone());
+        let balanced = self.shared.config.mode == crate::readiness::Mode::LoadBalanced;
+        let choose = |view: &crate::state::View, judged: bool| {
+            if balanced {
+                let outstanding = |i: usize| self.shared.instances[i].pool.outstanding();
+                balance::pick(&view.rotation, pin, |a| usable(a, judged), outstanding, &self.shared.next)
+            } else {
+                view.active.clone().filter(|a| usable(a, judged))
+            }
+        };
+        if let Some(a) = choose(&self.shared.view.load(), false) {
+            return Ok(a);
         }
         let cfg = &self.shared.config;
         let now = Instant::now();
@@ -109,10 +119,8 @@ impl Proxy {
         loop {
             rx.borrow_and_update();
             let judged = Instant::now() >= judged_at;
-            if let Some(a) = &self.shared.view.load().active
-                && usable(a, judged)
-            {
-                return Ok(a.clone());
+            if let Some(a) = choose(&self.shared.view.load(), judged) {
+                return Ok(a);
             }
             let wake = if failed.is_some() && !judged { judged_at.min(deadline) } else { deadline };
             if Instant::now() >= deadline {
@@ -129,15 +137,25 @@ impl Proxy {
         upgrade: bool,
         class: RouteClass,
     ) -> Result<Response<Body>, ProxyError> {
-        let active = self.active(None).await?;
+        use crate::editor::cookie::{AFFINITY_COOKIE, CookieCodec};
         let cfg = &self.shared.config;
         let editor = matches!(class, RouteClass::Editor | RouteClass::EditorSocket);
-        // Sticky editor sessions: the pinned instance must be the active; otherwise the editor
-        // moves to the active and its cookie is re-issued.
+        let balanced = cfg.mode == crate::readiness::Mode::LoadBalanced;
+        let cookie = if editor { cfg.editor.cookie.as_str() } else { AFFINITY_COOKIE };
+        let pinned = if balanced { balance::pinned(req.headers(), cookie, &self.shared.instances) } else { None };
+        let active = self.active(pinned, None).await?;
+        // Sticky sessions: the editor's cookie must name the instance it reached (the active,
+        // or in load-balanced mode its instance in rotation); otherwise it is (re-)issued. So
+        // is the affinity cookie of a socket.io session in load-balanced mode.
         let pin = &self.shared.instances[active.index].pin;
-        let reissue =
-            editor && !crate::editor::cookie::CookieCodec::carries(req.headers(), &cfg.editor.cookie, &pin.value);
-        let set_cookie = reissue.then(|| pin.set_cookie[usize::from(peer.tls)].clone());
+        let tls = usize::from(peer.tls);
+        let set_cookie = if editor {
+            (!CookieCodec::carries(req.headers(), cookie, &pin.value)).then(|| pin.set_cookie[tls].clone())
+        } else if balanced && pinned != Some(active.index) && balance::engine_io(req.uri()) {
+            Some(pin.affinity[tls].clone())
+        } else {
+            None
+        };
         let result = if upgrade {
             upgrade::tunnel(&self.tunnels, &self.shared, req, peer, active).await
         } else {
@@ -254,7 +272,7 @@ impl Proxy {
                         return Err(ProxyError::InstanceFailed);
                     }
                     self.retry_budget(&mut attempt, ProxyError::InstanceFailed)?;
-                    active = self.active(Some(&active)).await?;
+                    active = self.active(None, Some(&active)).await?;
                     body = Body::empty();
                     continue;
                 }
@@ -288,7 +306,7 @@ impl Proxy {
                     } else {
                         return Err(ProxyError::UpstreamFailed);
                     }
-                    active = self.active(Some(&active)).await?;
+                    active = self.active(None, Some(&active)).await?;
                 }
             }
         }
@@ -337,7 +355,7 @@ mod tests {
             failed: CancellationToken::new(),
             demoted: CancellationToken::new(),
         });
-        p.shared.view.store(Arc::new(View { generation, active: Some(a.clone()) }));
+        p.shared.view.store(Arc::new(View { generation, active: Some(a.clone()), rotation: Vec::new() }));
         p.shared.generation.send_replace(generation);
         a
     }
@@ -375,6 +393,7 @@ mod tests {
             let body = resp.into_body().collect().await.unwrap().to_bytes();
             assert_eq!(body, "ok");
             free.push(pool.free_slots());
+            assert_eq!(pool.outstanding(), 0, "nothing in flight between requests");
         }
         assert_eq!(free, [6, 8, 10, 12, 14, 16, 16], "two more per completed request, then all");
     }
@@ -383,7 +402,7 @@ mod tests {
     async fn without_an_active_a_request_is_held_for_exactly_the_hold_time() {
         let p = proxy("5s");
         let t0 = Instant::now();
-        assert_eq!(p.active(None).await.unwrap_err(), ProxyError::NoActiveInstance);
+        assert_eq!(p.active(None, None).await.unwrap_err(), ProxyError::NoActiveInstance);
         assert_eq!(t0.elapsed(), Duration::from_secs(5));
     }
 
@@ -392,7 +411,7 @@ mod tests {
         let p = proxy("5s");
         let waiter = tokio::spawn({
             let p = p.clone();
-            async move { (p.active(None).await.map(|a| a.index), Instant::now()) }
+            async move { (p.active(None, None).await.map(|a| a.index), Instant::now()) }
         });
         tokio::time::sleep(Duration::from_millis(1200)).await;
         let t = Instant::now();
@@ -407,7 +426,7 @@ mod tests {
         let p = proxy("5s");
         let a = publish(&p, 1);
         let t0 = Instant::now();
-        let again = p.active(Some(&a)).await.unwrap();
+        let again = p.active(None, Some(&a)).await.unwrap();
         assert!(Arc::ptr_eq(&again, &a));
         // health.timeout defaults to 400ms: two probes plus 50ms.
         assert_eq!(t0.elapsed(), Duration::from_millis(850));
@@ -415,7 +434,7 @@ mod tests {
         a.failed.cancel();
         let waiter = tokio::spawn({
             let (p, a) = (p.clone(), a.clone());
-            async move { p.active(Some(&a)).await.map(|n| Arc::ptr_eq(&n, &a)) }
+            async move { p.active(None, Some(&a)).await.map(|n| Arc::ptr_eq(&n, &a)) }
         });
         tokio::time::sleep(Duration::from_secs(2)).await;
         publish(&p, 2);

@@ -43,6 +43,8 @@ pub struct Seed {
     /// The routed active with its fencing signals, so open tunnels still close on a later
     /// demotion.
     current: Option<Arc<Active>>,
+    /// Load-balanced mode: the instances routed to, with their signals.
+    rotation: Vec<Arc<Active>>,
     history: VecDeque<FailoverRecord>,
     link: Option<Link>,
     store: Option<StoreView>,
@@ -62,6 +64,7 @@ pub struct Driver {
     client: AdminClient,
     core: State,
     current: Option<Arc<Active>>,
+    rotation: Vec<Arc<Active>>,
     history: VecDeque<FailoverRecord>,
     generation: u64,
     lock: Option<OwnedMutexGuard<()>>,
@@ -123,6 +126,7 @@ impl Driver {
             shared,
             client,
             current: None,
+            rotation: Vec::new(),
             history: VecDeque::new(),
             generation: 0,
             lock: None,
@@ -154,6 +158,12 @@ impl Driver {
                     demoted: old.demoted.clone(),
                 })));
             }
+            // Load-balanced: the same instances stay routed, with their signals.
+            if d.shared.config.mode == crate::readiness::Mode::LoadBalanced {
+                d.rotation = seed.rotation;
+                let ids: Vec<InstanceId> = d.core.rotation().cloned().collect();
+                d.set_rotation(ids);
+            }
         }
         d
     }
@@ -172,6 +182,7 @@ impl Driver {
                 let seed = Seed {
                     core: self.core.clone(),
                     current: self.current.clone(),
+                    rotation: self.rotation.clone(),
                     history: self.history.clone(),
                     link: self.link.take(),
                     store: self.store.clone(),
@@ -347,24 +358,24 @@ impl Driver {
         let shared = self.shared.clone();
         let client = self.client.clone();
         match effect {
-            Effect::Release { failed, .. } => {
-                if let Some(cur) = self.current.take() {
+            Effect::Release { id, failed } => {
+                let i = self.index(&id);
+                let gone = match self.current.take() {
+                    Some(cur) => Some(cur),
+                    None => self.rotation.iter().position(|a| a.index == i).map(|p| self.rotation.remove(p)),
+                };
+                if let Some(cur) = gone {
                     if failed {
                         cur.failed.cancel();
                     }
                     cur.demoted.cancel();
                 }
             }
+            Effect::Rotation(ids) => self.set_rotation(ids),
             Effect::Route(id) => {
                 let active = id.map(|id| {
                     let index = self.index(&id);
-                    let backend = self.shared.backend(index).clone();
-                    Arc::new(Active {
-                        index,
-                        backend,
-                        failed: CancellationToken::new(),
-                        demoted: CancellationToken::new(),
-                    })
+                    Active::new(index, self.shared.backend(index).clone())
                 });
                 self.publish(active);
             }
@@ -455,6 +466,42 @@ impl Driver {
         }
     }
 
+    /// Load-balanced mode: routes to `ids`, keeping the signals of those already routed to.
+    fn set_rotation(&mut self, ids: Vec<InstanceId>) {
+        let old = std::mem::take(&mut self.rotation);
+        for id in ids {
+            let index = self.index(&id);
+            let backend = self.shared.backend(index);
+            let a = match old.iter().find(|a| a.backend.id == id) {
+                Some(a) if a.index == index && Arc::ptr_eq(&a.backend, backend) => a.clone(),
+                // The same instance in a reloaded configuration: keep its signals.
+                Some(a) => Arc::new(Active {
+                    index,
+                    backend: backend.clone(),
+                    failed: a.failed.clone(),
+                    demoted: a.demoted.clone(),
+                }),
+                None => {
+                    self.shared.instances[index].pool.slow_start();
+                    Active::new(index, backend.clone())
+                }
+            };
+            self.rotation.push(a);
+        }
+        // Dropped without a release (a reload removed it): its tunnels close.
+        for a in old.iter().filter(|a| !self.rotation.iter().any(|r| r.backend.id == a.backend.id)) {
+            a.demoted.cancel();
+        }
+        self.generation += 1;
+        let view = View {
+            generation: self.generation,
+            active: self.rotation.first().cloned(),
+            rotation: self.rotation.clone(),
+        };
+        self.shared.view.store(Arc::new(view));
+        self.shared.generation.send_replace(self.generation);
+    }
+
     fn publish(&mut self, active: Option<Arc<Active>>) {
         if let Some(a) = &active
             && self.current.as_ref().is_none_or(|c| c.index != a.index)
@@ -464,7 +511,7 @@ impl Driver {
         }
         self.generation += 1;
         self.current = active.clone();
-        self.shared.view.store(Arc::new(View { generation: self.generation, active }));
+        self.shared.view.store(Arc::new(View { generation: self.generation, active, rotation: Vec::new() }));
         self.shared.generation.send_replace(self.generation);
     }
 }

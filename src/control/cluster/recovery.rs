@@ -139,7 +139,9 @@ impl super::State {
     fn back(&self, i: usize) -> bool {
         let m = &self.members[i];
         m.health() == Health::Up
-            && (self.active == Some(i) || (m.flow_state == Some(FlowState::Stop) && m.sync == Sync::InStep))
+            && (self.active == Some(i)
+                || self.rotation.contains(&i)
+                || (m.flow_state == Some(FlowState::Stop) && m.sync == Sync::InStep))
     }
 
     /// Ends restarts that are back or late, and starts the automatic ones that are due. Runs
@@ -261,6 +263,9 @@ impl super::State {
         }
         if self.active == Some(i) {
             return refuse(CommandError::IsActive(id), fx);
+        }
+        if self.rotation == [i] {
+            return refuse(CommandError::LastInRotation(id), fx);
         }
         if m.recovery.job.is_some() {
             return refuse(CommandError::Restarting(id), fx);

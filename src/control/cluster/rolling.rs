@@ -75,6 +75,9 @@ impl super::State {
             return Some(CommandError::Busy);
         }
         let refuse = |why: String| Some(CommandError::RollingRefused(why));
+        if self.balanced() {
+            return refuse("not available in load-balanced mode yet: restart the instances one by one (POST /restart), each waits until it is back in rotation".into());
+        }
         let Some(a) = self.active else { return refuse("no active instance is serving".into()) };
         if self.members.len() < 2 {
             return refuse("a rolling restart needs a standby to switch over to".into());

@@ -35,6 +35,8 @@ pub struct Settings {
     /// Several replicas share the decisions: start as a follower. The driver sets it from its
     /// link to the store, not from the file (the session is started once, with flowgate).
     pub replicated: bool,
+    /// `mode: load-balanced`: every in-step instance runs flows and is routed to.
+    pub balanced: bool,
 }
 
 impl Settings {
@@ -52,6 +54,7 @@ impl Settings {
             recovery: c.recovery.clone(),
             deadman: c.failover.deadman,
             replicated: false,
+            balanced: c.mode == crate::readiness::Mode::LoadBalanced,
         }
     }
 }
@@ -98,6 +101,8 @@ pub struct Member {
     /// When it went down lately (within `FLAP_WINDOW`), oldest first.
     pub(super) downs: Vec<Instant>,
     pub(super) stop_in_flight: bool,
+    /// Load-balanced mode: a start is on its way.
+    pub(super) start_in_flight: bool,
     pub last_probe: Option<(SystemTime, Duration)>,
     /// When it stopped being the active (and so stopped getting heartbeats).
     pub(super) active_until: Option<Instant>,
@@ -124,6 +129,7 @@ impl Member {
             cooldown_until: None,
             downs: Vec::new(),
             stop_in_flight: false,
+            start_in_flight: false,
             last_probe: None,
             active_until: None,
             last_error: None,
@@ -227,6 +233,8 @@ pub struct State {
     pub(super) settings: Settings,
     pub(super) members: Vec<Member>,
     pub(super) active: Option<usize>,
+    /// Load-balanced mode: the instances routed to, in the order they joined.
+    pub(super) rotation: Vec<usize>,
     pub(super) promoted_at: Option<Instant>,
     pub(super) promotion: Option<Promotion>,
     pub(super) lost: Option<Lost>,
@@ -257,6 +265,7 @@ impl State {
             members: specs.into_iter().map(|s| Member::new(s, &settings)).collect(),
             settings,
             active: None,
+            rotation: Vec::new(),
             promoted_at: None,
             promotion: None,
             lost: None,
@@ -288,9 +297,11 @@ impl State {
                 Health::Down => drop(tracker.observe(false)),
                 Health::Unknown => {}
             }
-            new.members[i] = Member { spec, tracker, sync_in_flight: false, stop_in_flight: false, ..m };
+            new.members[i] =
+                Member { spec, tracker, sync_in_flight: false, stop_in_flight: false, start_in_flight: false, ..m };
         }
         new.active = old.active.and_then(|a| map[a]);
+        new.rotation = old.rotation.iter().filter_map(|&r| map[r]).collect();
         new.promoted_at = old.promoted_at;
         new.record = old.record;
         if new.settings.replicated && old.mode != Mode::Alone {
@@ -336,7 +347,7 @@ impl State {
     pub fn role(&self, id: &InstanceId) -> Role {
         let Some(i) = self.index_of(id) else { return Role::Down };
         let m = &self.members[i];
-        if Some(i) == self.active {
+        if Some(i) == self.active || self.rotation.contains(&i) {
             Role::Active
         } else if self.promotion.as_ref().is_some_and(|p| p.target == i) {
             Role::Promoting
@@ -350,6 +361,13 @@ impl State {
     }
 
     pub fn phase(&self) -> Phase {
+        if self.balanced() {
+            return match (self.rotation.is_empty(), self.elected_once) {
+                (false, _) => Phase::Serving,
+                (true, false) => Phase::Starting,
+                (true, true) => Phase::NoActive,
+            };
+        }
         match (self.active, &self.promotion) {
             (_, Some(_)) => Phase::Promoting,
             (Some(_), None) => Phase::Serving,

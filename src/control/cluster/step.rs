@@ -44,6 +44,7 @@ impl State {
                     }
                 }
             }
+            Event::Started { id, result } if self.balanced() => self.on_balanced_started(&id, result, now, &mut fx),
             Event::Started { id, result } => {
                 if self.promotion.as_ref().is_some_and(|p| self.members[p.target].spec.id == id) {
                     let result = result.map_err(|error| PromotionError::Start { id, error });
@@ -152,6 +153,9 @@ impl State {
         if self.following() {
             return reply(Err(CommandError::NotController));
         }
+        if self.balanced() {
+            return reply(Err(CommandError::Balanced));
+        }
         if self.rolling.is_some() {
             return reply(Err(CommandError::Rolling));
         }
@@ -238,6 +242,9 @@ impl State {
         if self.following() {
             return self.follow_record(fx);
         }
+        if self.balanced() {
+            return self.balance(now, fx);
+        }
         if self.promotion.is_some() {
             return;
         }
@@ -312,7 +319,12 @@ impl State {
 
     /// Checks (and resyncs) every healthy instance whose step is not known to be right.
     fn start_syncs(&mut self, now: Instant, fx: &mut Vec<Effect>) {
-        let Some(a) = self.active else { return };
+        self.start_syncs_from(self.active, now, fx)
+    }
+
+    /// The same, from the flows of `source` (the active, or an instance in rotation).
+    pub(super) fn start_syncs_from(&mut self, source: Option<usize>, now: Instant, fx: &mut Vec<Effect>) {
+        let Some(a) = source else { return };
         let source = self.members[a].spec.id.clone();
         for m in &mut self.members {
             if m.sync == Sync::InStep || m.sync_in_flight || m.health() != Health::Up {

@@ -32,6 +32,7 @@ pub(super) fn settings() -> Settings {
         },
         deadman: None,
         replicated: false,
+        balanced: false,
     }
 }
 
@@ -57,6 +58,9 @@ pub(super) fn actions(fx: &[Effect]) -> Vec<String> {
                 Effect::Release { id, failed } => format!("release {id}{}", if *failed { " failed" } else { "" }),
                 Effect::Route(Some(id)) => format!("route {id}"),
                 Effect::Route(None) => "route -".into(),
+                Effect::Rotation(ids) => {
+                    format!("rotation {}", ids.iter().map(|i| i.to_string()).collect::<Vec<_>>().join(","))
+                }
                 Effect::TakeChangeLock => "lock".into(),
                 Effect::ReleaseChangeLock => "unlock".into(),
                 Effect::StopFlows { id, purpose: StopFor::Stray, .. } => format!("stop stray {id}"),

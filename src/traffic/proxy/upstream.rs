@@ -147,6 +147,8 @@ pub struct Pool<B: SendBody> {
     /// During slow start, the slots held back, and until when.
     reserve: Mutex<Option<(OwnedSemaphorePermit, Instant)>>,
     ramping: std::sync::atomic::AtomicBool,
+    /// How many slots `reserve` holds, readable without its lock.
+    held_back: std::sync::atomic::AtomicUsize,
 }
 
 impl<B: SendBody> Pool<B> {
@@ -174,6 +176,7 @@ impl<B: SendBody> Pool<B> {
             total: slots.max(1),
             queue_timeout,
             reserve: Mutex::new(None),
+            held_back: std::sync::atomic::AtomicUsize::new(0),
             ramping: std::sync::atomic::AtomicBool::new(false),
         }
     }
@@ -244,11 +247,13 @@ impl<B: SendBody> Pool<B> {
     pub fn slow_start(self: &Arc<Self>) {
         let mut reserve = self.reserve.lock().unwrap_or_else(|e| e.into_inner());
         *reserve = None;
+        self.held_back.store(0, std::sync::atomic::Ordering::Relaxed);
         let hold = self.slots.available_permits().saturating_sub(SLOW_START_SLOTS);
         if hold > 0
             && let Ok(p) = self.slots.clone().try_acquire_many_owned(hold as u32)
         {
             *reserve = Some((p, Instant::now() + SLOW_START_FOR));
+            self.held_back.store(hold, std::sync::atomic::Ordering::Relaxed);
             self.ramping.store(true, std::sync::atomic::Ordering::Release);
             let pool = Arc::downgrade(self);
             tokio::spawn(async move {
@@ -279,6 +284,8 @@ impl<B: SendBody> Pool<B> {
             *reserve = None;
             self.ramping.store(false, std::sync::atomic::Ordering::Release);
         }
+        let held = reserve.as_ref().map_or(0, |(p, _)| p.num_permits());
+        self.held_back.store(held, std::sync::atomic::Ordering::Relaxed);
     }
 
     /// Waits until no request is in flight here (at most `limit`). Nothing new is routed to
@@ -287,6 +294,12 @@ impl<B: SendBody> Pool<B> {
         let held = self.reserve.lock().unwrap_or_else(|e| e.into_inner()).as_ref().map_or(0, |(p, _)| p.num_permits());
         let all = (self.total - held) as u32;
         let _ = tokio::time::timeout(limit, self.slots.acquire_many(all)).await;
+    }
+
+    /// Requests in flight here now (approximate: read without a lock).
+    pub fn outstanding(&self) -> usize {
+        let free = self.slots.available_permits() + self.held_back.load(std::sync::atomic::Ordering::Relaxed);
+        self.total.saturating_sub(free)
     }
 
     /// Slots free now (for tests and metrics).

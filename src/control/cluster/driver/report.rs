@@ -23,6 +23,8 @@ impl Driver {
     pub(super) fn notice(&mut self, n: Notice) {
         let m = &self.shared.metrics;
         match n {
+            Notice::Rotation { id, joined: true, why } => info!(backend = %id, why = %why, "joined the rotation"),
+            Notice::Rotation { id, joined: false, why } => warn!(backend = %id, why = %why, "out of rotation"),
             Notice::Up { id, flow_state } => info!(backend = %id, flow_state = ?flow_state, "instance is up"),
             Notice::Down { id, error } => {
                 let err = error.map(|e| e.to_string()).unwrap_or_default();
@@ -169,17 +171,24 @@ impl Driver {
                 self.shared.metrics.flow_hazards.with_label_values(&[mode.as_str(), kind]).set(n as i64);
             }
         }
-        if !hot_spare.is_empty() {
-            let list: Vec<String> = hot_spare.iter().map(|f| format!("{} {} ({})", f.kind, f.node, f.tab)).collect();
+        let mode = self.shared.config.mode;
+        let mine = if mode == Mode::LoadBalanced { &load_balanced } else { &hot_spare };
+        if !mine.is_empty() {
+            let list: Vec<String> = mine.iter().map(|f| format!("{} {} ({})", f.kind, f.node, f.tab)).collect();
             warn!(
                 rev = rev.as_deref().unwrap_or("-"),
-                hazards = hot_spare.len(),
-                "the flows have nodes that do not survive a failover (advice; details in /status): {}",
+                mode = mode.as_str(),
+                hazards = mine.len(),
+                "the flows have nodes that do not survive this HA mode (advice; details in /status): {}",
                 list.join(", ")
             );
         }
-        self.readiness =
-            Some(Arc::new(crate::state::Readiness { rev, mode: Mode::HotSpare.as_str(), hot_spare, load_balanced }));
+        self.readiness = Some(Arc::new(crate::state::Readiness {
+            rev,
+            mode: self.shared.config.mode.as_str(),
+            hot_spare,
+            load_balanced,
+        }));
     }
 
     pub(super) fn publish_status(&self) {
@@ -242,9 +251,13 @@ impl Driver {
             })
             .collect();
         metrics.instances_running_flows.set(running);
-        metrics.active_present.set(i64::from(active.is_some()));
+        let rotation: Vec<String> = self.core.rotation().map(|id| id.to_string()).collect();
+        metrics.active_present.set(i64::from(active.is_some() || !rotation.is_empty()));
+        metrics.load_balanced.set(i64::from(self.shared.config.mode == crate::readiness::Mode::LoadBalanced));
         self.shared.status.store(Arc::new(Status {
+            mode: self.shared.config.mode.as_str(),
             active: active.map(|id| id.to_string()),
+            rotation,
             target_revision: sync.rev.clone(),
             phase: self.core.phase().as_str(),
             cluster: self.shared.config.cluster.as_ref().map(|c| ClusterStatus {

@@ -1,6 +1,6 @@
 //! Load-balanced mode against real Node-RED 4 (and mosquitto): throughput of two instances
 //! against one, kill -9 under a steady stream, a deploy reaching both running instances, and
-//! MQTT work shared through `$share/` subscriptions.
+//! MQTT work shared through `$share/` subscriptions, and a Dashboard 2.0 socket.io session.
 
 mod support;
 
@@ -53,12 +53,37 @@ fn flows(broker_port: Option<u16>) -> serde_json::Value {
     serde_json::Value::Array(flows)
 }
 
+/// The test flows plus a Node-RED Dashboard 2.0 (`/dashboard`, one page with one widget),
+/// whose socket.io server runs while the flows run.
+fn dashboard_flows() -> serde_json::Value {
+    let mut flows = flows(None);
+    let tab = flows[0]["id"].as_str().unwrap().to_string();
+    let list = flows.as_array_mut().unwrap();
+    list.push(json!({"id": "ui_base", "type": "ui-base", "name": "UI", "path": "/dashboard",
+        "includeClientData": true, "acceptsClientConfig": ["ui-notification", "ui-control"],
+        "showPathInSidebar": false, "navigationStyle": "default"}));
+    list.push(json!({"id": "ui_theme", "type": "ui-theme", "name": "Default",
+        "colors": {"surface": "#ffffff", "primary": "#0094CE", "bgPage": "#eeeeee", "groupBg": "#ffffff", "groupOutline": "#cccccc"},
+        "sizes": {"pagePadding": "12px", "groupGap": "12px", "groupBorderRadius": "4px", "widgetGap": "12px"}}));
+    list.push(json!({"id": "ui_page", "type": "ui-page", "name": "Home", "ui": "ui_base", "path": "/home",
+        "layout": "grid", "theme": "ui_theme", "order": 1}));
+    list.push(json!({"id": "ui_group", "type": "ui-group", "name": "G", "page": "ui_page", "width": "6",
+        "height": "1", "order": 1}));
+    list.push(json!({"id": "ui_text", "type": "ui-text", "z": tab, "group": "ui_group", "order": 1, "width": 0,
+        "height": 0, "name": "", "label": "who", "format": "{{msg.payload}}", "layout": "row-spread", "wires": []}));
+    flows
+}
+
 /// nr-a and nr-b with `flows`, booted stopped, and flowgate in load-balanced mode in front,
 /// once both are in rotation.
 async fn balanced_pair(flows: &serde_json::Value, extra: &str) -> ([NodeRed; 2], flowgate::Handle) {
     let mut nodes = [NodeRed::create("nr-a", ""), NodeRed::create("nr-b", "")];
     {
         let [a, b] = &mut nodes;
+        if flows.as_array().unwrap().iter().any(|n| n["type"] == "ui-base") {
+            a.with_dashboard();
+            b.with_dashboard();
+        }
         a.set_flows(flows);
         b.set_flows(flows);
         tokio::join!(a.boot(true), b.boot(true));
@@ -276,4 +301,68 @@ async fn shared_subscriptions_process_each_message_once_spread_over_both() {
     assert_eq!(per_job.len(), N, "every job processed");
     assert!(dups.is_empty(), "no job processed twice: {dups:?}");
     assert!(by("nr-a") > N / 5 && by("nr-b") > N / 5, "both took part");
+}
+
+/// A socket.io client (`tests/support/sio-client.js`: polling first, then websocket, cookies
+/// kept, as a browser) on the Dashboard 2.0 of both instances, through flowgate: the polling
+/// requests of its session all reach one instance (else the upgrade fails with "Session ID
+/// unknown"); when that instance is killed, the client reconnects to the other one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dashboard_socket_io_session_keeps_its_instance_and_moves_when_it_is_killed() {
+    use tokio::io::AsyncBufReadExt;
+    let _serial = serial().await;
+    let (mut nodes, h) = balanced_pair(&dashboard_flows(), "").await;
+    let script = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/support/sio-client.js");
+    let mut child = tokio::process::Command::new("node")
+        .arg(&script)
+        .args([&format!("http://{}", h.proxy_addr), "/dashboard/socket.io", "40000"])
+        .env("NODE_PATH", support::node_red::extras())
+        .stdout(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("node runs the socket.io client");
+    let mut lines = tokio::io::BufReader::new(child.stdout.take().unwrap()).lines();
+    let mut events: Vec<serde_json::Value> = Vec::new();
+    // Reads events until `want` holds for one, within `limit`.
+    async fn until(
+        lines: &mut tokio::io::Lines<tokio::io::BufReader<tokio::process::ChildStdout>>,
+        events: &mut Vec<serde_json::Value>,
+        limit: Duration,
+        want: impl Fn(&serde_json::Value) -> bool,
+    ) -> serde_json::Value {
+        let deadline = Instant::now() + limit;
+        loop {
+            let line = tokio::time::timeout_at(deadline, lines.next_line()).await;
+            let Ok(Ok(Some(line))) = line else { panic!("no such event in {limit:?}; events: {events:?}") };
+            let ev: serde_json::Value = serde_json::from_str(&line).unwrap();
+            events.push(ev.clone());
+            if want(&ev) {
+                return ev;
+            }
+        }
+    }
+    let first = until(&mut lines, &mut events, Duration::from_secs(15), |e| e["ev"] == "connect").await;
+    let up = until(&mut lines, &mut events, Duration::from_secs(15), |e| e["ev"] == "upgrade").await;
+    assert_eq!(up["sid"], first["sid"], "one session from polling to websocket: {events:?}");
+    assert_eq!(up["transport"], "websocket");
+    assert!(!events.iter().any(|e| e["ev"] == "connect_error" || e["ev"] == "disconnect"), "{events:?}");
+    let pinned = first["pinned"].as_str().expect("the session's affinity cookie").to_string();
+    let (holder, other) = if pinned.starts_with("v1:nr-a:") { (0, 1) } else { (1, 0) };
+    let killed = Instant::now();
+    nodes[holder].kill9();
+    until(&mut lines, &mut events, Duration::from_secs(10), |e| e["ev"] == "disconnect").await;
+    let again = until(&mut lines, &mut events, Duration::from_secs(15), |e| e["ev"] == "connect").await;
+    let moved = killed.elapsed();
+    let up = until(&mut lines, &mut events, Duration::from_secs(15), |e| e["ev"] == "upgrade").await;
+    assert_eq!(up["sid"], again["sid"], "the new session holds too: {events:?}");
+    assert_ne!(again["sid"], first["sid"]);
+    let now = again["pinned"].as_str().unwrap_or_default();
+    assert!(now.starts_with(&format!("v1:{}:", nodes[other].name)), "re-pinned to the other instance: {now}");
+    println!(
+        "socket.io session on {} (polling, then websocket); after its kill -9 a new session on {} {} ms later",
+        nodes[holder].name,
+        nodes[other].name,
+        moved.as_millis()
+    );
+    let _ = child.kill().await;
 }

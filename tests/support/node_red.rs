@@ -15,15 +15,24 @@ pub async fn serial() -> tokio::sync::MutexGuard<'static, ()> {
     LOCK.lock().await
 }
 
-fn red_js() -> &'static Path {
-    static RED: OnceLock<PathBuf> = OnceLock::new();
-    RED.get_or_init(|| {
+/// Where `scripts/install-node-red.sh` installed Node-RED (installing it on first use).
+fn nr_home() -> &'static Path {
+    static HOME: OnceLock<PathBuf> = OnceLock::new();
+    HOME.get_or_init(|| {
         let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/install-node-red.sh");
         let out = Command::new("bash").arg(script).stderr(Stdio::inherit()).output().expect("run install-node-red.sh");
         assert!(out.status.success(), "installing Node-RED failed");
-        let home = String::from_utf8(out.stdout).unwrap();
-        PathBuf::from(home.trim()).join("node_modules/node-red/red.js")
+        PathBuf::from(String::from_utf8(out.stdout).unwrap().trim())
     })
+}
+
+fn red_js() -> PathBuf {
+    nr_home().join("node_modules/node-red/red.js")
+}
+
+/// The Node.js modules beside Node-RED: Dashboard 2.0 and socket.io-client.
+pub fn extras() -> PathBuf {
+    nr_home().join("extras/node_modules")
 }
 
 pub fn free_port() -> u16 {
@@ -70,6 +79,11 @@ impl NodeRed {
         let flows = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/flows.json");
         std::fs::copy(flows, user_dir.join("flows.json")).unwrap();
         NodeRed { name: name.to_string(), port: free_port(), user_dir, env: Vec::new(), child: None }
+    }
+
+    /// Makes Node-RED Dashboard 2.0 available to this instance (its user directory's modules).
+    pub fn with_dashboard(&self) {
+        std::os::unix::fs::symlink(extras(), self.user_dir.join("node_modules")).unwrap();
     }
 
     /// Replaces the flows the instance boots with.

@@ -8,7 +8,10 @@ module.exports = {
 
     // With adminAuth: flowgate's own token (the backend's `token` in flowgate.yaml), and editor
     // logins made through flowgate accepted by every instance, so an editor stays logged in
-    // across a failover. FLOWGATE_ADMIN is flowgate's admin listener as this instance reaches it.
+    // across a failover. FLOWGATE_ADMIN is flowgate's admin listener as this instance reaches it:
+    // http://127.0.0.1:9901 on the same host; from another host https://flowgate-host:9901 with
+    // admin.tls in flowgate.yaml, and the CA (or the self-signed certificate) of that listener in
+    // NODE_EXTRA_CA_CERTS of the Node-RED process, so this hook only believes flowgate itself.
     adminAuth: {
         type: "credentials",
         users: [{ username: "admin", password: "<bcrypt hash>", permissions: "*" }],

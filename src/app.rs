@@ -183,6 +183,8 @@ pub struct App {
     pub(crate) core: ArcSwap<Core>,
     pub(crate) rt: Runtime,
     pub tls: Option<Arc<tls::Tls>>,
+    /// The admin listener's certificates (`admin.tls`).
+    pub admin_tls: Option<Arc<tls::Tls>>,
     /// The configuration file, for `POST /reload`, SIGHUP and the file watch.
     pub(crate) config_path: Option<PathBuf>,
     pub(crate) reloading: tokio::sync::Mutex<()>,
@@ -263,6 +265,18 @@ pub fn start_on(
     if listeners.https.is_some() && tls.is_none() {
         return Err(err("an HTTPS listener needs tls.certs".into()));
     }
+    let admin_tls = match &config.admin_tls {
+        Some(t) => Some(Arc::new(
+            tls::Tls::new(&t.certs, t.default.clone()).map_err(|e| err(format!("admin.tls.certs: {e}")))?,
+        )),
+        None => None,
+    };
+    if admin_tls.is_none() && !admin_addr.ip().is_loopback() {
+        warn!(
+            admin = %admin_addr,
+            "the admin listener is reachable from the network over plain HTTP: editor tokens asked about at /auth/token-info and the admin token cross it in clear; set admin.tls"
+        );
+    }
     let state_dir = config.state.dir.clone();
     let ids = config.backends.iter().map(|b| b.id.to_string()).collect();
     let table = SyncTable::open(ids, state_dir.as_deref(), config.state.key.as_ref().map(|k| k.expose()))
@@ -294,13 +308,15 @@ pub fn start_on(
     }
     let limits = config.limits.clone();
     let grace = config.shutdown_grace;
-    let tls_every = config.tls.as_ref().map_or(Duration::from_secs(10), |t| t.reload_interval);
+    let tls_every =
+        config.tls.as_ref().or(config.admin_tls.as_ref()).map_or(Duration::from_secs(10), |t| t.reload_interval);
     let clients = Clients::new(&config).map_err(|e| err(e.to_string()))?;
     let core = rt.build(config, clients, table, None);
     let app = Arc::new(App {
         core: ArcSwap::from_pointee(core),
         rt,
         tls: tls.clone(),
+        admin_tls: admin_tls.clone(),
         config_path,
         reloading: tokio::sync::Mutex::new(()),
     });
@@ -334,21 +350,31 @@ pub fn start_on(
             move |req, _| async move { Ok(server::redirect(&req, port)) },
         ));
     }
-    let l = server::Listener { tcp: listeners.admin, tls: None, slots: Arc::new(Semaphore::new(256)), gauges: None };
+    let admin_acceptor = admin_tls.as_ref().map(|t| tokio_rustls::TlsAcceptor::from(t.config.clone()));
+    let l = server::Listener {
+        tcp: listeners.admin,
+        tls: admin_acceptor,
+        slots: Arc::new(Semaphore::new(256)),
+        gauges: None,
+    };
     let a = app.clone();
     tasks.spawn(server::accept_loop(l, limits, shutdown.child_token(), grace, Arc::from([]), move |req, _| {
         admin::serve(a.clone(), req)
     }));
-    if let Some(tls) = &tls {
-        app.reload_certs(tls);
-        let (a, cancel, tls) = (app.clone(), shutdown.clone(), tls.clone());
+    // Both certificate folders are checked for changes on one timer.
+    let stores: Vec<Arc<tls::Tls>> = tls.iter().chain(admin_tls.iter()).cloned().collect();
+    if !stores.is_empty() {
+        for t in &stores {
+            app.reload_certs(t);
+        }
+        let (a, cancel) = (app.clone(), shutdown.clone());
         tasks.spawn(async move {
             let mut tick = tokio::time::interval(tls_every);
             tick.tick().await;
             loop {
                 tokio::select! {
                     _ = cancel.cancelled() => return,
-                    _ = tick.tick() => a.reload_certs(&tls),
+                    _ = tick.tick() => stores.iter().for_each(|t| a.reload_certs(t)),
                 }
             }
         });

@@ -276,6 +276,22 @@ failover:
     }
 
     #[test]
+    fn admin_tls_needs_a_certificate_folder_its_own_or_the_shared_one() {
+        let base = "backends: [{id: a, url: \"http://127.0.0.1:1\"}]\n";
+        let p = problems(&format!("{base}admin:\n  tls: {{}}\n"));
+        assert_eq!((p[0].field.as_str(), p[0].line), ("admin.tls.certs", Some(3)));
+        assert!(p[0].message.contains("or set tls.certs"), "{}", p[0]);
+        let dir = std::env::temp_dir();
+        let c = parse_with(
+            &format!("{base}tls: {{ certs: \"{}\", default: x }}\nadmin: {{ tls: {{}} }}\n", dir.display()),
+            &[],
+        )
+        .unwrap();
+        let t = c.admin_tls.expect("shares tls.certs");
+        assert_eq!((t.certs, t.default.as_deref()), (dir, Some("x")));
+    }
+
+    #[test]
     fn readiness_ignore_takes_only_known_kinds() {
         let base = "backends: [{id: a, url: \"http://127.0.0.1:1\"}]\n";
         let c = parse_with(&format!("{base}readiness: {{ ignore: [memory_context] }}\n"), &[]).unwrap();

@@ -117,7 +117,7 @@ impl App {
         for id in &removed {
             self.metrics().forget_backend(id);
         }
-        if let Some(tls) = &self.tls {
+        for tls in self.tls.iter().chain(self.admin_tls.iter()) {
             self.reload_certs(tls);
         }
         for n in &notes {
@@ -153,9 +153,9 @@ fn restart_notes(old: &Config, new: &Config) -> Vec<String> {
     if new.listen != old.listen {
         notes.push("listen addresses changed: restart flowgate to apply them".to_string());
     }
-    if new.tls != old.tls {
+    if new.tls != old.tls || new.admin_tls != old.admin_tls {
         notes.push(
-            "tls settings changed: restart flowgate to apply them (certificates in the folder are reloaded)".into(),
+            "tls or admin.tls settings changed: restart flowgate to apply them (certificates in the folders are reloaded)".into(),
         );
     }
     if new.cluster.as_ref().map(|c| (&c.id, &c.etcd, &c.prefix, c.lease_ttl))

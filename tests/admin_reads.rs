@@ -53,3 +53,38 @@ async fn without_a_read_token_the_read_endpoints_stay_open() {
     wait_active(&h, "a", std::time::Duration::from_secs(10)).await;
     assert_eq!(status_of(&format!("http://{}/status", h.admin_addr), None).await, 200);
 }
+
+/// `admin.tls`: the admin listener speaks HTTPS only (instances on other hosts ask it about
+/// editor tokens); a client trusting the certificate is answered, plain HTTP is not.
+#[tokio::test]
+async fn with_admin_tls_the_admin_listener_speaks_https_only() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let fake = FakeNodeRed::start("a", Options::default(), EventLog::default()).await;
+    let certs = support::node_red::temp_dir("admin-tls");
+    let (cert, key) = flowgate::traffic::tls::self_signed(&["flowgate.local"]).unwrap();
+    std::fs::write(certs.join("admin.crt"), &cert).unwrap();
+    std::fs::write(certs.join("admin.key"), key).unwrap();
+    let y = yaml(&[("a", fake.url(), 100)], &format!("admin: {{ tls: {{ certs: \"{}\" }} }}\n", certs.display()));
+    let h = start_flowgate(&y, Secrets(vec![])).await;
+    let mut roots = rustls::RootCertStore::empty();
+    use rustls_pki_types::pem::PemObject;
+    for c in rustls_pki_types::CertificateDer::pem_slice_iter(cert.as_bytes()) {
+        roots.add(c.unwrap()).unwrap();
+    }
+    let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
+    let cfg = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    let connector = tokio_rustls::TlsConnector::from(std::sync::Arc::new(cfg));
+    let tcp = tokio::net::TcpStream::connect(h.admin_addr).await.unwrap();
+    let name = rustls_pki_types::ServerName::try_from("flowgate.local").unwrap();
+    let mut tls = connector.connect(name, tcp).await.expect("the certificate is accepted");
+    tls.write_all(b"GET /healthz HTTP/1.1\r\nHost: flowgate.local\r\nConnection: close\r\n\r\n").await.unwrap();
+    let mut answer = String::new();
+    tls.read_to_string(&mut answer).await.unwrap();
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    let plain = get(&client(), &format!("http://{}/healthz", h.admin_addr)).await;
+    assert!(plain.is_err() || plain.as_ref().is_ok_and(|r| r.status != 200), "plain HTTP is not served");
+}

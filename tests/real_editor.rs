@@ -262,21 +262,37 @@ async fn the_editor_comms_socket_follows_the_active() {
     assert!(seen.iter().all(|s| s == "tick from nr-b"), "{seen:?}");
 }
 
+/// `/status` read in process (the admin listener of this test speaks HTTPS only).
+fn status_in(h: &flowgate::Handle) -> Value {
+    serde_json::to_value(&**h.shared().status.load()).unwrap()
+}
+
+async fn wait_active_in(h: &flowgate::Handle, id: &str, limit: Duration) {
+    eventually(limit, &format!("{id} active"), || async { status_in(h)["active"] == id }).await;
+}
+
 /// (d) With adminAuth, a token obtained through flowgate before a failover still works after
-/// it, over HTTP and on /comms.
+/// it, over HTTP and on /comms. The instances reach flowgate's token-info over HTTPS
+/// (`admin.tls`, the certificate trusted through NODE_EXTRA_CA_CERTS): their hook only works
+/// if the TLS handshake and the certificate check succeed.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_editor_login_survives_a_failover() {
     let _serial = serial().await;
     let admin = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let admin_url = format!("http://{}", admin.local_addr().unwrap());
+    let admin_url = format!("https://{}", admin.local_addr().unwrap());
+    let certs = support::node_red::temp_dir("admin-certs");
+    let (cert, key) = flowgate::traffic::tls::self_signed(&["127.0.0.1"]).unwrap();
+    std::fs::write(certs.join("admin.crt"), cert).unwrap();
+    std::fs::write(certs.join("admin.key"), key).unwrap();
     let mut a = NodeRed::create("nr-a", ADMIN_AUTH);
     let mut b = NodeRed::create("nr-b", ADMIN_AUTH);
     for n in [&mut a, &mut b] {
         n.env.push(("FLOWGATE_TOKEN".into(), "flowgate-static-token".into()));
         n.env.push(("FLOWGATE_ADMIN".into(), admin_url.clone()));
+        n.env.push(("NODE_EXTRA_CA_CERTS".into(), certs.join("admin.crt").display().to_string()));
     }
     tokio::join!(a.boot(true), b.boot(true));
-    let mut y = String::from("backends:\n");
+    let mut y = format!("admin: {{ tls: {{ certs: \"{}\" }} }}\nbackends:\n", certs.display());
     for (n, p) in [(&a, 200), (&b, 100)] {
         y.push_str(&format!("  - {{ id: {}, url: \"{}\", priority: {p}, token: {{ env: TOK }} }}\n", n.name, n.url()));
     }
@@ -288,7 +304,7 @@ async fn an_editor_login_survives_a_failover() {
     .unwrap();
     let listeners = flowgate::Listeners::plain(tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap(), admin);
     let h = flowgate::start(cfg, listeners, None).unwrap();
-    wait_active(&h, "nr-a", BOOT).await;
+    wait_active_in(&h, "nr-a", BOOT).await;
     let base = format!("http://{}", h.proxy_addr);
     let login = request(
         "POST",
@@ -329,7 +345,7 @@ async fn an_editor_login_survives_a_failover() {
     }
     assert_eq!(rev_of(&a, Some("flowgate-static-token")).await, rev_of(&b, Some("flowgate-static-token")).await);
     a.kill9();
-    wait_active(&h, "nr-b", Duration::from_secs(5)).await;
+    wait_active_in(&h, "nr-b", Duration::from_secs(5)).await;
     flows("after the failover").await;
     let (mut ws, _) = tokio_tungstenite::connect_async(format!("ws://{}/comms", h.proxy_addr)).await.unwrap();
     ws.send(Message::text(json!({"auth": token}).to_string())).await.unwrap();
@@ -339,7 +355,7 @@ async fn an_editor_login_survives_a_failover() {
     // flowgate while nr-b is active must reach it too.
     a.boot(true).await;
     eventually(Duration::from_secs(10), "nr-a back as a standby", || async {
-        status(&h).await["backends"][0]["role"] == "standby"
+        status_in(&h)["backends"][0]["role"] == "standby"
     })
     .await;
     let direct_a = request("GET", &format!("{}/flows", a.url()), &[("authorization", &bearer)], String::new()).await;

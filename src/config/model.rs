@@ -67,6 +67,8 @@ pub struct Config {
     pub deploy: DeployConfig,
     pub state: StateConfig,
     pub tls: Option<TlsConfig>,
+    /// The admin listener's certificates (HTTPS only when set).
+    pub admin_tls: Option<TlsConfig>,
     pub cluster: Option<ClusterConfig>,
     pub limits: Limits,
     pub shutdown_grace: Duration,

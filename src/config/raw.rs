@@ -185,6 +185,19 @@ pub struct RawAdmin {
     /// (the admin token is accepted too). Without it they are open to whoever reaches the
     /// admin listener.
     pub read_token: Option<RawSecret>,
+    /// Serve the admin listener over HTTPS only: for instances on other hosts asking
+    /// `/auth/token-info`, and operators across a network.
+    pub tls: Option<RawAdminTls>,
+}
+
+#[derive(Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct RawAdminTls {
+    /// Folder of `NAME.crt` + `NAME.key` pairs, as `tls.certs` (default: `tls.certs`).
+    pub certs: Option<String>,
+    /// The certificate for clients without SNI or with an unknown name (default: first by name,
+    /// or `tls.default` when the folder is shared).
+    pub default: Option<String>,
 }
 
 /// A secret read from an environment variable or a file; never written in the YAML itself.

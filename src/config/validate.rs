@@ -229,6 +229,21 @@ pub fn validate(raw: RawConfig, secrets: &dyn SecretSource, base: &std::path::Pa
     if listen.https.is_some() && tls.is_none() {
         p.add("listen.https", "needs tls.certs (a folder of certificates)");
     }
+    let admin_tls = raw.admin.tls.as_ref().and_then(|t| {
+        let (certs, default) = match (&t.certs, &tls) {
+            (Some(c), _) => (at(c), t.default.clone()),
+            (None, Some(shared)) => (shared.certs.clone(), t.default.clone().or(shared.default.clone())),
+            (None, None) => {
+                p.add("admin.tls.certs", "give a folder of NAME.crt + NAME.key files (or set tls.certs to share it)");
+                return None;
+            }
+        };
+        if !certs.is_dir() {
+            p.add("admin.tls.certs", format!("{} is not a folder of NAME.crt + NAME.key files", certs.display()));
+        }
+        let reload_interval = tls.as_ref().map_or(DEFAULT_CERT_RELOAD, |t| t.reload_interval);
+        Some(super::model::TlsConfig { certs, default, reload_interval })
+    });
     let admin_token = p.secret("admin.token", &raw.admin.token, secrets);
     let admin_read_token = p.secret("admin.read_token", &raw.admin.read_token, secrets);
     if admin_read_token.as_ref().is_some_and(|t| t.expose().len() < MIN_ADMIN_TOKEN) {
@@ -496,6 +511,7 @@ pub fn validate(raw: RawConfig, secrets: &dyn SecretSource, base: &std::path::Pa
             deploy,
             state,
             tls,
+            admin_tls,
             cluster,
             limits,
             shutdown_grace,

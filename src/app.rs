@@ -107,6 +107,20 @@ pub(crate) struct Runtime {
     /// Replicas: the link to the etcd session, for the first driver (later ones get it with
     /// the handover).
     pub link: std::sync::Mutex<Option<Link>>,
+    /// Where probes and connection watches run: a runtime of their own.
+    pub probes: tokio::runtime::Handle,
+}
+
+/// A runtime of its own for the probes (one thread, ended with flowgate): a busy control
+/// runtime (status streams, saves to disk, deploys, the admin API) never holds a probe past
+/// its timeout, which would look like a hang of the instance and fail it over.
+fn probe_runtime(shutdown: CancellationToken) -> std::io::Result<tokio::runtime::Handle> {
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+    let handle = rt.handle().clone();
+    std::thread::Builder::new().name("flowgate-probes".into()).spawn(move || {
+        rt.block_on(shutdown.cancelled());
+    })?;
+    Ok(handle)
 }
 
 struct SharedView(Arc<Shared>);
@@ -154,14 +168,15 @@ impl Runtime {
                 epoch: self.services.epoch.clone(),
                 replicated: config.cluster.is_some(),
             };
-            self.tasks.spawn(prober.run(cancel.clone()));
+            self.tasks.spawn_on(prober.run(cancel.clone()), &self.probes);
             let addr = instance.backend.authority.as_str().to_string();
             let addr = match instance.backend.authority.port_u16() {
                 Some(_) => addr,
                 None if instance.backend.scheme == http::uri::Scheme::HTTPS => format!("{addr}:443"),
                 None => format!("{addr}:80"),
             };
-            self.tasks.spawn(crate::control::health::watch::watch(addr, instance.kick.clone(), cancel.clone()));
+            let watch = crate::control::health::watch::watch(addr, instance.kick.clone(), cancel.clone());
+            self.tasks.spawn_on(watch, &self.probes);
         }
         let link = self.link.lock().unwrap_or_else(|e| e.into_inner()).take();
         let epoch = self.services.epoch.clone();
@@ -299,6 +314,7 @@ pub fn start_on(
         tasks: TaskTracker::new(),
         shutdown: shutdown.clone(),
         link: std::sync::Mutex::new(None),
+        probes: probe_runtime(shutdown.clone())?,
     };
     if let Some(cluster) = &config.cluster {
         let (link, ends) = coord::link(cluster.lease_ttl / 2);

@@ -502,3 +502,41 @@ async fn a_connection_still_sending_an_upload_is_not_reused() {
     assert!(t.elapsed() < Duration::from_millis(500), "the next request waited {:?}", t.elapsed());
     drop(upload);
 }
+
+/// Probes run on a runtime of their own: with the runtime that runs everything else blocked
+/// for 300 ms at a time, 20 times (a stand-in for a slow save to disk, or hundreds of status streams),
+/// no probe times out and nothing fails over. The instances answer from a runtime of theirs.
+#[test]
+fn a_blocked_control_runtime_delays_no_probe() {
+    let instances = tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build().unwrap();
+    let (fa, fb) = instances.block_on(async {
+        let log = EventLog::default();
+        (
+            FakeNodeRed::start("a", Options::default(), log.clone()).await,
+            FakeNodeRed::start("b", Options::default(), log.clone()).await,
+        )
+    });
+    let control = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    control.block_on(async {
+        // Probes back to back, so that the runtime often stops while one is on its way.
+        let health = "health: { interval: 10ms, timeout: 150ms, rise: 2, fall: 2, promotion_grace: 0ms }\n";
+        let y = yaml(&[("a", fa.url(), 200), ("b", fb.url(), 100)], health);
+        let h = start_flowgate(&y, Secrets(vec![])).await;
+        wait_active(&h, "a", SECS).await;
+        for i in 0..20u64 {
+            // Blocks this (current-thread) runtime: nothing else here runs meanwhile.
+            tokio::task::spawn(async { std::thread::sleep(Duration::from_millis(300)) }).await.unwrap();
+            tokio::time::sleep(Duration::from_millis(1 + i % 7)).await;
+        }
+        let m = metrics(&h).await;
+        let failures: f64 = m
+            .lines()
+            .filter(|l| l.starts_with("flowgate_probe_failures_total{"))
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+            .sum();
+        assert_eq!(failures, 0.0, "no probe failed: {m}");
+        assert_eq!(active(&h).await.as_deref(), Some("a"), "no failover");
+        let s = status(&h).await;
+        assert!(s["failovers"].as_array().unwrap().len() == 1, "only the first election: {s}");
+    });
+}

@@ -18,8 +18,11 @@ module.exports = {
         tokens: async function (token) {
             if (token === process.env.FLOWGATE_TOKEN) return { username: "flowgate", permissions: "*" };
             try {
+                // FLOWGATE_INSTANCE: this instance's backend id in flowgate.yaml. flowgate then
+                // refuses a login this instance issued itself and no longer accepts (its user
+                // deleted, the token revoked), and asks the issuer before vouching to others.
                 const r = await fetch(process.env.FLOWGATE_ADMIN + "/auth/token-info", {
-                    headers: { authorization: "Bearer " + token },
+                    headers: { authorization: "Bearer " + token, "x-flowgate-instance": process.env.FLOWGATE_INSTANCE || "" },
                     signal: AbortSignal.timeout(2000),
                 });
                 if (r.ok) return await r.json(); // { username, permissions }

@@ -24,7 +24,8 @@ const ADMIN_AUTH: &str = r#"    adminAuth: {
             if (token === process.env.FLOWGATE_TOKEN) return { username: "flowgate", permissions: "*" };
             try {
                 const r = await fetch(process.env.FLOWGATE_ADMIN + "/auth/token-info", {
-                    headers: { authorization: "Bearer " + token }, signal: AbortSignal.timeout(2000) });
+                    headers: { authorization: "Bearer " + token, "x-flowgate-instance": process.env.FG_NAME },
+                    signal: AbortSignal.timeout(2000) });
                 if (r.ok) return await r.json();
             } catch (e) {}
             return null;
@@ -476,4 +477,72 @@ async fn readiness_findings_of_the_active_flows_and_of_a_deploy_show_in_status()
         let (_, body) = n.direct("/flows").await.unwrap();
         assert!(body.contains("fg_remember"), "{} has the deploy", n.name);
     }
+}
+
+/// A user deleted from the settings of the instance that issued their login is refused by
+/// every instance once that instance is back: flowgate asks the issuer before it vouches for
+/// the login elsewhere, and the issuer's own question (its hook, naming itself) is refused.
+/// Another user's login, still accepted by the issuer, keeps working everywhere.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_deleted_user_is_refused_by_every_instance() {
+    let _serial = serial().await;
+    let hash = "$2b$08$H4JdQ3ULo.JJMunRsKzxh.gv9d6U13p/82tWO3XMtKXH6qCOarCVy";
+    let two_users = ADMIN_AUTH.replace(
+        r#"permissions: "*" }],"#,
+        &format!(r#"permissions: "*" }}, {{ username: "operator", password: "{hash}", permissions: "*" }}],"#),
+    );
+    let admin = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let admin_url = format!("http://{}", admin.local_addr().unwrap());
+    let mut a = NodeRed::create("nr-a", &two_users);
+    let mut b = NodeRed::create("nr-b", &two_users);
+    for n in [&mut a, &mut b] {
+        n.env.push(("FLOWGATE_TOKEN".into(), "flowgate-static-token".into()));
+        n.env.push(("FLOWGATE_ADMIN".into(), admin_url.clone()));
+    }
+    tokio::join!(a.boot(true), b.boot(true));
+    let mut y = String::from("backends:\n");
+    for (n, p) in [(&a, 200), (&b, 100)] {
+        y.push_str(&format!("  - {{ id: {}, url: \"{}\", priority: {p}, token: {{ env: TOK }} }}\n", n.name, n.url()));
+    }
+    let secrets = Secrets(vec![("TOK", "flowgate-static-token".into())]);
+    let cfg = flowgate::config::parse(&y, std::path::Path::new("t.yaml"), &secrets).unwrap();
+    let listeners = flowgate::Listeners::plain(tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap(), admin);
+    let h = flowgate::start(cfg, listeners, None).unwrap();
+    wait_active(&h, "nr-a", BOOT).await;
+    let base = format!("http://{}", h.proxy_addr);
+    let login = |user: &'static str| {
+        let base = base.clone();
+        async move {
+            let body =
+                format!("client_id=node-red-editor&grant_type=password&scope=*&username={user}&password=password");
+            let r = request(
+                "POST",
+                &format!("{base}/auth/token"),
+                &[("content-type", "application/x-www-form-urlencoded")],
+                body,
+            )
+            .await;
+            assert_eq!(r.status, 200, "{}", r.body);
+            format!("Bearer {}", serde_json::from_str::<Value>(&r.body).unwrap()["access_token"].as_str().unwrap())
+        }
+    };
+    let (gone, kept) = (login("admin").await, login("operator").await);
+    let on_b = |bearer: String| {
+        let url = format!("{}/flows", b.url());
+        async move { request("GET", &url, &[("authorization", &bearer)], String::new()).await.status }
+    };
+    assert_eq!(on_b(gone.clone()).await, 200, "nr-b accepts nr-a's login through flowgate");
+    // nr-a is restarted without the user "admin" (its sessions file still holds the token).
+    let settings = std::fs::read_to_string(a.user_dir.join("settings.js")).unwrap();
+    let without = settings.replace(r#"{ username: "admin", password: "#, r#"{ username: "retired", password: "#);
+    std::fs::write(a.user_dir.join("settings.js"), without).unwrap();
+    a.kill9();
+    wait_active(&h, "nr-b", Duration::from_secs(5)).await;
+    assert_eq!(on_b(gone.clone()).await, 200, "its issuer is down: the login survives the failover");
+    a.boot(true).await;
+    eventually(Duration::from_secs(10), "nr-a back", || async { status(&h).await["backends"][0]["health"] == "up" })
+        .await;
+    assert_eq!(on_b(gone.clone()).await, 401, "the deleted user's login is refused on nr-b");
+    assert_eq!(on_b(gone).await, 401, "and stays refused");
+    assert_eq!(on_b(kept).await, 200, "another user's login still works");
 }

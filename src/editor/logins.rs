@@ -31,10 +31,16 @@ pub struct TokenInfo {
     pub username: String,
     pub permissions: Value,
     pub expires_unix: u64,
+    /// The instance that issued it (none in logins remembered by older versions).
+    #[serde(default)]
+    pub issuer: Option<String>,
 }
 
 pub struct TokenStore {
     tokens: Mutex<HashMap<String, TokenInfo>>,
+    /// When the issuer last accepted each token (by hash): it is vouched for without asking
+    /// again for [`CONFIRMED_FOR`].
+    confirmed: Mutex<HashMap<String, std::time::Instant>>,
     path: Option<PathBuf>,
     /// Replicas: logins and logouts are shared through the store.
     share: Mutex<Option<tokio::sync::mpsc::UnboundedSender<crate::control::coord::ToStore>>>,
@@ -87,7 +93,7 @@ impl TokenStore {
         let mut tokens: HashMap<String, TokenInfo> = path.as_deref().map(load).unwrap_or_default();
         let t = now();
         tokens.retain(|_, i| i.expires_unix > t);
-        TokenStore { tokens: Mutex::new(tokens), path, share: Mutex::new(None) }
+        TokenStore { tokens: Mutex::new(tokens), confirmed: Mutex::new(HashMap::new()), path, share: Mutex::new(None) }
     }
 
     /// Replicas: share every login and logout through the store from now on.
@@ -122,15 +128,39 @@ impl TokenStore {
         }
     }
 
-    pub fn insert(&self, token: &str, username: String, permissions: Value, expires_in: u64) {
+    pub fn insert(&self, token: &str, username: String, permissions: Value, expires_in: u64, issuer: &str) {
         let mut m = self.tokens.lock().unwrap_or_else(|e| e.into_inner());
         let t = now();
         m.retain(|_, i| i.expires_unix > t);
-        let (h, info) = (hash(token), TokenInfo { username, permissions, expires_unix: t.saturating_add(expires_in) });
+        let expires_unix = t.saturating_add(expires_in);
+        let info = TokenInfo { username, permissions, expires_unix, issuer: Some(issuer.to_string()) };
+        let h = hash(token);
         m.insert(h.clone(), info.clone());
         self.save(&m);
         drop(m);
+        self.confirm(token);
         self.shared(crate::control::coord::ToStore::Token { hash: h, info: Some(info) });
+    }
+
+    /// Its issuer accepted it just now.
+    pub fn confirm(&self, token: &str) {
+        let mut c = self.confirmed.lock().unwrap_or_else(|e| e.into_inner());
+        let now = std::time::Instant::now();
+        c.retain(|_, t| now.duration_since(*t) < CONFIRMED_FOR);
+        c.insert(hash(token), now);
+    }
+
+    /// `issuer` came back (restarted, perhaps with other users): its logins are confirmed with
+    /// it again before they are vouched for.
+    pub fn unconfirm_issuer(&self, issuer: &str) {
+        let m = self.tokens.lock().unwrap_or_else(|e| e.into_inner());
+        let mut c = self.confirmed.lock().unwrap_or_else(|e| e.into_inner());
+        c.retain(|h, _| m.get(h).is_none_or(|i| i.issuer.as_deref() != Some(issuer)));
+    }
+
+    fn confirmed_recently(&self, token: &str) -> bool {
+        let c = self.confirmed.lock().unwrap_or_else(|e| e.into_inner());
+        c.get(&hash(token)).is_some_and(|t| t.elapsed() < CONFIRMED_FOR)
     }
 
     pub fn remove(&self, token: &str) {
@@ -146,6 +176,85 @@ impl TokenStore {
     pub fn lookup(&self, token: &str) -> Option<TokenInfo> {
         let m = self.tokens.lock().unwrap_or_else(|e| e.into_inner());
         m.get(&hash(token)).filter(|i| i.expires_unix > now()).cloned()
+    }
+}
+
+/// How long an issuer's acceptance of a token is relied on before it is asked again.
+pub const CONFIRMED_FOR: std::time::Duration = std::time::Duration::from_secs(60);
+
+/// What to answer an instance asking `GET /auth/token-info` about a remembered token.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Plan {
+    /// Vouch for it.
+    Answer,
+    /// Unknown: the asker is the instance that issued it, so that instance itself no longer
+    /// accepts it (revoked, expired, its user deleted, its sessions lost).
+    Refuse,
+    /// Ask the issuer first whether it still accepts it.
+    AskIssuer,
+}
+
+/// Pure. `asker`: the instance asking (`x-flowgate-instance`, sent by the documented hook);
+/// `issuer_up`: its last probe answered; `fresh`: it accepted the token within
+/// [`CONFIRMED_FOR`].
+pub fn plan(asker: Option<&str>, issuer: Option<&str>, issuer_up: bool, fresh: bool) -> Plan {
+    match (asker, issuer) {
+        (Some(a), Some(i)) if a == i => Plan::Refuse,
+        // Remembered by an older version, or the asker does not say who it is: as before.
+        (_, None) | (None, _) => Plan::Answer,
+        // Down (a failover): the login must survive it, and nobody can be asked.
+        _ if fresh || !issuer_up => Plan::Answer,
+        _ => Plan::AskIssuer,
+    }
+}
+
+/// What the issuer's answer to `GET <admin>/settings` with the token says: `Some(true)` it
+/// accepts the token, `Some(false)` it refuses it, `None` no answer to judge by.
+pub fn accepted(answer: Result<http::StatusCode, &crate::backend::CallError>) -> Option<bool> {
+    match answer {
+        Ok(http::StatusCode::UNAUTHORIZED) => Some(false),
+        Ok(s) if s.is_success() || s == http::StatusCode::FORBIDDEN => Some(true),
+        _ => None,
+    }
+}
+
+/// The answer to `GET /auth/token-info`: the remembered login, while its issuer still accepts
+/// it. A user deleted from the issuer's settings, or a token revoked there behind flowgate's
+/// back, is refused by the issuer, then forgotten here, so no other instance accepts it either.
+pub async fn token_info(
+    shared: &crate::state::Shared,
+    client: &crate::backend::AdminClient,
+    token: &str,
+    asker: Option<&str>,
+) -> Option<TokenInfo> {
+    let info = shared.tokens.lookup(token)?;
+    let issuer = info.issuer.as_deref().and_then(|id| shared.backends().position(|b| b.id.as_str() == id));
+    let up = issuer.is_some_and(|i| shared.status.load().backends.get(i).is_some_and(|b| b.health == "up"));
+    let fresh = shared.tokens.confirmed_recently(token);
+    match plan(asker, info.issuer.as_deref().filter(|_| issuer.is_some()), up, fresh) {
+        Plan::Answer => Some(info),
+        Plan::Refuse => None,
+        Plan::AskIssuer => {
+            let b = shared.backend(issuer.expect("planned with an issuer"));
+            let mut h = http::HeaderMap::new();
+            let bearer = http::HeaderValue::from_str(&format!("Bearer {token}")).ok()?;
+            h.insert(http::header::AUTHORIZATION, bearer);
+            let path = format!("{}settings", b.admin_root);
+            let timeout = shared.config.health.timeout;
+            let r = b.exchange(client, http::Method::GET, &path, h, bytes::Bytes::new(), timeout).await;
+            match accepted(r.as_ref().map(|r| r.0)) {
+                Some(true) => {
+                    shared.tokens.confirm(token);
+                    Some(info)
+                }
+                Some(false) => {
+                    tracing::warn!(user = %info.username, issuer = %b.id, "an editor login is no longer accepted by the instance that issued it; forgotten");
+                    shared.tokens.remove(token);
+                    None
+                }
+                None => Some(info),
+            }
+        }
     }
 }
 
@@ -197,8 +306,8 @@ mod tests {
         let d = std::env::temp_dir().join(format!("flowgate-auth-{}", std::process::id()));
         std::fs::create_dir_all(&d).unwrap();
         let s = TokenStore::open(Some(&d));
-        s.insert("tok-1", "admin".into(), Value::String("*".into()), 3600);
-        s.insert("tok-old", "admin".into(), Value::String("*".into()), 0);
+        s.insert("tok-1", "admin".into(), Value::String("*".into()), 3600, "a");
+        s.insert("tok-old", "admin".into(), Value::String("*".into()), 0, "a");
         assert_eq!(s.lookup("tok-1").unwrap().username, "admin");
         assert_eq!(s.lookup("tok-old"), None, "expired");
         assert_eq!(s.lookup("tok-2"), None);
@@ -212,6 +321,39 @@ mod tests {
     }
 
     #[test]
+    fn a_login_is_vouched_for_while_its_issuer_accepts_it() {
+        use Plan::*;
+        // (asker, issuer, issuer up, confirmed lately) -> plan
+        let table = [
+            (Some("a"), Some("a"), true, true, Refuse),
+            (Some("a"), Some("a"), false, false, Refuse),
+            (Some("b"), Some("a"), true, true, Answer),
+            (Some("b"), Some("a"), true, false, AskIssuer),
+            (Some("b"), Some("a"), false, false, Answer),
+            (None, Some("a"), true, false, Answer),
+            (Some("b"), None, true, false, Answer),
+        ];
+        for (asker, issuer, up, fresh, want) in table {
+            assert_eq!(plan(asker, issuer, up, fresh), want, "{asker:?} {issuer:?} up={up} fresh={fresh}");
+        }
+        use crate::backend::CallError;
+        use http::StatusCode as S;
+        assert_eq!(accepted(Ok(S::OK)), Some(true));
+        assert_eq!(accepted(Ok(S::FORBIDDEN)), Some(true), "valid, without the permission");
+        assert_eq!(accepted(Ok(S::UNAUTHORIZED)), Some(false));
+        assert_eq!(accepted(Ok(S::INTERNAL_SERVER_ERROR)), None);
+        assert_eq!(accepted(Err(&CallError::Refused)), None);
+        let store = TokenStore::default();
+        store.insert("tok-1", "admin".into(), serde_json::json!("*"), 60, "a");
+        assert!(store.confirmed_recently("tok-1"), "a login is confirmed by its issuer's answer");
+        assert!(!store.confirmed_recently("tok-2"));
+        store.insert("tok-2", "admin".into(), serde_json::json!("*"), 60, "b");
+        store.unconfirm_issuer("a");
+        assert!(!store.confirmed_recently("tok-1"), "its issuer came back: asked again");
+        assert!(store.confirmed_recently("tok-2"), "another issuer's logins stay confirmed");
+    }
+
+    #[test]
     fn a_corrupt_store_is_kept_aside_not_overwritten() {
         let d = std::env::temp_dir().join(format!("flowgate-auth-corrupt-{}", std::process::id()));
         std::fs::create_dir_all(&d).unwrap();
@@ -219,7 +361,7 @@ mod tests {
         let s = TokenStore::open(Some(&d));
         assert_eq!(s.lookup("tok-1"), None);
         assert_eq!(std::fs::read(d.join("tokens.json.corrupt")).unwrap(), b"{not json", "kept for a person to look at");
-        s.insert("tok-1", "admin".into(), Value::String("*".into()), 3600);
+        s.insert("tok-1", "admin".into(), Value::String("*".into()), 3600, "a");
         assert!(TokenStore::open(Some(&d)).lookup("tok-1").is_some(), "a fresh store is written beside it");
         std::fs::remove_dir_all(&d).unwrap();
     }
@@ -254,7 +396,7 @@ mod tests {
         let store = TokenStore::default();
         let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
         store.share_through(tx);
-        store.insert("tok-1", "admin".into(), serde_json::json!("*"), 60);
+        store.insert("tok-1", "admin".into(), serde_json::json!("*"), 60, "a");
         let Ok(ToStore::Token { hash: h, info: Some(i) }) = rx.try_recv() else { panic!("the login is shared") };
         assert_eq!((h.as_str(), i.username.as_str()), (hash("tok-1").as_str(), "admin"));
         assert_ne!(h, "tok-1", "only its hash leaves this replica");

@@ -441,7 +441,7 @@ pub async fn login(
                 if let Some(name) = user["username"].as_str() {
                     // The token carries the scope it was asked for, as on the issuing instance.
                     let permissions = scope.unwrap_or_else(|| user["permissions"].clone());
-                    shared.tokens.insert(&token, name.to_string(), permissions, expires_in);
+                    shared.tokens.insert(&token, name.to_string(), permissions, expires_in, b.id.as_str());
                     info!(user = name, backend = %b.id, "editor login remembered for every instance");
                 }
             }

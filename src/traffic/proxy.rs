@@ -58,6 +58,11 @@ impl Proxy {
         Proxy { shared, tunnels }
     }
 
+    /// The client for editor writes (it trusts the instances' TLS settings).
+    pub fn client(&self) -> &ProxyClient {
+        &self.tunnels.client
+    }
+
     pub async fn serve(self: Arc<Self>, req: Request<Incoming>, peer: Peer) -> Result<Response<Body>, Infallible> {
         let started = Instant::now();
         let upgrade = is_upgrade(req.version(), req.headers());

@@ -432,6 +432,8 @@ impl Driver {
             }
             Effect::Recheck(id) => {
                 let i = self.index(&id);
+                // Restarted, perhaps with other users: its logins are asked about again.
+                shared.tokens.unconfirm_issuer(id.as_str());
                 let mut t = shared.sync.lock().unwrap_or_else(|e| e.into_inner());
                 if t.in_step(i) {
                     t.steps[i] = crate::editor::sync::Step::Unknown;

@@ -14,8 +14,10 @@
 //!    - every slot to the instance stayed taken for `limits.upstream_queue_timeout`
 //!      (`upstream.rs`): 503 with `Retry-After`, nothing sent;
 //!    - the instance is declared failed while the request is in flight (a hung event loop
-//!      never answers), or the connection broke mid-request: idempotent requests without a
-//!      body are retried on the new active; the rest answer 502 at once and are never replayed.
+//!      never answers), or the connection broke mid-request: a request whose body was not
+//!      read yet (still connecting: nothing complete was sent) is retried with it, idempotent
+//!      requests without a body are retried on the new active; the rest answer 502 at once
+//!      and are never replayed.
 
 mod balance;
 pub mod forward;
@@ -272,6 +274,16 @@ impl Proxy {
                     return Err(ProxyError::BodyTimeout);
                 }
                 _ = active.failed.cancelled() => {
+                    // Declared failed before its body was read: nothing complete reached it
+                    // (still connecting, or the head alone), so the request goes elsewhere.
+                    if let Some(inc) = slot.as_ref().and_then(|s| s.reclaim()) {
+                        let (b, s) = Body::reclaimable(inc);
+                        slot = Some(s);
+                        self.retry_budget(&mut attempt, ProxyError::InstanceFailed)?;
+                        active = self.active(None, Some(&active)).await?;
+                        body = b;
+                        continue;
+                    }
                     if !replayable {
                         self.shared.metrics.inflight_aborted.inc();
                         return Err(ProxyError::InstanceFailed);

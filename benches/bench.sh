@@ -1,16 +1,24 @@
 #!/usr/bin/env bash
 # flowgate against HAProxy and nginx, in one interleaved run, on loopback.
-#   benches/bench.sh            full run (about 10 minutes), writes BENCHMARKS.md and benches/results/
+#   benches/bench.sh            full run (about 25 minutes), writes BENCHMARKS.md and benches/results/
 #   ROUNDS=1 SECS=3 benches/bench.sh    a quick look
-# Installs haproxy, nginx and wrk from apt when missing. Starts two fast origins (standing in
-# for two Node-RED instances; they answer the flow-state endpoints), one proxy of each kind in
-# front of them (first origin active, second as backup, health checks on), and measures each
-# workload for direct / flowgate / haproxy / nginx in turn, ROUNDS times. Every process it
-# starts is ended by PID when it exits.
+#   ORIGINS=hyper benches/bench.sh      one origin only
+# Installs haproxy, nginx and wrk from apt when missing.
+#
+# What a result depends on is part of the run, not a hidden choice:
+# - the origin: two fast origins stand in for two Node-RED instances (the first active, the
+#   second a backup; they answer the flow-state endpoints). Each run measures with a hyper
+#   origin (benches/origin.rs, one thread) and with an nginx origin (one worker, a small config
+#   answering the same paths), in turn;
+# - the proxy's threads: flowgate with 1 worker runtime (FLOWGATE_WORKERS=1) and with one per
+#   core (the default), HAProxy with 1 and 2 threads (nbthread), nginx with 1 worker;
+# - the connection count: small GETs at 64 and 256 connections, 1 KiB POSTs at 64.
+# Every workload measures every target in turn, ROUNDS times, with the proxy's CPU time per
+# request next to its requests/s. Every process it starts is ended by PID when it exits.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ROOT=$(pwd)
-ROUNDS=${ROUNDS:-3}; SECS=${SECS:-5}; IDLE=${IDLE:-10000}
+ROUNDS=${ROUNDS:-3}; SECS=${SECS:-5}; IDLE=${IDLE:-10000}; ORIGINS=${ORIGINS:-"hyper nginx"}
 OUT=$ROOT/benches/results; mkdir -p "$OUT"; RUN=$(mktemp -d); PIDS=()
 cleanup() { for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done; rm -rf "$RUN"; }
 trap cleanup EXIT
@@ -21,26 +29,72 @@ ulimit -n "$(ulimit -Hn)"
 IDLE_WS=${IDLE_WS:-$(( $(ulimit -n) / 2 - 1000 < 10000 ? $(ulimit -n) / 2 - 1000 : 10000 ))}
 cargo build --release --locked -q --bin flowgate --example bench-origin --example bench-load
 BIN=$ROOT/target/release; LOAD=$BIN/examples/bench-load
-A=19101; B=19102; DIRECT=$A; FG=19111; HA=19112; NG=19113; FGADM=19121
+A=19101; B=19102; DIRECT=$A
+FG1=19111; FGN=19114; HA1=19112; HA2=19115; NG=19113; FG1ADM=19121; FGNADM=19122
+TARGETS=(direct flowgate-1w flowgate-Nw haproxy-1t haproxy-2t nginx-1w)
+PROXIES=(flowgate-1w flowgate-Nw haproxy-1t haproxy-2t nginx-1w)
+declare -A PORT=([direct]=$DIRECT [flowgate-1w]=$FG1 [flowgate-Nw]=$FGN [haproxy-1t]=$HA1 [haproxy-2t]=$HA2 [nginx-1w]=$NG)
+declare -A PIDOF=([direct]="")
 
-"$BIN/examples/bench-origin" $A a & PIDS+=($!)
-"$BIN/examples/bench-origin" $B b & PIDS+=($!)
+# --- origins ---------------------------------------------------------------------------------
+ORIGIN_PIDS=()
+start_origin() { # hyper | nginx
+  ORIGIN_PIDS=()
+  if [ "$1" = hyper ]; then
+    "$BIN/examples/bench-origin" $A a & ORIGIN_PIDS+=($!)
+    "$BIN/examples/bench-origin" $B b & ORIGIN_PIDS+=($!)
+  else
+    # The same paths as the hyper origin: a started instance (a) and a stopped one (b).
+    server() { # port name state
+      cat <<SRV
+  server {
+    listen 127.0.0.1:$1;
+    default_type application/json;
+    location = /flows/state { return 200 '{"state":"$3"}'; }
+    location = /settings { return 200 '{"runtimeState":{"enabled":true}}'; }
+    location = /flows { if (\$request_method = POST) { return 200 '{"rev":"bench"}'; } return 200 '{"flows":[],"rev":"bench"}'; }
+    location / { default_type text/plain; if (\$request_method = POST) { return 200 '1024'; } return 200 '$2'; }
+  }
+SRV
+    }
+    cat > "$RUN/origin-nginx.conf" <<CFG
+worker_processes 1;
+pid $RUN/origin-nginx.pid;
+error_log $RUN/origin-nginx-error.log;
+worker_rlimit_nofile 20000;
+events { worker_connections 19000; }
+http {
+  access_log off;
+  keepalive_requests 1000000;
+  keepalive_timeout 300s;
+$(server $A a start)
+$(server $B b stop)
+}
+CFG
+    nginx -c "$RUN/origin-nginx.conf" -g 'daemon off;' & ORIGIN_PIDS+=($!)
+  fi
+  PIDS+=("${ORIGIN_PIDS[@]}")
+}
 
-cat > "$RUN/flowgate.yaml" <<YAML
-listen: { proxy: "127.0.0.1:$FG", admin: "127.0.0.1:$FGADM" }
+# --- proxies ---------------------------------------------------------------------------------
+flowgate_yaml() { # proxy-port admin-port
+  cat <<YAML
+listen: { proxy: "127.0.0.1:$1", admin: "127.0.0.1:$2" }
 backends:
   - { id: a, url: "http://127.0.0.1:$A", priority: 200 }
   - { id: b, url: "http://127.0.0.1:$B", priority: 100 }
 limits: { max_connections: 19000 }
 log: { level: warn }
 YAML
-start_flowgate() { "$BIN/flowgate" run --config "$RUN/flowgate.yaml" 2>>"$RUN/flowgate.log" & FGPID=$!; PIDS+=($FGPID); }
-start_flowgate
+}
+flowgate_yaml $FG1 $FG1ADM > "$RUN/flowgate-1w.yaml"
+flowgate_yaml $FGN $FGNADM > "$RUN/flowgate-Nw.yaml"
 
-cat > "$RUN/haproxy.cfg" <<CFG
+haproxy_cfg() { # threads port
+  cat <<CFG
 global
   maxconn 9900
-  nbthread 2
+  nbthread $1
 defaults
   mode http
   timeout connect 2s
@@ -50,18 +104,19 @@ defaults
   option http-keep-alive
   http-reuse always
 frontend fe
-  bind 127.0.0.1:$HA
+  bind 127.0.0.1:$2
   default_backend nr
 backend nr
   option httpchk GET /flows/state
   server a 127.0.0.1:$A check inter 100ms fall 2 rise 2
   server b 127.0.0.1:$B check inter 100ms fall 2 rise 2 backup
 CFG
-start_haproxy() { haproxy -f "$RUN/haproxy.cfg" -db 2>>"$RUN/haproxy.log" & HAPID=$!; PIDS+=($HAPID); }
-start_haproxy
+}
+haproxy_cfg 1 $HA1 > "$RUN/haproxy-1t.cfg"
+haproxy_cfg 2 $HA2 > "$RUN/haproxy-2t.cfg"
 
-cat > "$RUN/nginx.conf" <<CFG
-worker_processes 2;
+cat > "$RUN/nginx-1w.conf" <<CFG
+worker_processes 1;
 pid $RUN/nginx.pid;
 error_log $RUN/nginx-error.log;
 worker_rlimit_nofile 20000;
@@ -83,16 +138,33 @@ http {
   }
 }
 CFG
-start_nginx() { nginx -c "$RUN/nginx.conf" -g 'daemon off;' & NGPID=$!; PIDS+=($NGPID); }
-start_nginx
 
+start_proxy() { # target
+  case $1 in
+    flowgate-1w) FLOWGATE_WORKERS=1 "$BIN/flowgate" run --config "$RUN/flowgate-1w.yaml" 2>>"$RUN/flowgate.log" & ;;
+    flowgate-Nw) "$BIN/flowgate" run --config "$RUN/flowgate-Nw.yaml" 2>>"$RUN/flowgate.log" & ;;
+    haproxy-1t|haproxy-2t) haproxy -f "$RUN/$1.cfg" -db 2>>"$RUN/haproxy.log" & ;;
+    nginx-1w) nginx -c "$RUN/nginx-1w.conf" -g 'daemon off;' & ;;
+  esac
+  PIDOF[$1]=$!; PIDS+=($!)
+}
+stop_pids() { # pids...
+  for p in "$@"; do kill "$p" 2>/dev/null || true; done
+  for p in "$@"; do for _ in $(seq 100); do kill -0 "$p" 2>/dev/null || break; sleep 0.1; done; done
+}
 ready() {
-  for p in $A $B $FG $HA $NG; do
-    for _ in $(seq 100); do curl -fs -o /dev/null "http://127.0.0.1:$p/" && break; sleep 0.1; done
+  for t in "${TARGETS[@]}"; do
+    for _ in $(seq 100); do curl -fs -o /dev/null "http://127.0.0.1:${PORT[$t]}/" && break; sleep 0.1; done
   done
   sleep 1   # health checks settle (flowgate elects a; haproxy marks both up)
 }
-ready
+# A fresh set of proxies in front of a fresh origin of the given kind.
+fresh() { # origin
+  stop_pids "${ORIGIN_PIDS[@]}" $(for t in "${PROXIES[@]}"; do echo "${PIDOF[$t]:-}"; done)
+  start_origin "$1"
+  for t in "${PROXIES[@]}"; do start_proxy "$t"; done
+  ready
+}
 
 # CPU seconds (user+system) of a process and its children threads/workers.
 cpu() { # pids...
@@ -108,45 +180,41 @@ rss_kib() { local t=0; for p in "$@"; do
   t=$((t + $(awk '/VmRSS/{print $2}' /proc/$p/status)))
   for c in $(pgrep -P "$p" || true); do t=$((t + $(awk '/VmRSS/{print $2}' /proc/$c/status))); done
 done; echo $t; }
-declare -A PORT=([direct]=$DIRECT [flowgate]=$FG [haproxy]=$HA [nginx]=$NG)
-declare -A PIDOF=([direct]="" [flowgate]=$FGPID [haproxy]=$HAPID [nginx]=$NGPID)
 TICK=$(getconf CLK_TCK)
 printf 'function request()\n  return wrk.format("POST", "/", {["Content-Type"]="application/octet-stream"}, string.rep("x", 1024))\nend\n' > "$RUN/post.lua"
 
 RES=$OUT/results.jsonl; : > "$RES"
-for round in $(seq "$ROUNDS"); do
-  for work in get64 get256 post64; do
-    for target in direct flowgate haproxy nginx; do
-      case $work in get64) c=64; s=();; get256) c=256; s=();; post64) c=64; s=(-s "$RUN/post.lua");; esac
-      pids=${PIDOF[$target]}
-      before=$([ -n "$pids" ] && cpu $pids || echo 0)
-      out=$(wrk -t2 -c$c -d${SECS}s "${s[@]}" "http://127.0.0.1:${PORT[$target]}/" 2>&1)
-      after=$([ -n "$pids" ] && cpu $pids || echo 0)
-      rps=$(echo "$out" | awk '/Requests\/sec/{print $2}')
-      reqs=$(echo "$out" | awk '/requests in/{print $1}')
-      errs=$(echo "$out" | awk '/Non-2xx|Socket errors/{print}' | tr '\n' ' ')
-      cpu_us=$(python3 -c "print(round(($after-$before)/$TICK/$reqs*1e6,2) if $reqs else 0)")
-      echo "{\"round\":$round,\"work\":\"$work\",\"target\":\"$target\",\"rps\":$rps,\"requests\":$reqs,\"cpu_us_per_req\":$cpu_us,\"errors\":\"$errs\"}" | tee -a "$RES"
+for origin in $ORIGINS; do
+  fresh "$origin"
+  for round in $(seq "$ROUNDS"); do
+    for work in get64 get256 post64; do
+      for target in "${TARGETS[@]}"; do
+        case $work in get64) c=64; s=();; get256) c=256; s=();; post64) c=64; s=(-s "$RUN/post.lua");; esac
+        pids=${PIDOF[$target]}
+        before=$([ -n "$pids" ] && cpu $pids || echo 0)
+        out=$(wrk -t2 -c$c -d${SECS}s "${s[@]}" "http://127.0.0.1:${PORT[$target]}/" 2>&1)
+        after=$([ -n "$pids" ] && cpu $pids || echo 0)
+        rps=$(echo "$out" | awk '/Requests\/sec/{print $2}')
+        reqs=$(echo "$out" | awk '/requests in/{print $1}')
+        errs=$(echo "$out" | awk '/Non-2xx|Socket errors/{print}' | tr '\n' ' ')
+        cpu_us=$(python3 -c "print(round(($after-$before)/$TICK/$reqs*1e6,2) if $reqs else 0)")
+        echo "{\"origin\":\"$origin\",\"round\":$round,\"work\":\"$work\",\"target\":\"$target\",\"rps\":$rps,\"requests\":$reqs,\"cpu_us_per_req\":$cpu_us,\"errors\":\"$errs\"}" | tee -a "$RES"
+      done
     done
-  done
-  for target in direct flowgate haproxy nginx; do
-    lat=$("$LOAD" rate "http://127.0.0.1:${PORT[$target]}/" 2000 "$SECS" 16)
-    echo "{\"round\":$round,\"work\":\"rate2k\",\"target\":\"$target\",\"latency\":$lat}" | tee -a "$RES"
+    for target in "${TARGETS[@]}"; do
+      lat=$("$LOAD" rate "http://127.0.0.1:${PORT[$target]}/" 2000 "$SECS" 16)
+      echo "{\"origin\":\"$origin\",\"round\":$round,\"work\":\"rate2k\",\"target\":\"$target\",\"latency\":$lat}" | tee -a "$RES"
+    done
   done
 done
 
-# Memory: 10k idle keep-alive connections, then 10k idle websockets, per proxy. Each is measured
-# on fresh proxy processes, so that none is credited with memory an earlier workload left free.
-restart() {
-  for p in $FGPID $HAPID $NGPID; do kill "$p"; done
-  for p in $FGPID $HAPID $NGPID; do for _ in $(seq 100); do kill -0 "$p" 2>/dev/null || break; sleep 0.1; done; done
-  start_flowgate; start_haproxy; start_nginx; ready
-  PIDOF=([direct]="" [flowgate]=$FGPID [haproxy]=$HAPID [nginx]=$NGPID)
-}
+# Memory: 10k idle keep-alive connections, then 10k idle websockets, per proxy (hyper origin,
+# which holds websockets). Each is measured on fresh proxy processes, so that none is credited
+# with memory an earlier workload left free.
 for mode in idle ws; do
-  restart
+  fresh hyper
   n=$IDLE; [ $mode = ws ] && n=$IDLE_WS
-  for target in flowgate haproxy nginx; do
+  for target in "${PROXIES[@]}"; do
     pids=${PIDOF[$target]}
     base=$(rss_kib $pids)
     exec 3> >("$LOAD" $mode "127.0.0.1:${PORT[$target]}" "$n" > "$RUN/load.out")
@@ -162,7 +230,7 @@ done
 {
   echo "{\"machine\":\"$(nproc) cores, $(free -g | awk '/Mem:/{print $2}') GiB, $(uname -r)\","
   echo " \"versions\":\"$(haproxy -v | head -1 | cut -d' ' -f1-3); $(nginx -v 2>&1); $(wrk -v 2>&1 | head -1 | cut -d' ' -f1-2); flowgate $(git rev-parse --short HEAD)\","
-  echo " \"fd_limit\":$(ulimit -n),"
+  echo " \"fd_limit\":$(ulimit -n), \"cores\":$(nproc), \"origins\":\"$ORIGINS\","
   echo " \"date\":\"$(date -u +%Y-%m-%dT%H:%MZ)\", \"rounds\":$ROUNDS, \"secs\":$SECS}"
 } > "$OUT/machine.json"
 python3 benches/report.py "$OUT" > BENCHMARKS.md

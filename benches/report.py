@@ -5,54 +5,67 @@ import json, statistics, sys, os
 out = sys.argv[1]
 rows = [json.loads(l) for l in open(os.path.join(out, "results.jsonl")) if l.strip()]
 machine = json.load(open(os.path.join(out, "machine.json")))
-TARGETS = ["direct", "flowgate", "haproxy", "nginx"]
+TARGETS = ["direct", "flowgate-1w", "flowgate-Nw", "haproxy-1t", "haproxy-2t", "nginx-1w"]
+PROXIES = TARGETS[1:]
+REF = "haproxy-1t"
 WORK = {"get64": "small GET, 64 connections", "get256": "small GET, 256 connections", "post64": "1 KiB POST, 64 connections"}
+ORIGINS = [o for o in ("hyper", "nginx") if any(r.get("origin", "hyper") == o for r in rows if "rps" in r)]
 
 def med(v): return statistics.median(v) if v else float("nan")
 def rng(v): return f"{min(v):,.0f}–{max(v):,.0f}" if v else "–"
+def sel(origin, work, target, key):
+    return [r[key] for r in rows if r.get("origin", "hyper") == origin and r.get("work") == work and r["target"] == target]
 
 print("# Benchmarks\n")
-print("Produced by `benches/bench.sh` (one interleaved run: every workload measures direct, flowgate,")
-print("HAProxy and nginx in turn, each round). Loopback only; wrk with 2 threads; two fast origins stand")
-print("in for two Node-RED instances (the first active, the second a backup, health checks on).\n")
+print("Produced by `benches/bench.sh` (one interleaved run: every workload measures every target in turn,")
+print("each round, with each origin). Loopback only; wrk with 2 threads. Two fast origins stand in for two")
+print("Node-RED instances (the first active, the second a backup, health checks on): a one-thread hyper")
+print("origin (`benches/origin.rs`) and a one-worker nginx origin answering the same paths. Targets: the")
+print("origin directly; flowgate with one worker runtime (`FLOWGATE_WORKERS=1`) and with one per core;")
+print("HAProxy with 1 and 2 threads; nginx with 1 worker. CPU per request is the proxy's own (user +")
+print("system, all its threads) over the measurement; the cores are shared with wrk and the origin.\n")
 print(f"Machine: {machine['machine']}. {machine['versions']}. {machine['date']}, "
       f"{machine['rounds']} rounds of {machine['secs']} s per measurement.\n")
 print("![requests per second](benches/results/chart.svg)\n")
 
-ratios = {}
-for work, title in WORK.items():
-    print(f"## {title}\n")
-    print("| target | requests/s (median) | range | proxy CPU per request (µs) | vs HAProxy |")
-    print("|---|---|---|---|---|")
-    ha = med([r["rps"] for r in rows if r.get("work") == work and r["target"] == "haproxy"])
+summary = {}
+for origin in ORIGINS:
+    print(f"## {origin} origin\n")
+    for work, title in WORK.items():
+        print(f"### {title}\n")
+        print(f"| target | requests/s (median) | range | proxy CPU per request (µs) | requests/s vs {REF} | CPU vs {REF} |")
+        print("|---|---|---|---|---|---|")
+        ref_rps, ref_cpu = med(sel(origin, work, REF, "rps")), med(sel(origin, work, REF, "cpu_us_per_req"))
+        for t in TARGETS:
+            v, cpu = sel(origin, work, t, "rps"), sel(origin, work, t, "cpu_us_per_req")
+            if not v: continue
+            m, c = med(v), med(cpu)
+            summary[(origin, work, t)] = (m / ref_rps if ref_rps else float("nan"), c / ref_cpu if ref_cpu else float("nan"), c)
+            cpu_s = "–" if t == "direct" else f"{c:.1f}"
+            cr = "–" if t == "direct" else f"{c / ref_cpu:.2f}×"
+            print(f"| {t} | {m:,.0f} | {rng(v)} | {cpu_s} | {m / ref_rps:.2f}× | {cr} |")
+        errs = [f"{r['target']}: {r['errors'].strip()}" for r in rows
+                if r.get("origin", "hyper") == origin and r.get("work") == work and r.get("errors", "").strip()]
+        if errs:
+            print("\nErrors reported by wrk: " + "; ".join(sorted(set(errs))))
+        print()
+
+    print("### Latency at a fixed 2,000 requests/s (16 connections)\n")
+    print("| target | p50 (µs) | p99 (µs) | p99.9 (µs) | added p50 over direct | added p99 over direct | errors |")
+    print("|---|---|---|---|---|---|---|")
+    lat = {t: sel(origin, "rate2k", t, "latency") for t in TARGETS}
+    base = {k: med([l[k] for l in lat["direct"]]) for k in ("p50_us", "p99_us")}
     for t in TARGETS:
-        v = [r["rps"] for r in rows if r.get("work") == work and r["target"] == t]
-        cpu = [r["cpu_us_per_req"] for r in rows if r.get("work") == work and r["target"] == t]
-        m = med(v)
-        ratio = m / ha if ha else float("nan")
-        if t == "flowgate": ratios[work] = ratio
-        cpu_s = "–" if t == "direct" else f"{med(cpu):.1f}"
-        print(f"| {t} | {m:,.0f} | {rng(v)} | {cpu_s} | {ratio:.2f}× |")
-    errs = [f"{r['target']}: {r['errors'].strip()}" for r in rows if r.get("work") == work and r.get("errors", "").strip()]
-    if errs:
-        print("\nErrors reported by wrk: " + "; ".join(sorted(set(errs))))
+        L = lat[t]
+        if not L: continue
+        p50, p99, p999 = (med([l[k] for l in L]) for k in ("p50_us", "p99_us", "p999_us"))
+        add = "–" if t == "direct" else f"{p50 - base['p50_us']:+.0f}"
+        add99 = "–" if t == "direct" else f"{p99 - base['p99_us']:+.0f}"
+        summary[(origin, "p99", t)] = p99
+        print(f"| {t} | {p50:.0f} | {p99:.0f} | {p999:.0f} | {add} | {add99} | {sum(l['errors'] for l in L)} |")
     print()
 
-print("## Latency at a fixed 2,000 requests/s (16 connections)\n")
-print("| target | p50 (µs) | p99 (µs) | p99.9 (µs) | added p50 over direct | added p99 over direct | errors |")
-print("|---|---|---|---|---|---|---|")
-lat = {t: [r["latency"] for r in rows if r.get("work") == "rate2k" and r["target"] == t] for t in TARGETS}
-base = {k: med([l[k] for l in lat["direct"]]) for k in ("p50_us", "p99_us")}
-for t in TARGETS:
-    L = lat[t]
-    if not L: continue
-    p50, p99, p999 = (med([l[k] for l in L]) for k in ("p50_us", "p99_us", "p999_us"))
-    add = "–" if t == "direct" else f"{p50 - base['p50_us']:+.0f}"
-    add99 = "–" if t == "direct" else f"{p99 - base['p99_us']:+.0f}"
-    print(f"| {t} | {p50:.0f} | {p99:.0f} | {p999:.0f} | {add} | {add99} | {sum(l['errors'] for l in L)} |")
-print()
-
-print("## Memory with idle connections\n")
+print("## Memory with idle connections (hyper origin, fresh processes)\n")
 n_idle = next((r["conns"] for r in rows if r.get("work") == "idle"), 0)
 n_ws = next((r["conns"] for r in rows if r.get("work") == "ws"), 0)
 print(f"Open-file limit of this machine: {machine.get('fd_limit', '?')} (hard); a websocket through a proxy "
@@ -60,7 +73,7 @@ print(f"Open-file limit of this machine: {machine.get('fd_limit', '?')} (hard); 
 print(f"| target | {n_idle:,} idle keep-alive: RSS added | per connection | {n_ws:,} idle websockets: RSS added | per websocket |")
 print("|---|---|---|---|---|")
 mem = {}
-for t in ["flowgate", "haproxy", "nginx"]:
+for t in PROXIES:
     cells = []
     for mode in ("idle", "ws"):
         r = next((r for r in rows if r.get("work") == mode and r["target"] == t), None)
@@ -74,27 +87,34 @@ for t in ["flowgate", "haproxy", "nginx"]:
 print()
 
 print("## flowgate against the targets\n")
-for work, title in WORK.items():
-    r = ratios.get(work, float("nan"))
-    print(f"- {title}: **{r:.2f}×** HAProxy's requests/s (target ≥ 1.10×: {'met' if r >= 1.10 else 'not met'})")
-fl = {k: med([l[k] for l in lat["flowgate"]]) for k in ("p99_us", "p50_us")} if lat["flowgate"] else {}
-hl = {k: med([l[k] for l in lat["haproxy"]]) for k in ("p99_us", "p50_us")} if lat["haproxy"] else {}
-if fl and hl:
-    print(f"- p99 at 2k req/s: flowgate {fl['p99_us']:.0f} µs, HAProxy {hl['p99_us']:.0f} µs "
-          f"({'met' if fl['p99_us'] <= hl['p99_us'] else 'not met'}); added p50: flowgate "
-          f"{fl['p50_us'] - base['p50_us']:+.0f} µs, HAProxy {hl['p50_us'] - base['p50_us']:+.0f} µs")
-if ("flowgate", "idle") in mem and ("haproxy", "idle") in mem:
-    f, h = mem[("flowgate", "idle")], mem[("haproxy", "idle")]
-    print(f"- RSS per idle keep-alive connection: flowgate {f:.2f} KiB, HAProxy {h:.2f} KiB ({'met' if f <= h else 'not met'})")
+print(f"Targets: proxy CPU per request ≤ 0.9× {REF}'s and requests/s ≥ 1.10× {REF}'s on each workload and")
+print(f"origin; p99 at 2,000 req/s ≤ {REF}'s; RSS per idle keep-alive connection ≤ HAProxy's.\n")
+for origin in ORIGINS:
+    for work, title in WORK.items():
+        for t in ("flowgate-1w", "flowgate-Nw"):
+            if (origin, work, t) not in summary: continue
+            r, c, us = summary[(origin, work, t)]
+            print(f"- {origin} origin, {title}, {t}: requests/s **{r:.2f}×** ({'met' if r >= 1.10 else 'not met'}), "
+                  f"CPU per request {us:.1f} µs = **{c:.2f}×** ({'met' if c <= 0.9 else 'not met'})")
+    for t in ("flowgate-1w", "flowgate-Nw"):
+        if (origin, "p99", t) in summary and (origin, "p99", REF) in summary:
+            f, h = summary[(origin, "p99", t)], summary[(origin, "p99", REF)]
+            print(f"- {origin} origin, p99 at 2k req/s, {t}: {f:.0f} µs against {h:.0f} µs ({'met' if f <= h else 'not met'})")
+for t in ("flowgate-1w", "flowgate-Nw"):
+    if (t, "idle") in mem and (REF, "idle") in mem:
+        f, h = mem[(t, "idle")], mem[(REF, "idle")]
+        print(f"- RSS per idle keep-alive connection, {t}: {f:.2f} KiB, {REF} {h:.2f} KiB ({'met' if f <= h else 'not met'})")
 
-# Chart: grouped bars of median requests/s.
-W, H, pad, gw = 760, 320, 60, 220
-colors = {"direct": "#8b98a5", "flowgate": "#2f81f7", "haproxy": "#d29922", "nginx": "#3fb950"}
-vals = {(w, t): med([r["rps"] for r in rows if r.get("work") == w and r["target"] == t]) for w in WORK for t in TARGETS}
-top = max(v for v in vals.values() if v == v) * 1.1
+# Chart: grouped bars of median requests/s, hyper origin.
+W, H, pad, gw = 980, 320, 60, 300
+colors = {"direct": "#8b98a5", "flowgate-1w": "#79b8ff", "flowgate-Nw": "#2f81f7", "haproxy-1t": "#e3b341",
+          "haproxy-2t": "#d29922", "nginx-1w": "#3fb950"}
+origin = ORIGINS[0] if ORIGINS else "hyper"
+vals = {(w, t): med(sel(origin, w, t, "rps")) for w in WORK for t in TARGETS}
+top = max([v for v in vals.values() if v == v] or [1]) * 1.1
 svg = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{W}" height="{H}" font-family="sans-serif" font-size="12">',
        f'<rect width="{W}" height="{H}" fill="white"/>',
-       f'<text x="{pad}" y="20" font-size="14" font-weight="bold">Median requests/s (higher is better)</text>']
+       f'<text x="{pad}" y="20" font-size="14" font-weight="bold">Median requests/s, {origin} origin (higher is better)</text>']
 for gi, w in enumerate(WORK):
     x0 = pad + gi * gw
     for ti, t in enumerate(TARGETS):
@@ -103,10 +123,10 @@ for gi, w in enumerate(WORK):
         x = x0 + ti * 45
         svg.append(f'<rect x="{x}" y="{H - 50 - h:.0f}" width="38" height="{h:.0f}" fill="{colors[t]}"/>')
         svg.append(f'<text x="{x + 19}" y="{H - 54 - h:.0f}" text-anchor="middle" font-size="10">{v/1000:.0f}k</text>')
-    svg.append(f'<text x="{x0 + 88}" y="{H - 30}" text-anchor="middle">{w}</text>')
+    svg.append(f'<text x="{x0 + 130}" y="{H - 30}" text-anchor="middle">{w}</text>')
 for ti, t in enumerate(TARGETS):
-    svg.append(f'<rect x="{pad + ti * 110}" y="{H - 18}" width="12" height="12" fill="{colors[t]}"/>'
-               f'<text x="{pad + ti * 110 + 16}" y="{H - 8}">{t}</text>')
+    svg.append(f'<rect x="{pad + ti * 140}" y="{H - 18}" width="12" height="12" fill="{colors[t]}"/>'
+               f'<text x="{pad + ti * 140 + 16}" y="{H - 8}">{t}</text>')
 svg.append("</svg>")
 open(os.path.join(out, "chart.svg"), "w").write("\n".join(svg) + "\n")
 

@@ -283,6 +283,11 @@ impl Shared {
         self.instances.iter().map(|i| &i.backend)
     }
 
+    /// Whether instance `index` was up at its last probe, as `/status` shows it.
+    pub fn seen_up(&self, index: usize) -> bool {
+        self.status.load().backends.get(index).is_some_and(|b| b.health == "up")
+    }
+
     /// Marks `backend` suspect after an error on live traffic: probe it now.
     pub fn suspect(&self, index: usize) {
         if let Some(i) = self.instances.get(index) {

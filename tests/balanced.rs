@@ -78,7 +78,7 @@ async fn a_socket_io_session_and_the_editor_stick_to_one_instance_by_cookie() {
     assert!(set_cookies(&again).is_empty(), "not re-issued while it holds: {:?}", set_cookies(&again));
     assert_eq!(answers(&c, &hello, 10, &[]).await.len(), 2, "others spread");
     // A tampered cookie counts as none.
-    let forged = pair.replace("v1:a:", "v1:b:").replace("v1:b:", "v1:a:") + "0";
+    let forged = format!("{pair}0");
     assert_eq!(answers(&c, &hello, 10, &[("cookie", &forged)]).await.len(), 2);
     // The editor: pinned by its own cookie.
     let ed = send_with(&c, "GET", &format!("http://{}/settings", h.proxy_addr), "", &[]).await.unwrap();

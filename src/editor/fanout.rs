@@ -217,10 +217,7 @@ impl<'a> Write<'a> {
 
     /// The other instances: those that are up, and those that are not.
     pub fn others(&self) -> (Vec<usize>, Vec<usize>) {
-        let status = self.shared.status.load();
-        (0..self.total())
-            .filter(|&i| i != self.active.index)
-            .partition(|&i| status.backends.get(i).is_some_and(|b| b.health == "up"))
+        (0..self.total()).filter(|&i| i != self.active.index).partition(|&i| self.shared.seen_up(i))
     }
 
     /// Counts one instance's result in `flowgate_deploy_fanout_total`.

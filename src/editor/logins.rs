@@ -229,7 +229,7 @@ pub async fn token_info(
 ) -> Option<TokenInfo> {
     let info = shared.tokens.lookup(token)?;
     let issuer = info.issuer.as_deref().and_then(|id| shared.backends().position(|b| b.id.as_str() == id));
-    let up = issuer.is_some_and(|i| shared.status.load().backends.get(i).is_some_and(|b| b.health == "up"));
+    let up = issuer.is_some_and(|i| shared.seen_up(i));
     let fresh = shared.tokens.confirmed_recently(token);
     match plan(asker, info.issuer.as_deref().filter(|_| issuer.is_some()), up, fresh) {
         Plan::Answer => Some(info),

@@ -295,8 +295,7 @@ pub(crate) async fn admit(
     let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64);
     // flowgate holds no token for it, yet its probes (`GET flows/state`) succeed: it has no
     // adminAuth, and there is nothing to check.
-    let open_to_probes = active.backend.token().is_none()
-        && shared.status.load().backends.get(active.index).is_some_and(|b| b.health == "up");
+    let open_to_probes = active.backend.token().is_none() && shared.seen_up(active.index);
     if open.load(Relaxed) < now && !open_to_probes {
         let auth = parts.headers.get(AUTHORIZATION);
         let mut h = HeaderMap::new();

@@ -220,8 +220,8 @@ pub async fn serve(app: Arc<crate::App>, req: Request<Incoming>) -> Result<Respo
                 .unwrap_or("");
             // The documented hook says which instance asks (its backend id).
             let asker = req.headers().get("x-flowgate-instance").and_then(|v| v.to_str().ok());
-            let client = app.proxy().client().clone();
-            match crate::editor::logins::token_info(&shared, &client, token, asker).await {
+            let proxy = app.proxy();
+            match crate::editor::logins::token_info(&shared, proxy.client(), token, asker).await {
                 Some(info) => json(
                     StatusCode::OK,
                     serde_json::json!({"username": info.username, "permissions": info.permissions}),

@@ -64,13 +64,11 @@ impl State {
             return self.publish_rotation(&before, fx);
         }
         // The first one: by election, so the instance that runs flows (or the preferred one)
-        // becomes the source the others are checked against.
-        let seed = if self.rotation.is_empty() {
-            let mut cands = self.candidates(now);
-            for (c, m) in cands.iter_mut().zip(&self.members) {
-                c.eligible &= !m.start_in_flight;
-            }
-            election::elect(None, &cands, &self.policy(), now)
+        // becomes the source the others are checked against. One at a time: while a start is on
+        // its way, no other unchecked instance is started as a first one.
+        let starting = self.members.iter().any(|m| m.start_in_flight);
+        let seed = if self.rotation.is_empty() && !starting {
+            election::elect(None, &self.candidates(now), &self.policy(), now)
         } else {
             None
         };

@@ -92,6 +92,17 @@ fn a_start_that_fails_cools_down_before_the_next_try() {
 }
 
 #[test]
+fn only_one_unchecked_instance_is_started_first() {
+    let mut s = balanced(&[("a", 200), ("b", 100)]);
+    s.up("a", FlowState::Stop);
+    assert_eq!(actions(&s.up("b", FlowState::Stop)), ["start a"]);
+    // While a's start is on its way, b (not checked yet) is not started as a second first one.
+    assert!(actions(&s.up("b", FlowState::Stop)).is_empty());
+    assert!(actions(&s.advance(100 * MS)).is_empty());
+    assert_eq!(actions(&s.started("a")), ["rotation a", "resync a", "resync b"]);
+}
+
+#[test]
 fn there_is_no_active_role_to_switch_over() {
     let mut s = both_serving();
     let fx = s.send(Event::Switchover { to: Some(id("a")), ticket: 1 });

@@ -78,6 +78,8 @@ pub(crate) struct Core {
 /// a configuration, since they are its only fallible part.
 pub(crate) struct Clients {
     admin: backend::AdminClient,
+    /// The probes' own: their connections live on the probe runtime, never on a busy one.
+    probes: backend::AdminClient,
     editor: backend::AdminClient,
     connector: backend::Connector,
 }
@@ -86,6 +88,7 @@ impl Clients {
     pub fn new(config: &Config) -> Result<Self, tls::TlsError> {
         Ok(Clients {
             admin: backend::admin_client(config)?,
+            probes: backend::admin_client(config)?,
             editor: backend::client(config, None)?,
             connector: backend::connector(config)?,
         })
@@ -160,7 +163,7 @@ impl Runtime {
             let prober = Prober {
                 index,
                 backend: instance.backend.clone(),
-                client: clients.admin.clone(),
+                client: clients.probes.clone(),
                 health: config.health.clone(),
                 kick: instance.kick.clone(),
                 wants: wants.clone(),

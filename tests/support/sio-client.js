@@ -19,10 +19,15 @@ const pinned = () => {
   for (const [name, c] of jar.cookies) if (name === "flowgate_affinity") return c.value;
   return null;
 };
+// The upgrade can finish before socket.io's own connect packet is answered, so its listener
+// goes on the engine as soon as the engine is open, not on "connect".
+socket.io.on("open", () => {
+  const engine = socket.io.engine;
+  engine.once("upgrade", (t) => out({ ev: "upgrade", sid: engine.id, transport: t.name }));
+});
 socket.on("connect", () => {
   const engine = socket.io.engine;
   out({ ev: "connect", sid: engine.id, transport: engine.transport.name, pinned: pinned() });
-  engine.once("upgrade", (t) => out({ ev: "upgrade", sid: engine.id, transport: t.name }));
 });
 socket.on("disconnect", (reason) => out({ ev: "disconnect", reason }));
 socket.on("connect_error", (e) => out({ ev: "connect_error", message: e.message }));

@@ -352,13 +352,17 @@ pub fn start_on(
             let m = app.metrics();
             let gauges =
                 server::Gauges { open: m.client_connections.clone(), parked: m.client_connections_parked.clone() };
-            let l = server::Listener { tcp, tls, slots: slots.clone(), gauges: Some(gauges) };
+            let fast = {
+                let app = app.clone();
+                Arc::new(crate::traffic::proxy::fast::Fast { current: Box::new(move || app.proxy()) })
+            };
+            let l = server::Listener { tcp, tls, slots: slots.clone(), gauges: Some(gauges), fast: Some(fast) };
             let (limits, cancel) = (limits.clone(), shutdown.child_token());
             tasks.spawn(server::accept_loop(l, limits, cancel, grace, workers.clone(), serve.clone()));
         }
     }
     if let (Some(tcp), Some(https)) = (listeners.redirect, https_addr) {
-        let l = server::Listener { tcp, tls: None, slots: slots.clone(), gauges: None };
+        let l = server::Listener { tcp, tls: None, slots: slots.clone(), gauges: None, fast: None };
         let port = https.port();
         tasks.spawn(server::accept_loop(
             l,
@@ -375,6 +379,7 @@ pub fn start_on(
         tls: admin_acceptor,
         slots: Arc::new(Semaphore::new(256)),
         gauges: None,
+        fast: None,
     };
     let a = app.clone();
     tasks.spawn(server::accept_loop(l, limits, shutdown.child_token(), grace, Arc::from([]), move |req, _| {

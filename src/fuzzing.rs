@@ -144,3 +144,50 @@ pub fn stored(data: &[u8]) {
     let _ = crate::editor::sync::SyncTable::open(ids, Some(&dir), Some("fuzz-key"));
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// The fast path's heads: a request head (checked and rewritten), a response head, and a
+/// chunked body's end. For a forwarded request the upstream head must parse, keep the method
+/// and target, carry exactly one `X-Forwarded-For` naming the peer, and no hop-by-hop header.
+pub fn fast_head(data: &[u8]) {
+    use crate::traffic::proxy::fast::head;
+    let paths = crate::config::NodeRedPaths { admin_root: "/red/".into(), node_root: "/".into() };
+    for balanced in [false, true] {
+        let cx = head::Context {
+            paths: &paths,
+            trusted: &[],
+            peer: std::net::Ipv4Addr::new(192, 0, 2, 7).into(),
+            tls: false,
+            balanced,
+            max_headers: 100,
+        };
+        let mut out = Vec::new();
+        if let head::Parsed::Forward(r) = head::request(data, &cx, &mut out) {
+            assert!(r.head_len <= data.len() && r.method.1 <= r.head_len && r.target.1 <= r.head_len);
+            let mut hs = [httparse::EMPTY_HEADER; 110];
+            let mut up = httparse::Request::new(&mut hs);
+            let parsed = up.parse(&out).expect("the upstream head parses");
+            assert_eq!(parsed, httparse::Status::Complete(out.len()), "one whole head");
+            assert_eq!(up.method.map(str::as_bytes), Some(&data[r.method.0..r.method.1]));
+            assert_eq!(up.path.map(str::as_bytes), Some(&data[r.target.0..r.target.1]));
+            let named = |n: &str| up.headers.iter().filter(|h| h.name.eq_ignore_ascii_case(n)).count();
+            assert_eq!(named("x-forwarded-for"), 1);
+            assert!(up.headers.iter().any(|h| h.name == "x-forwarded-for" && h.value == b"192.0.2.7"));
+            for hop in ["connection", "keep-alive", "te", "transfer-encoding", "upgrade", "proxy-authorization"] {
+                assert_eq!(named(hop), 0, "{hop} forwarded");
+            }
+        }
+    }
+    for (is_head, close) in [(false, false), (true, true)] {
+        let mut out = Vec::new();
+        if let head::Response::Head { head_len, .. } = head::response(data, is_head, close, &mut out) {
+            assert!(head_len <= data.len());
+            let mut hs = [httparse::EMPTY_HEADER; 110];
+            let mut resp = httparse::Response::new(&mut hs);
+            assert_eq!(resp.parse(&out), Ok(httparse::Status::Complete(out.len())), "the client head parses");
+        }
+    }
+    let mut c = head::Chunked::default();
+    if let Ok(Some(end)) = c.feed(data) {
+        assert!(end <= data.len());
+    }
+}

@@ -46,7 +46,8 @@
 //! - [`config`]: YAML → validated, typed `Config`; errors name the field and line.
 //! - [`backend`]: one instance's admin API client (flow state, settings, canary, exchanges).
 //! - [`control`]: health probes, election, the cluster core and its driver.
-//! - [`traffic`]: listeners, TLS, the proxy, upstream pool, websocket tunnels, errors.
+//! - [`traffic`]: listeners, TLS, the proxy (with its HTTP/1.1 fast path), upstream pool,
+//!   websocket tunnels, errors.
 //! - [`editor`]: editor cookies, editor writes and their fan-out, the change lock, the
 //!   in-step table and resyncs, remembered logins.
 //! - [`ops`]: admin API and status page, metrics, `prepare-standby`, restart commands,

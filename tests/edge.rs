@@ -554,17 +554,39 @@ async fn idle_connections_are_parked_and_resume_without_losing_a_byte() {
     assert!(headers.contains("host: pipelined"), "{headers}");
     assert_eq!(fa.inner.hello_count.load(std::sync::atomic::Ordering::SeqCst), 4);
 
-    // A connection that carried a request body is never parked.
+    // On the fast path a connection whose request body was read whole parks too.
+    body_connection(&h, 2.0).await;
+}
+
+/// A connection that carried a request body, idle: parked (`parked` counts it with the one
+/// already parked) or not, and served afterwards either way.
+async fn body_connection(h: &flowgate::Handle, parked: f64) {
     let mut p = TcpStream::connect(h.proxy_addr).await.unwrap();
     let mut pbuf = Vec::new();
     p.write_all(b"POST /echo HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\n\r\nhello").await.unwrap();
     assert_eq!(read_response(&mut p, &mut pbuf).await, (200, "hello".into()));
     tokio::time::sleep(flowgate::traffic::server::PARK_AFTER * 6).await;
-    let m = metrics(&h).await;
+    let m = metrics(h).await;
     assert_eq!(sample(&m, "flowgate_client_connections"), Some(2.0));
-    assert_eq!(sample(&m, "flowgate_client_connections_parked"), Some(1.0));
+    assert_eq!(sample(&m, "flowgate_client_connections_parked"), Some(parked));
     p.write_all(b"POST /echo HTTP/1.1\r\nHost: x\r\nContent-Length: 3\r\n\r\nabc").await.unwrap();
     assert_eq!(read_response(&mut p, &mut pbuf).await, (200, "abc".into()));
+}
+
+/// Through hyper (the fast path off), a connection that carried a request body is never
+/// parked: hyper could be in the middle of a body when the timer fires.
+#[tokio::test]
+async fn without_the_fast_path_a_connection_that_carried_a_body_is_not_parked() {
+    let log = EventLog::default();
+    let fa = FakeNodeRed::start("a", Options::default(), log.clone()).await;
+    let h = start_flowgate(&yaml(&[("a", fa.url(), 100)], "listen: { fast_path: false }\n"), Secrets(vec![])).await;
+    eventually(SECS, "a active", || async { active(&h).await.as_deref() == Some("a") }).await;
+    let mut s = TcpStream::connect(h.proxy_addr).await.unwrap();
+    let mut buf = Vec::new();
+    s.write_all(b"GET /hello HTTP/1.1\r\nHost: x\r\n\r\n").await.unwrap();
+    assert_eq!(read_response(&mut s, &mut buf).await, (200, "hello from a".into()));
+    eventually(SECS, "the idle connection parked", || async { parked(&h).await == 1.0 }).await;
+    body_connection(&h, 1.0).await;
 }
 
 #[tokio::test]

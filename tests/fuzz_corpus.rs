@@ -1,6 +1,7 @@
 //! Replays the fuzz corpus (`fuzz/corpus/<target>/`): every input must be handled without a
 //! panic. Guards the config loader, the cookie check, request routing and header hygiene,
-//! the bodies flowgate parses and the state files it reads, without running the fuzzer.
+//! the bodies flowgate parses, the state files it reads and the fast path's heads, without
+//! running the fuzzer.
 
 fn replay(target: &str, run: fn(&[u8])) {
     let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("fuzz/corpus").join(target);
@@ -49,4 +50,9 @@ fn the_bodies_corpus_never_panics() {
 #[test]
 fn the_stored_corpus_never_panics() {
     replay("stored", flowgate::fuzzing::stored);
+}
+
+#[test]
+fn the_fast_head_corpus_never_panics() {
+    replay("fast_head", flowgate::fuzzing::fast_head);
 }

@@ -123,6 +123,8 @@ pub struct Listen {
     pub https: Option<SocketAddr>,
     pub redirect: Option<SocketAddr>,
     pub admin: SocketAddr,
+    /// HTTP/1.1 runtime requests are forwarded as bytes (`traffic/proxy/fast.rs`).
+    pub fast_path: bool,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]

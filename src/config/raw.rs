@@ -174,6 +174,9 @@ pub struct RawListen {
     pub redirect: Option<String>,
     /// Admin listener (metrics, status, switchover), loopback by default.
     pub admin: Option<String>,
+    /// Forward HTTP/1.1 runtime requests as bytes, without hyper (default true). `false`
+    /// sends every request through hyper.
+    pub fast_path: Option<bool>,
 }
 
 #[derive(Debug, Deserialize, Default)]

@@ -200,8 +200,13 @@ pub fn validate(raw: RawConfig, secrets: &dyn SecretSource, base: &std::path::Pa
         (None, Some(_)) => None,
     };
     let redirect = raw.listen.redirect.as_ref().map(|_| p.addr("listen.redirect", &raw.listen.redirect, "0.0.0.0:80"));
-    let listen =
-        Listen { proxy, https, redirect, admin: p.addr("listen.admin", &raw.listen.admin, DEFAULT_ADMIN_ADDR) };
+    let listen = Listen {
+        proxy,
+        https,
+        redirect,
+        admin: p.addr("listen.admin", &raw.listen.admin, DEFAULT_ADMIN_ADDR),
+        fast_path: raw.listen.fast_path.unwrap_or(true),
+    };
     let bound: Vec<(&str, SocketAddr)> =
         [("listen.proxy", listen.proxy), ("listen.https", listen.https), ("listen.redirect", listen.redirect)]
             .into_iter()

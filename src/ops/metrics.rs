@@ -35,6 +35,9 @@ pub struct Metrics {
     pub stray_starts_stopped: IntCounterVec,
     pub upstream_retries: IntCounter,
     pub inflight_aborted: IntCounter,
+    /// Requests forwarded by the HTTP/1.1 fast path, and heads it handed to hyper.
+    pub fast_path: IntCounter,
+    pub fast_path_handoffs: IntCounter,
     pub websocket_tunnels: IntGauge,
     pub client_connections: IntGauge,
     pub client_connections_parked: IntGauge,
@@ -210,6 +213,22 @@ impl Metrics {
                 IntCounter::new(
                     "flowgate_inflight_aborted_total",
                     "Non-idempotent requests answered 502 because their instance was declared failed.",
+                )
+                .unwrap(),
+            ),
+            fast_path: reg(
+                &registry,
+                IntCounter::new(
+                    "flowgate_fast_path_requests_total",
+                    "HTTP/1.1 runtime requests forwarded as bytes by the fast path.",
+                )
+                .unwrap(),
+            ),
+            fast_path_handoffs: reg(
+                &registry,
+                IntCounter::new(
+                    "flowgate_fast_path_handoffs_total",
+                    "Request heads the fast path handed to hyper (editor routes, upgrades, chunked or unusual requests).",
                 )
                 .unwrap(),
             ),

@@ -20,6 +20,7 @@
 //!      and are never replayed.
 
 mod balance;
+pub mod fast;
 pub mod forward;
 pub mod route;
 mod upgrade;
@@ -53,11 +54,16 @@ pub struct Proxy {
     pub shared: Arc<Shared>,
     /// Websocket tunnels, and the client for editor writes and upgrade requests.
     tunnels: upgrade::Tunnels,
+    /// Runtime requests over HTTP/1.1 take the fast path (`listen.fast_path`, and every
+    /// instance plain HTTP).
+    fast: bool,
 }
 
 impl Proxy {
     pub fn new(shared: Arc<Shared>, tunnels: Tunnels) -> Self {
-        Proxy { shared, tunnels }
+        let cfg = &shared.config;
+        let fast = cfg.listen.fast_path && cfg.backends.iter().all(|b| b.scheme == http::uri::Scheme::HTTP);
+        Proxy { shared, tunnels, fast }
     }
 
     /// The client for editor writes (it trusts the instances' TLS settings).

@@ -1,8 +1,9 @@
 //! Accept loops and client connections.
 //!
-//! HTTP/1.1 connections are served by hyper's HTTP/1 server; over TLS with ALPN "h2", and in
-//! plain text when a client opens with the HTTP/2 preface (h2c, prior knowledge), by hyper's
-//! HTTP/2 server. Upgrades are allowed.
+//! HTTP/1.1 connections start on the forwarding fast path (`proxy/fast.rs`, client-facing
+//! listeners), which hands what it does not forward itself to hyper's HTTP/1 server; over TLS
+//! with ALPN "h2", and in plain text when a client opens with the HTTP/2 preface (h2c, prior
+//! knowledge), hyper's HTTP/2 server serves them. Upgrades are allowed.
 //!
 //! **Idle connections are parked**: an HTTP/1 connection that has had nothing to do for
 //! [`PARK_AFTER`] hands its hyper state (read and write buffers, about 16 KiB) back and waits
@@ -48,7 +49,7 @@ pub struct Peer {
     pub tls: bool,
 }
 
-pub use conn::PARK_AFTER;
+pub use conn::{ClientIo, PARK_AFTER};
 
 /// What a full server answers on a connection it cannot take.
 const BUSY: &[u8] = b"HTTP/1.1 503 Service Unavailable\r\ncontent-type: text/plain\r\nx-flowgate-error: too-many-connections\r\nretry-after: 1\r\nconnection: close\r\ncontent-length: 47\r\n\r\nflowgate: too many open connections; retry soon\n";
@@ -60,6 +61,8 @@ pub struct Listener {
     pub slots: Arc<Semaphore>,
     /// Open and parked connections, for the client-facing listeners.
     pub gauges: Option<Gauges>,
+    /// The HTTP/1.1 forwarding fast path, for the client-facing listeners.
+    pub fast: Option<Arc<crate::traffic::proxy::fast::Fast>>,
 }
 
 #[derive(Clone)]
@@ -79,7 +82,7 @@ pub async fn accept_loop<F, Fut>(
     F: Fn(Request<Incoming>, Peer) -> Fut + Clone + Send + Sync + Unpin + 'static,
     Fut: Future<Output = Result<Response<Body>, Infallible>> + Send + 'static,
 {
-    let http = Arc::new(conn::Http::new(&limits, l.tls.clone(), l.gauges.clone()));
+    let http = Arc::new(conn::Http::new(&limits, l.tls.clone(), l.gauges.clone(), l.fast.clone()));
     tokio::spawn(http.parking.clone().sweep(cancel.clone()));
     let conns = TaskTracker::new();
     let mut next = 0;

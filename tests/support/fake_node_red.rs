@@ -387,6 +387,7 @@ async fn handle(inner: Arc<Inner>, req: Request<Incoming>) -> Result<Response<Fu
             });
             reply(StatusCode::UNAUTHORIZED, "early")
         }
+        (_, p) if p.starts_with("/mirror") => return Ok(mirror(req).await),
         (Method::POST, "/echo") => match req.into_body().collect().await {
             Ok(body) => reply(StatusCode::OK, body.to_bytes()),
             Err(e) => reply(StatusCode::BAD_REQUEST, format!("incomplete body: {e}")),
@@ -403,6 +404,48 @@ async fn handle(inner: Arc<Inner>, req: Request<Incoming>) -> Result<Response<Fu
         _ => reply(StatusCode::NOT_FOUND, format!("Cannot {} {path}", req.method())),
     };
     Ok(resp)
+}
+
+/// Describes the request as this instance received it (method, target, version, headers
+/// sorted by name, body length and digest), for comparing what two paths through flowgate
+/// deliver. The query picks the answer's shape: `status=N`, `chunked` (chunked encoding),
+/// `big` (300 KiB more), `hdrs` (repeated and hop-by-hop response headers).
+async fn mirror(req: Request<Incoming>) -> Response<Full<Bytes>> {
+    use sha2::Digest;
+    let (parts, body) = req.into_parts();
+    let body = body.collect().await.map(|b| b.to_bytes()).unwrap_or_default();
+    let mut lines: Vec<String> =
+        parts.headers.iter().map(|(k, v)| format!("{k}: {}", String::from_utf8_lossy(v.as_bytes()))).collect();
+    lines.sort_by(|a, b| a.split(':').next().cmp(&b.split(':').next()));
+    let mut out = format!("{} {} {:?}\n{}\n", parts.method, parts.uri, parts.version, lines.join("\n"));
+    out.push_str(&format!(
+        "body: {} bytes, sha256 {:x}\n",
+        body.len(),
+        Bytes::copy_from_slice(&sha2::Sha256::digest(&body))
+    ));
+    let query = parts.uri.query().unwrap_or_default();
+    let has = |k: &str| query.split('&').any(|kv| kv == k || kv.starts_with(&format!("{k}=")));
+    if has("big") {
+        out.push_str(&"0123456789abcdef".repeat(300 * 64));
+    }
+    let status = query
+        .split('&')
+        .find_map(|kv| kv.strip_prefix("status="))
+        .and_then(|v| v.parse().ok())
+        .and_then(|c| StatusCode::from_u16(c).ok())
+        .unwrap_or(StatusCode::OK);
+    let mut r = reply(status, out);
+    let h = r.headers_mut();
+    if has("chunked") {
+        h.insert("transfer-encoding", "chunked".parse().unwrap());
+    }
+    if has("hdrs") {
+        h.append("set-cookie", "a=1".parse().unwrap());
+        h.append("set-cookie", "b=2".parse().unwrap());
+        h.insert("keep-alive", "timeout=5".parse().unwrap());
+        h.insert("x-upstream", "yes".parse().unwrap());
+    }
+    r
 }
 
 /// A websocket endpoint that greets with its name and echoes every message.

@@ -130,6 +130,9 @@ pub fn set_worker(i: usize) {
     WORKER.with(|w| w.set(i));
 }
 
+/// One worker's idle fast-path sockets to an instance and since when, newest last.
+type RawIdle = Mutex<Vec<(TcpStream, Instant)>>;
+
 /// One worker's idle connections to an instance, most recently used last.
 type IdleList<B> = Mutex<VecDeque<Box<Conn<B>>>>;
 
@@ -149,6 +152,8 @@ pub struct Pool<B: SendBody> {
     ramping: std::sync::atomic::AtomicBool,
     /// How many slots `reserve` holds, readable without its lock.
     held_back: std::sync::atomic::AtomicUsize,
+    /// The fast path's idle connections (plain HTTP/1.1 sockets), per worker, newest last.
+    raw: Box<[RawIdle]>,
 }
 
 impl<B: SendBody> Pool<B> {
@@ -172,6 +177,7 @@ impl<B: SendBody> Pool<B> {
             origin,
             backend,
             idle: (0..workers.max(1)).map(|_| Mutex::new(VecDeque::new())).collect(),
+            raw: (0..workers.max(1)).map(|_| Mutex::new(Vec::new())).collect(),
             slots: Arc::new(Semaphore::new(slots.max(1))),
             total: slots.max(1),
             queue_timeout,
@@ -185,15 +191,7 @@ impl<B: SendBody> Pool<B> {
     /// connection and returns it to the pool when it ends.
     pub async fn send(self: &Arc<Self>, mut req: Request<B>) -> Result<Response<Upstream<B>>, UpstreamError> {
         let activity = &self.backend.activity;
-        activity.sent();
-        let permit = match self.slots.clone().try_acquire_owned() {
-            Ok(s) => s,
-            Err(_) => tokio::time::timeout(self.queue_timeout, self.slots.clone().acquire_owned())
-                .await
-                .map_err(|_| UpstreamError::Busy(self.queue_timeout))?
-                .expect("the semaphore is never closed"),
-        };
-        let slot = Slot { _permit: permit, pool: self.clone() };
+        let slot = self.slot().await?;
         loop {
             let (mut c, fresh) = match self.checkout() {
                 Some(c) => (c, false),
@@ -240,6 +238,60 @@ impl<B: SendBody> Pool<B> {
                 None => return Err(UpstreamError::Closed),
             }
         }
+    }
+
+    /// A slot for one request (the fast path's; `send` takes its own): waits in arrival
+    /// order up to the queue time-out. Held until the request has ended.
+    pub async fn slot(self: &Arc<Self>) -> Result<Slot<B>, UpstreamError> {
+        self.backend.activity.sent();
+        let permit = match self.slots.clone().try_acquire_owned() {
+            Ok(s) => s,
+            Err(_) => tokio::time::timeout(self.queue_timeout, self.slots.clone().acquire_owned())
+                .await
+                .map_err(|_| UpstreamError::Busy(self.queue_timeout))?
+                .expect("the semaphore is never closed"),
+        };
+        Ok(Slot { _permit: permit, pool: self.clone() })
+    }
+
+    /// An answer came from the instance (passive health: it is processing).
+    pub fn answered(&self) {
+        self.backend.activity.answered();
+    }
+
+    /// The newest idle fast-path connection that is still open, with nothing unread on it.
+    pub fn checkout_raw(&self) -> Option<TcpStream> {
+        let list = &self.raw[WORKER.with(|w| w.get()) % self.raw.len()];
+        loop {
+            let (tcp, since) = list.lock().unwrap_or_else(|e| e.into_inner()).pop()?;
+            let open = matches!(tcp.try_read(&mut [0u8; 1]), Err(e) if e.kind() == io::ErrorKind::WouldBlock);
+            if open && since.elapsed() < UPSTREAM_IDLE_TIMEOUT {
+                return Some(tcp);
+            }
+        }
+    }
+
+    /// Back to the idle list after a complete exchange.
+    pub fn put_raw(&self, tcp: TcpStream) {
+        let now = Instant::now();
+        let mut list = self.raw[WORKER.with(|w| w.get()) % self.raw.len()].lock().unwrap_or_else(|e| e.into_inner());
+        list.retain(|(_, since)| now.duration_since(*since) < UPSTREAM_IDLE_TIMEOUT);
+        if list.len() >= MAX_IDLE {
+            list.remove(0);
+        }
+        list.push((tcp, now));
+    }
+
+    /// A new plain TCP connection for the fast path (`http` instances only).
+    pub async fn connect_raw(&self) -> Result<TcpStream, UpstreamError> {
+        let host = self.backend.authority.host().trim_start_matches('[').trim_end_matches(']');
+        let port = self.backend.authority.port_u16().unwrap_or(80);
+        let tcp = tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect((host, port)))
+            .await
+            .map_err(|e| UpstreamError::Connect(e.into()))?
+            .map_err(|e| UpstreamError::Connect(e.into()))?;
+        let _ = tcp.set_nodelay(true);
+        Ok(tcp)
     }
 
     /// The instance was just promoted: hold back all but [`SLOW_START_SLOTS`] free slots, and
@@ -366,7 +418,7 @@ pub struct Upstream<B: SendBody> {
 }
 
 /// A request's place among the instance's slots; giving it back widens a slow start.
-struct Slot<B: SendBody> {
+pub struct Slot<B: SendBody> {
     _permit: OwnedSemaphorePermit,
     pool: Arc<Pool<B>>,
 }

@@ -38,6 +38,7 @@ use tracing::debug;
 use super::Gauges;
 use crate::config::Limits;
 use crate::traffic::body::Body;
+use crate::traffic::proxy::fast::{self, Fast, Outcome};
 use crate::traffic::server::Peer;
 
 /// How long an HTTP/1 connection may idle before its buffers are released.
@@ -54,10 +55,16 @@ pub struct Http {
     pub tls: Option<tokio_rustls::TlsAcceptor>,
     pub gauges: Option<Gauges>,
     pub parking: Arc<Parking>,
+    pub fast: Option<Arc<Fast>>,
 }
 
 impl Http {
-    pub fn new(limits: &Limits, tls: Option<tokio_rustls::TlsAcceptor>, gauges: Option<Gauges>) -> Self {
+    pub fn new(
+        limits: &Limits,
+        tls: Option<tokio_rustls::TlsAcceptor>,
+        gauges: Option<Gauges>,
+        fast: Option<Arc<Fast>>,
+    ) -> Self {
         let mut h1 = http1::Builder::new();
         h1.timer(TokioTimer::new())
             .header_read_timeout(limits.header_read_timeout)
@@ -67,7 +74,7 @@ impl Http {
         let mut h2 = http2::Builder::new(TokioExecutor::new());
         h2.timer(TokioTimer::new()).max_header_list_size(limits.max_header_bytes as u32);
         let parking = Arc::new(Parking::new(limits.header_read_timeout));
-        Http { h1, h2, head_limit: limits.header_read_timeout, tls, gauges, parking }
+        Http { h1, h2, head_limit: limits.header_read_timeout, tls, gauges, parking, fast }
     }
 }
 
@@ -368,6 +375,26 @@ where
         return;
     }
     loop {
+        // The fast path first; hyper for what it hands over, until that connection parks.
+        if let Some(f) = &http.fast {
+            match Box::pin(fast::session(io, prefix, peer, f, &cancel, PARK_AFTER, http.head_limit)).await {
+                Outcome::Park(s) => {
+                    (io, prefix) = (s, Bytes::new());
+                    if !park(&io, &http, &wake, &cancel).await {
+                        return;
+                    }
+                    continue;
+                }
+                Outcome::HandOff(s, rest) => (io, prefix) = (s, rest),
+                Outcome::Linger(s) => {
+                    if !cancel.is_cancelled() {
+                        linger(s).await;
+                    }
+                    return;
+                }
+                Outcome::Closed => return,
+            }
+        }
         let session = Box::pin(session(io, prefix, &state, svc.clone(), &http, &cancel, peer));
         let Some((socket, rest)) = session.await else { return };
         (io, prefix) = (socket, rest);

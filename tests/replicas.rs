@@ -260,10 +260,15 @@ async fn the_status_page_lists_the_replicas_and_the_controller() {
     let etcd = Etcd::start().await;
     let y = "backends: [{ id: a, url: \"http://127.0.0.1:9\" }]\n";
     let (r1, r2) = tokio::join!(Replica::start("fg-1", &etcd.url, y), Replica::start("fg-2", &etcd.url, y));
+    // Settled: one replica holds the controller role, and the store names that one (a
+    // replica elected in etcd may not have taken its role yet).
     eventually(Duration::from_secs(10), "one controller, both registered", || async {
         let s = r1.status().await;
+        let roles = [r1.role().await, r2.role().await];
+        let ctl = if roles[0] == "controller" { &r1.id } else { &r2.id };
         s["cluster"]["store"]["replicas"].as_array().is_some_and(|r| r.len() == 2)
-            && s["cluster"]["store"]["controller"].is_string()
+            && roles.iter().filter(|r| *r == "controller").count() == 1
+            && s["cluster"]["store"]["controller"].as_str() == Some(ctl.as_str())
     })
     .await;
     let (ctl, follower) = controller_first(r1, r2).await;

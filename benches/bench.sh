@@ -12,6 +12,10 @@
 #   answering the same paths), in turn;
 # - the proxy's threads: flowgate with 1 worker runtime (FLOWGATE_WORKERS=1) and with one per
 #   core (the default), HAProxy with 1 and 2 threads (nbthread), nginx with 1 worker;
+# - flowgate's request path: its HTTP/1.1 fast path (the default) and, as flowgate-hyper,
+#   the general hyper path (listen.fast_path: false), one runtime per core;
+# - the request: a flow route (URLPATH, /hello), as devices and dashboards call; editor pages
+#   (/ is the editor) go through the general path;
 # - the connection count: small GETs at 64 and 256 connections, 1 KiB POSTs at 64.
 # Every workload measures every target in turn, ROUNDS times, with the proxy's CPU time per
 # request next to its requests/s. Every process it starts is ended by PID when it exits.
@@ -19,6 +23,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 ROOT=$(pwd)
 ROUNDS=${ROUNDS:-3}; SECS=${SECS:-5}; IDLE=${IDLE:-10000}; ORIGINS=${ORIGINS:-"hyper nginx"}
+URLPATH=${URLPATH:-/hello}
 OUT=$ROOT/benches/results; mkdir -p "$OUT"; RUN=$(mktemp -d); PIDS=()
 cleanup() { for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done; rm -rf "$RUN"; }
 trap cleanup EXIT
@@ -30,10 +35,10 @@ IDLE_WS=${IDLE_WS:-$(( $(ulimit -n) / 2 - 1000 < 10000 ? $(ulimit -n) / 2 - 1000
 cargo build --release --locked -q --bin flowgate --example bench-origin --example bench-load
 BIN=$ROOT/target/release; LOAD=$BIN/examples/bench-load
 A=19101; B=19102; DIRECT=$A
-FG1=19111; FGN=19114; HA1=19112; HA2=19115; NG=19113; FG1ADM=19121; FGNADM=19122
-TARGETS=(direct flowgate-1w flowgate-Nw haproxy-1t haproxy-2t nginx-1w)
-PROXIES=(flowgate-1w flowgate-Nw haproxy-1t haproxy-2t nginx-1w)
-declare -A PORT=([direct]=$DIRECT [flowgate-1w]=$FG1 [flowgate-Nw]=$FGN [haproxy-1t]=$HA1 [haproxy-2t]=$HA2 [nginx-1w]=$NG)
+FG1=19111; FGN=19114; FGH=19116; HA1=19112; HA2=19115; NG=19113; FG1ADM=19121; FGNADM=19122; FGHADM=19123
+TARGETS=(direct flowgate-1w flowgate-Nw flowgate-hyper haproxy-1t haproxy-2t nginx-1w)
+PROXIES=(flowgate-1w flowgate-Nw flowgate-hyper haproxy-1t haproxy-2t nginx-1w)
+declare -A PORT=([direct]=$DIRECT [flowgate-1w]=$FG1 [flowgate-Nw]=$FGN [flowgate-hyper]=$FGH [haproxy-1t]=$HA1 [haproxy-2t]=$HA2 [nginx-1w]=$NG)
 declare -A PIDOF=([direct]="")
 
 # --- origins ---------------------------------------------------------------------------------
@@ -77,9 +82,9 @@ CFG
 }
 
 # --- proxies ---------------------------------------------------------------------------------
-flowgate_yaml() { # proxy-port admin-port
+flowgate_yaml() { # proxy-port admin-port fast-path
   cat <<YAML
-listen: { proxy: "127.0.0.1:$1", admin: "127.0.0.1:$2" }
+listen: { proxy: "127.0.0.1:$1", admin: "127.0.0.1:$2", fast_path: ${3:-true} }
 backends:
   - { id: a, url: "http://127.0.0.1:$A", priority: 200 }
   - { id: b, url: "http://127.0.0.1:$B", priority: 100 }
@@ -89,6 +94,7 @@ YAML
 }
 flowgate_yaml $FG1 $FG1ADM > "$RUN/flowgate-1w.yaml"
 flowgate_yaml $FGN $FGNADM > "$RUN/flowgate-Nw.yaml"
+flowgate_yaml $FGH $FGHADM false > "$RUN/flowgate-hyper.yaml"
 
 haproxy_cfg() { # threads port
   cat <<CFG
@@ -142,7 +148,7 @@ CFG
 start_proxy() { # target
   case $1 in
     flowgate-1w) FLOWGATE_WORKERS=1 "$BIN/flowgate" run --config "$RUN/flowgate-1w.yaml" 2>>"$RUN/flowgate.log" & ;;
-    flowgate-Nw) "$BIN/flowgate" run --config "$RUN/flowgate-Nw.yaml" 2>>"$RUN/flowgate.log" & ;;
+    flowgate-Nw|flowgate-hyper) "$BIN/flowgate" run --config "$RUN/$1.yaml" 2>>"$RUN/flowgate.log" & ;;
     haproxy-1t|haproxy-2t) haproxy -f "$RUN/$1.cfg" -db 2>>"$RUN/haproxy.log" & ;;
     nginx-1w) nginx -c "$RUN/nginx-1w.conf" -g 'daemon off;' & ;;
   esac
@@ -181,7 +187,7 @@ rss_kib() { local t=0; for p in "$@"; do
   for c in $(pgrep -P "$p" || true); do t=$((t + $(awk '/VmRSS/{print $2}' /proc/$c/status))); done
 done; echo $t; }
 TICK=$(getconf CLK_TCK)
-printf 'function request()\n  return wrk.format("POST", "/", {["Content-Type"]="application/octet-stream"}, string.rep("x", 1024))\nend\n' > "$RUN/post.lua"
+printf 'function request()\n  return wrk.format("POST", nil, {["Content-Type"]="application/octet-stream"}, string.rep("x", 1024))\nend\n' > "$RUN/post.lua"
 
 RES=$OUT/results.jsonl; : > "$RES"
 for origin in $ORIGINS; do
@@ -192,7 +198,7 @@ for origin in $ORIGINS; do
         case $work in get64) c=64; s=();; get256) c=256; s=();; post64) c=64; s=(-s "$RUN/post.lua");; esac
         pids=${PIDOF[$target]}
         before=$([ -n "$pids" ] && cpu $pids || echo 0)
-        out=$(wrk -t2 -c$c -d${SECS}s "${s[@]}" "http://127.0.0.1:${PORT[$target]}/" 2>&1)
+        out=$(wrk -t2 -c$c -d${SECS}s "${s[@]}" "http://127.0.0.1:${PORT[$target]}$URLPATH" 2>&1)
         after=$([ -n "$pids" ] && cpu $pids || echo 0)
         rps=$(echo "$out" | awk '/Requests\/sec/{print $2}')
         reqs=$(echo "$out" | awk '/requests in/{print $1}')
@@ -202,7 +208,7 @@ for origin in $ORIGINS; do
       done
     done
     for target in "${TARGETS[@]}"; do
-      lat=$("$LOAD" rate "http://127.0.0.1:${PORT[$target]}/" 2000 "$SECS" 16)
+      lat=$("$LOAD" rate "http://127.0.0.1:${PORT[$target]}$URLPATH" 2000 "$SECS" 16)
       echo "{\"origin\":\"$origin\",\"round\":$round,\"work\":\"rate2k\",\"target\":\"$target\",\"latency\":$lat}" | tee -a "$RES"
     done
   done

@@ -1,7 +1,7 @@
 //! Load tool for the benchmark harness (wrk measures throughput; this measures the rest).
 //!
 //!   bench-load rate URL RPS SECONDS CONNS       fixed request rate; prints p50/p99/p99.9 in µs
-//!   bench-load idle HOST:PORT N                 N keep-alive connections, one GET each, then held
+//!   bench-load idle HOST:PORT N                 N keep-alive connections, one GET /hello each, then held
 //!   bench-load ws HOST:PORT N                   N websocket upgrades (/ws), then held
 //!   bench-load steady URL SECONDS PERIOD_MS KILL_AFTER_MS -- CMD...
 //!       a GET every PERIOD_MS; runs CMD (e.g. kill -9 PID) after KILL_AFTER_MS; prints the
@@ -84,7 +84,7 @@ async fn idle(addr: String, n: usize) {
         let s = tokio::net::TcpStream::connect(&addr).await.expect("connect");
         let (mut send, conn) = hyper::client::conn::http1::handshake(TokioIo::new(s)).await.unwrap();
         tokio::spawn(conn);
-        let req = hyper::Request::get("/").header("host", "bench").body(Empty::<Bytes>::new()).unwrap();
+        let req = hyper::Request::get("/hello").header("host", "bench").body(Empty::<Bytes>::new()).unwrap();
         let resp = send.send_request(req).await.expect("request");
         resp.into_body().collect().await.unwrap();
         held.push(send);

@@ -5,7 +5,7 @@ import json, statistics, sys, os
 out = sys.argv[1]
 rows = [json.loads(l) for l in open(os.path.join(out, "results.jsonl")) if l.strip()]
 machine = json.load(open(os.path.join(out, "machine.json")))
-TARGETS = ["direct", "flowgate-1w", "flowgate-Nw", "haproxy-1t", "haproxy-2t", "nginx-1w"]
+TARGETS = ["direct", "flowgate-1w", "flowgate-Nw", "flowgate-hyper", "haproxy-1t", "haproxy-2t", "nginx-1w"]
 PROXIES = TARGETS[1:]
 REF = "haproxy-1t"
 WORK = {"get64": "small GET, 64 connections", "get256": "small GET, 256 connections", "post64": "1 KiB POST, 64 connections"}
@@ -22,8 +22,10 @@ print("each round, with each origin). Loopback only; wrk with 2 threads. Two fas
 print("Node-RED instances (the first active, the second a backup, health checks on): a one-thread hyper")
 print("origin (`benches/origin.rs`) and a one-worker nginx origin answering the same paths. Targets: the")
 print("origin directly; flowgate with one worker runtime (`FLOWGATE_WORKERS=1`) and with one per core;")
-print("HAProxy with 1 and 2 threads; nginx with 1 worker. CPU per request is the proxy's own (user +")
-print("system, all its threads) over the measurement; the cores are shared with wrk and the origin.\n")
+print("flowgate-hyper: one runtime per core, the fast path off (`listen.fast_path: false`), every request")
+print("through hyper; HAProxy with 1 and 2 threads; nginx with 1 worker. Requests go to a flow route")
+print("(`/hello`). CPU per request is the proxy's own (user + system, all its threads) over the")
+print("measurement; the cores are shared with wrk and the origin.\n")
 print(f"Machine: {machine['machine']}. {machine['versions']}. {machine['date']}, "
       f"{machine['rounds']} rounds of {machine['secs']} s per measurement.\n")
 print("![requests per second](benches/results/chart.svg)\n")
@@ -106,8 +108,8 @@ for t in ("flowgate-1w", "flowgate-Nw"):
         print(f"- RSS per idle keep-alive connection, {t}: {f:.2f} KiB, {REF} {h:.2f} KiB ({'met' if f <= h else 'not met'})")
 
 # Chart: grouped bars of median requests/s, hyper origin.
-W, H, pad, gw = 980, 320, 60, 300
-colors = {"direct": "#8b98a5", "flowgate-1w": "#79b8ff", "flowgate-Nw": "#2f81f7", "haproxy-1t": "#e3b341",
+W, H, pad, gw = 1120, 320, 60, 345
+colors = {"direct": "#8b98a5", "flowgate-1w": "#79b8ff", "flowgate-Nw": "#2f81f7", "flowgate-hyper": "#a371f7", "haproxy-1t": "#e3b341",
           "haproxy-2t": "#d29922", "nginx-1w": "#3fb950"}
 origin = ORIGINS[0] if ORIGINS else "hyper"
 vals = {(w, t): med(sel(origin, w, t, "rps")) for w in WORK for t in TARGETS}
@@ -123,7 +125,7 @@ for gi, w in enumerate(WORK):
         x = x0 + ti * 45
         svg.append(f'<rect x="{x}" y="{H - 50 - h:.0f}" width="38" height="{h:.0f}" fill="{colors[t]}"/>')
         svg.append(f'<text x="{x + 19}" y="{H - 54 - h:.0f}" text-anchor="middle" font-size="10">{v/1000:.0f}k</text>')
-    svg.append(f'<text x="{x0 + 130}" y="{H - 30}" text-anchor="middle">{w}</text>')
+    svg.append(f'<text x="{x0 + 155}" y="{H - 30}" text-anchor="middle">{w}</text>')
 for ti, t in enumerate(TARGETS):
     svg.append(f'<rect x="{pad + ti * 140}" y="{H - 18}" width="12" height="12" fill="{colors[t]}"/>'
                f'<text x="{pad + ti * 140 + 16}" y="{H - 8}">{t}</text>')

@@ -58,6 +58,8 @@ pub enum Outcome<I> {
 const BUF: usize = 8 << 10;
 /// Buffers that grew beyond this are freed instead of kept.
 const KEEP: usize = 64 << 10;
+/// Buffers kept on a thread's free list (three per request being served).
+const SPARE_KEPT: usize = 96;
 /// Largest response head accepted from an instance.
 const MAX_RESPONSE_HEAD: usize = 64 << 10;
 
@@ -81,7 +83,7 @@ impl Drop for Buf {
             v.clear();
             SPARE.with(|s| {
                 let mut s = s.borrow_mut();
-                if s.len() < 1024 {
+                if s.len() < SPARE_KEPT {
                     s.push(v);
                 }
             });

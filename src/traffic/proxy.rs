@@ -421,6 +421,66 @@ mod tests {
         assert_eq!(free, [6, 8, 10, 12, 14, 16, 16], "two more per completed request, then all");
     }
 
+    /// On the fast path, an instance that answers an upload early and closes without reading
+    /// the rest (a refusal): the client gets that answer, not a 502.
+    #[tokio::test]
+    async fn an_upload_refused_early_reaches_the_client_as_the_instance_answered_it() {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let origin = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = origin.local_addr().unwrap().port();
+        tokio::spawn(async move {
+            let (mut s, _) = origin.accept().await.unwrap();
+            let mut head = Vec::new();
+            let mut b = [0u8; 4096];
+            while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+                let n = s.read(&mut b).await.unwrap();
+                head.extend_from_slice(&b[..n]);
+            }
+            let no = b"HTTP/1.1 413 Payload Too Large\r\nContent-Length: 4\r\nConnection: close\r\n\r\nbig!";
+            s.write_all(no).await.unwrap();
+            // Closed with the body unread: the kernel resets the connection.
+        });
+        let p = proxy_for(&format!("backends: [{{id: a, url: \"http://127.0.0.1:{port}\"}}]\n"));
+        publish(&p, 1);
+        let front = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = front.local_addr().unwrap();
+        let client = tokio::spawn(async move {
+            let mut c = tokio::net::TcpStream::connect(addr).await.unwrap();
+            let body = vec![b'x'; 4 << 20];
+            let head = format!("POST /upload HTTP/1.1\r\nHost: h\r\nContent-Length: {}\r\n\r\n", body.len());
+            let (mut r, mut w) = c.split();
+            let send = async {
+                let _ = w.write_all(head.as_bytes()).await;
+                let _ = w.write_all(&body).await;
+            };
+            let mut got = Vec::new();
+            let read = r.read_to_end(&mut got);
+            let (_, read) = tokio::join!(send, read);
+            let _ = read;
+            String::from_utf8_lossy(&got).into_owned()
+        });
+        let (io, peer) = front.accept().await.unwrap();
+        let fast = fast::Fast { current: Box::new(move || p.clone()) };
+        let peer = Peer { addr: peer, tls: false };
+        let cancel = CancellationToken::new();
+        let out = fast::session(
+            io,
+            bytes::Bytes::new(),
+            peer,
+            &fast,
+            &cancel,
+            Duration::from_secs(1),
+            Duration::from_secs(5),
+        );
+        match out.await {
+            fast::Outcome::Linger(io) => drop(io),
+            _ => panic!("the connection ends with its body unread"),
+        }
+        let got = client.await.unwrap();
+        assert!(got.starts_with("HTTP/1.1 413 Payload Too Large\r\n"), "{got}");
+        assert!(got.ends_with("\r\n\r\nbig!") && got.contains("connection: close"), "{got}");
+    }
+
     #[tokio::test(start_paused = true)]
     async fn without_an_active_a_request_is_held_for_exactly_the_hold_time() {
         let p = proxy("5s");

@@ -60,6 +60,8 @@ const BUF: usize = 8 << 10;
 const KEEP: usize = 64 << 10;
 /// Buffers kept on a thread's free list (three per request being served).
 const SPARE_KEPT: usize = 96;
+/// How long an instance that stopped taking a request body has to show its answer.
+const EARLY_ANSWER: Duration = Duration::from_secs(1);
 /// Largest response head accepted from an instance.
 const MAX_RESPONSE_HEAD: usize = 64 << 10;
 
@@ -367,6 +369,18 @@ impl Exchange<'_> {
                     return Ok(self.refuse(io, ProxyError::BodyTimeout, false).await);
                 }
                 Err(BodyError::Upstream) => {
+                    // The instance may have answered early and closed (a refused upload):
+                    // that answer goes to the client, and the connection closes after it.
+                    self.close = true;
+                    let early = read_head(&mut up, self.rbuf, self.req.head, true, self.up);
+                    if let Ok(Ok((head_len, status, framing, _))) = tokio::time::timeout(EARLY_ANSWER, early).await {
+                        pool.answered();
+                        let next = match self.pass_body(io, &mut up, head_len, framing).await {
+                            Ok(_) => Next::Linger,
+                            Err(()) => Next::Gone,
+                        };
+                        return Ok((status, next));
+                    }
                     suspect(&"the request body could not be sent");
                     return Ok(self.refuse(io, ProxyError::UpstreamFailed, true).await);
                 }

@@ -388,7 +388,7 @@ where
                 Outcome::HandOff(s, rest) => (io, prefix) = (s, rest),
                 Outcome::Linger(s) => {
                     if !cancel.is_cancelled() {
-                        linger(s).await;
+                        Box::pin(linger(s)).await;
                     }
                     return;
                 }

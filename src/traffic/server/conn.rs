@@ -1,4 +1,10 @@
-//! One client connection: the protocol choice, the hyper connection, and parking.
+//! One client connection: the protocol choice, the fast path or the hyper connection, and
+//! parking.
+//!
+//! An HTTP/1 connection starts on the forwarding fast path (`proxy/fast.rs`) when the listener
+//! has one. It parks itself between whole requests (after [`PARK_AFTER`] with nothing to
+//! read), and hands a request it does not forward to hyper, with the bytes read so far; hyper
+//! then serves the connection until it parks, and the fast path takes it up again.
 //!
 //! Parking, in detail. Every request holds an [`InFlight`] guard until hyper drops its
 //! response body (fully written, or abandoned). When a read from the socket would block,
@@ -9,8 +15,8 @@
 //! yet (part of a next request head). It waits for the socket to become readable, then starts a
 //! new hyper connection fed first with those bytes. Nothing the client sent is lost.
 //!
-//! Connections that carried a request body, an upgrade or HTTP/2 are never parked: hyper could
-//! be in the middle of a body when the timer fires.
+//! Connections hyper served a request body, an upgrade or HTTP/2 on are never parked: hyper
+//! could be in the middle of a body when the timer fires.
 
 use std::convert::Infallible;
 use std::future::Future;

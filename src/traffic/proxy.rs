@@ -88,16 +88,7 @@ impl Proxy {
         let elapsed = started.elapsed();
         self.shared.metrics.request(class, status, elapsed.as_secs_f64());
         if self.shared.config.log.access {
-            tracing::info!(
-                target: "flowgate::access",
-                client = %peer.addr,
-                method = %access.0,
-                path = %access.1,
-                status,
-                route = class.as_str(),
-                ms = format!("{:.1}", elapsed.as_secs_f64() * 1e3),
-                "request"
-            );
+            access_log(peer, access.0.as_str(), &access.1, status, class, elapsed);
         }
         Ok(resp)
     }
@@ -343,6 +334,20 @@ impl Proxy {
         self.shared.metrics.upstream_retries.inc();
         Ok(())
     }
+}
+
+/// One line of the access log (`log.access`), from either request path.
+fn access_log(peer: Peer, method: &str, path: &str, status: u16, class: RouteClass, elapsed: Duration) {
+    tracing::info!(
+        target: "flowgate::access",
+        client = %peer.addr,
+        method = %method,
+        path = %path,
+        status,
+        route = class.as_str(),
+        ms = format!("{:.1}", elapsed.as_secs_f64() * 1e3),
+        "request"
+    );
 }
 
 #[cfg(test)]

@@ -179,16 +179,8 @@ pub async fn session<I: ClientIo>(
         if cfg.log.access {
             let text = |(a, b): (usize, usize)| String::from_utf8_lossy(&buf[a..b]).into_owned();
             let target = text(req.target);
-            tracing::info!(
-                target: "flowgate::access",
-                client = %peer.addr,
-                method = %text(req.method),
-                path = %target.split('?').next().unwrap_or_default(),
-                status,
-                route = RouteClass::Runtime.as_str(),
-                ms = format!("{:.1}", elapsed.as_secs_f64() * 1e3),
-                "request"
-            );
+            let path = target.split('?').next().unwrap_or_default();
+            super::access_log(peer, &text(req.method), path, status, RouteClass::Runtime, elapsed);
         }
         match next {
             Next::KeepAlive => {

@@ -77,20 +77,11 @@ fn tokens(v: &[u8]) -> impl Iterator<Item = &[u8]> {
     v.split(|&b| b == b',').map(|t| t.trim_ascii()).filter(|t| !t.is_empty())
 }
 
-/// Request headers never forwarded (RFC 9110 §7.6.1), besides those `Connection` names.
+/// Headers never forwarded (the hyper path's list, RFC 9110 §7.6.1, and `Upgrade`, which this
+/// path never forwards), besides those `Connection` names.
 fn hop_by_hop(name: &str) -> bool {
-    [
-        "connection",
-        "keep-alive",
-        "proxy-connection",
-        "proxy-authorization",
-        "te",
-        "trailer",
-        "transfer-encoding",
-        "upgrade",
-    ]
-    .iter()
-    .any(|h| h.eq_ignore_ascii_case(name))
+    name.eq_ignore_ascii_case("upgrade")
+        || crate::traffic::proxy::forward::HOP_BY_HOP.iter().any(|h| h.as_str().eq_ignore_ascii_case(name))
 }
 
 /// Parses the request head at the start of `buf` and, when this path forwards it, writes the

@@ -131,7 +131,7 @@ pub fn set_worker(i: usize) {
 }
 
 /// One worker's idle fast-path sockets to an instance and since when, newest last.
-type RawIdle = Mutex<Vec<(TcpStream, Instant)>>;
+type RawIdle = Mutex<VecDeque<(TcpStream, Instant)>>;
 
 /// One worker's idle connections to an instance, most recently used last.
 type IdleList<B> = Mutex<VecDeque<Box<Conn<B>>>>;
@@ -177,7 +177,7 @@ impl<B: SendBody> Pool<B> {
             origin,
             backend,
             idle: (0..workers.max(1)).map(|_| Mutex::new(VecDeque::new())).collect(),
-            raw: (0..workers.max(1)).map(|_| Mutex::new(Vec::new())).collect(),
+            raw: (0..workers.max(1)).map(|_| Mutex::new(VecDeque::new())).collect(),
             slots: Arc::new(Semaphore::new(slots.max(1))),
             total: slots.max(1),
             queue_timeout,
@@ -263,7 +263,7 @@ impl<B: SendBody> Pool<B> {
     pub fn checkout_raw(&self) -> Option<TcpStream> {
         let list = &self.raw[WORKER.with(|w| w.get()) % self.raw.len()];
         loop {
-            let (tcp, since) = list.lock().unwrap_or_else(|e| e.into_inner()).pop()?;
+            let (tcp, since) = list.lock().unwrap_or_else(|e| e.into_inner()).pop_back()?;
             let open = matches!(tcp.try_read(&mut [0u8; 1]), Err(e) if e.kind() == io::ErrorKind::WouldBlock);
             if open && since.elapsed() < UPSTREAM_IDLE_TIMEOUT {
                 return Some(tcp);
@@ -275,11 +275,14 @@ impl<B: SendBody> Pool<B> {
     pub fn put_raw(&self, tcp: TcpStream) {
         let now = Instant::now();
         let mut list = self.raw[WORKER.with(|w| w.get()) % self.raw.len()].lock().unwrap_or_else(|e| e.into_inner());
-        list.retain(|(_, since)| now.duration_since(*since) < UPSTREAM_IDLE_TIMEOUT);
-        if list.len() >= MAX_IDLE {
-            list.remove(0);
+        // Oldest first: those idle past the time-out go from the front.
+        while list.front().is_some_and(|(_, since)| now.duration_since(*since) >= UPSTREAM_IDLE_TIMEOUT) {
+            list.pop_front();
         }
-        list.push((tcp, now));
+        if list.len() >= MAX_IDLE {
+            list.pop_front();
+        }
+        list.push_back((tcp, now));
     }
 
     /// A new plain TCP connection for the fast path (`http` instances only).

@@ -395,7 +395,9 @@ async fn an_instance_that_will_not_stop_is_retried_calmly_and_reported() {
     // b starts running flows on its own (a reboot with a persisted start) and refuses to stop.
     let posts = fb.inner.state_posts.load(Ordering::SeqCst);
     fb.inner.started.store(true, Ordering::SeqCst);
-    eventually(SECS, "a stop attempt", || async { fb.inner.state_posts.load(Ordering::SeqCst) > posts }).await;
+    // Within the retry pause (5 s) after a refused stop at the election, plus a margin.
+    let retry = Duration::from_secs(5) + SECS;
+    eventually(retry, "a stop attempt", || async { fb.inner.state_posts.load(Ordering::SeqCst) > posts }).await;
     let before = fb.inner.state_posts.load(Ordering::SeqCst);
     tokio::time::sleep(Duration::from_millis(1500)).await; // many reconcile rounds at 50 ms probes
     let after = fb.inner.state_posts.load(Ordering::SeqCst);

@@ -111,6 +111,9 @@ pub struct Member {
     pub(super) sync_in_flight: bool,
     pub(super) sync_retry_at: Option<Instant>,
     pub(super) stop_retry_at: Option<Instant>,
+    /// When a stop of its flows was last confirmed: a "start" read by a probe that was on its
+    /// way then (within one probe timeout) may predate the stop, and is not believed.
+    pub(super) stopped_at: Option<Instant>,
     pub sync: Sync,
     pub recovery: super::Recovery,
 }
@@ -137,6 +140,7 @@ impl Member {
             sync_in_flight: false,
             sync_retry_at: None,
             stop_retry_at: None,
+            stopped_at: None,
             sync: Sync::Unknown,
             recovery: super::Recovery::default(),
         }

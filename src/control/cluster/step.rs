@@ -67,12 +67,18 @@ impl State {
 
     fn on_probe(&mut self, i: usize, r: Report, now: Instant, fx: &mut Vec<Effect>) {
         let grace = self.in_grace(i, now);
+        let in_flight_for = self.settings.timeout;
         let m = &mut self.members[i];
         let id = m.spec.id.clone();
         m.last_probe = Some((r.at, r.latency));
         let transition = match r.state {
             Ok(state) => {
-                m.flow_state = Some(state);
+                // Flows read running by a probe that may have started before a confirmed stop
+                // are not believed (the next probe tells); the instance still answered.
+                let stale = state != FlowState::Stop && m.stopped_at.is_some_and(|t| now < t + in_flight_for);
+                if !stale {
+                    m.flow_state = Some(state);
+                }
                 m.start_readings = if state == FlowState::Stop { 0 } else { m.start_readings.saturating_add(1) };
                 m.last_error = None;
                 m.tracker.observe(true)
@@ -203,6 +209,7 @@ impl State {
             Ok(()) => {
                 let was = m.flow_state.unwrap_or(FlowState::Start);
                 m.flow_state = Some(FlowState::Stop);
+                m.stopped_at = Some(now);
                 fx.push(Effect::Notice(Notice::StrayStopped { id, was }));
             }
             Err(error) => {

@@ -269,6 +269,19 @@ fn a_rebooted_instance_running_its_flows_is_stopped_at_its_first_answer() {
 }
 
 #[test]
+fn a_probe_that_read_the_flows_before_their_stop_does_not_stop_them_again() {
+    let mut s = Script::serving_a();
+    assert_eq!(actions(&s.up("b", FlowState::Start)), ["stop stray b"]);
+    s.send(Event::Stopped { id: id("b"), purpose: StopFor::Stray, result: Ok(()) });
+    // A probe on its way during the stop still reads "start": not believed.
+    assert_eq!(actions(&s.up("b", FlowState::Start)), Vec::<String>::new());
+    assert_eq!(s.core.members()[1].flow_state, Some(FlowState::Stop));
+    // Later (past one probe timeout) "start" is news: the instance runs flows again.
+    s.advance(1000 * MS);
+    assert_eq!(actions(&s.up("b", FlowState::Start)), ["stop stray b"]);
+}
+
+#[test]
 fn a_failed_stray_stop_is_retried_later_not_at_every_probe() {
     let mut s = Script::serving_a();
     s.up("b", FlowState::Start);

@@ -78,8 +78,8 @@ impl State {
                 let stale = state != FlowState::Stop && m.stopped_at.is_some_and(|t| now < t + in_flight_for);
                 if !stale {
                     m.flow_state = Some(state);
+                    m.start_readings = if state == FlowState::Stop { 0 } else { m.start_readings.saturating_add(1) };
                 }
-                m.start_readings = if state == FlowState::Stop { 0 } else { m.start_readings.saturating_add(1) };
                 m.last_error = None;
                 m.tracker.observe(true)
             }
@@ -209,6 +209,7 @@ impl State {
             Ok(()) => {
                 let was = m.flow_state.unwrap_or(FlowState::Start);
                 m.flow_state = Some(FlowState::Stop);
+                m.start_readings = 0;
                 m.stopped_at = Some(now);
                 fx.push(Effect::Notice(Notice::StrayStopped { id, was }));
             }
@@ -456,6 +457,7 @@ impl State {
         let Some(p) = self.promotion.as_mut() else { return };
         for &i in &p.stopped {
             self.members[i].flow_state = Some(FlowState::Stop);
+            self.members[i].start_readings = 0;
         }
         if let Some(b) = p.blocker.take() {
             return self.finish_promotion(Err(b), now, fx);

@@ -276,6 +276,7 @@ fn a_probe_that_read_the_flows_before_their_stop_does_not_stop_them_again() {
     // A probe on its way during the stop still reads "start": not believed.
     assert_eq!(actions(&s.up("b", FlowState::Start)), Vec::<String>::new());
     assert_eq!(s.core.members()[1].flow_state, Some(FlowState::Stop));
+    assert_eq!(s.core.members()[1].start_readings, 0, "nor counted as a reading of started flows");
     // Later (past one probe timeout) "start" is news: the instance runs flows again.
     s.advance(1000 * MS);
     assert_eq!(actions(&s.up("b", FlowState::Start)), ["stop stray b"]);

@@ -21,8 +21,6 @@
 
 pub mod head;
 
-pub use head::{BadChunk, Chunked};
-
 use std::cell::RefCell;
 use std::sync::Arc;
 use std::time::Duration;
@@ -37,7 +35,7 @@ use super::{Proxy, RouteClass};
 use crate::state::Active;
 use crate::traffic::error::ProxyError;
 use crate::traffic::server::{ClientIo, Peer};
-use head::{Framing, Parsed, Response};
+use head::{BadChunk, Chunked, Framing, Parsed, Response};
 
 /// Which proxy serves a request: the current configuration's, loaded per request.
 pub struct Fast {
